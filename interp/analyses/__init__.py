@@ -1,0 +1,22 @@
+"""Analyses: each module computes one family of per-head scores and registers its scan entry.
+
+Public functions return tidy DataFrames with one row per (layer, head)."""
+
+from interp.analyses import sink, entropy, max_attention  # noqa: F401,I001  (registration order = column order)
+from interp.analyses.entropy import entropy_scores
+from interp.analyses.head_stats import head_frame, head_stat_means
+from interp.analyses.max_attention import max_attention_scores
+from interp.analyses.registry import ANALYSES, Analysis, register, resolve_analyses
+from interp.analyses.sink import sink_scores
+
+__all__ = [
+    "ANALYSES",
+    "Analysis",
+    "entropy_scores",
+    "head_frame",
+    "head_stat_means",
+    "max_attention_scores",
+    "register",
+    "resolve_analyses",
+    "sink_scores",
+]

@@ -1,0 +1,43 @@
+"""What a scan hands each analysis: the model, the probes, the settings, and shared statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from interp.analyses.head_stats import head_stat_means
+from interp.hooks import HookedModel
+from interp.kernels import StatsConfig
+from interp.probes import Probe
+
+
+@dataclass
+class ScanSettings:
+    """Settings recorded in ``scan.json``; same settings and seed give the same tables."""
+
+    context_length: int = 256
+    batch: int = 2
+    seed: int = 0
+    backend: str = "auto"
+    n_sink: int = 4
+    window: int = 8
+
+
+@dataclass
+class ScanContext:
+    """Passed to every analysis. ``head_means(probe)`` runs one statistics pass per probe and caches it."""
+
+    model: HookedModel
+    probes: dict[str, Probe]
+    settings: ScanSettings
+    _means: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def head_means(self, probe: str) -> dict[str, torch.Tensor]:
+        """``{statistic: [layer, head]}`` on ``probe``, computed once (see :func:`head_stat_means`)."""
+        if probe not in self._means:
+            config = StatsConfig(n_sink=self.settings.n_sink, window=self.settings.window, received=True)
+            self._means[probe] = head_stat_means(
+                self.model, self.probes[probe].tokens, config, backend=self.settings.backend
+            )
+        return self._means[probe]

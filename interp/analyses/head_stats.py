@@ -1,0 +1,71 @@
+"""Per-head means of attention statistics over probe tokens, computed in one forward pass per batch.
+
+Shared by the statistics-based analyses (sink, entropy, max attention, ...). Means are taken over
+batch items and over query positions ``p >= skip_queries`` (the first query sees only itself, so its
+mass on token 0 is 1 and its entropy 0 by construction).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from interp.hooks import HookedModel
+from interp.kernels import AttentionStats, StatsConfig
+
+PER_QUERY_FIELDS = ("entropy", "max_prob", "diag_mass", "prev_mass", "sink_mass", "window_mass", "target_mass")
+
+
+def head_stat_means(
+    model: HookedModel,
+    tokens: torch.Tensor,
+    config: StatsConfig | None = None,
+    *,
+    skip_queries: int = 1,
+    backend: str = "auto",
+) -> dict[str, torch.Tensor]:
+    """``{statistic: [layer, head]}`` means over batch and query positions ``>= skip_queries``.
+
+    Besides the per-query statistics of :class:`~interp.kernels.AttentionStats` it returns
+    ``first_token_mass`` (mass on key 0; needs ``n_sink >= 1``), ``entropy_normalized``
+    (entropy / log(number of visible keys)) and, when ``config.received``,
+    ``received_mean_first`` = mean attention the first key receives from the queries that see it.
+    """
+    config = config or StatsConfig()
+    n_query = tokens.shape[1]
+    if n_query <= skip_queries:
+        raise ValueError(f"need more than {skip_queries} tokens per probe, got {n_query}")
+    visible_keys = torch.arange(1, n_query + 1, device=tokens.device, dtype=torch.float32)[skip_queries:]
+
+    def reduce(layer: int, stats: AttentionStats) -> dict[str, torch.Tensor]:
+        means = {}
+        for field in PER_QUERY_FIELDS:
+            value = getattr(stats, field)
+            if value is not None:
+                means[field] = value[:, :, skip_queries:].mean(dim=(0, 2)).cpu()
+        if stats.sink_mass_per_position is not None:
+            means["first_token_mass"] = stats.sink_mass_per_position[:, :, skip_queries:, 0].mean(dim=(0, 2)).cpu()
+        normalized = stats.entropy[:, :, skip_queries:] / torch.log(visible_keys)
+        means["entropy_normalized"] = normalized.mean(dim=(0, 2)).cpu()
+        if stats.received is not None:
+            means["received_mean_first"] = (stats.received[:, :, 0] / n_query).mean(dim=0).cpu()
+        return means
+
+    with torch.no_grad(), model.collect_attention_stats(config, backend=backend, reduce=reduce) as collected:
+        model(tokens)
+    fields = collected[0].keys()
+    return {f: torch.stack([collected[layer][f] for layer in range(model.cfg.n_layers)]) for f in fields}
+
+
+def head_frame(model: HookedModel, columns: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """Tidy table, one row per (layer, head): ``layer, head, kv_head`` plus each ``[layer, head]`` column."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    layer = torch.arange(n_layers).repeat_interleave(n_heads)
+    head = torch.arange(n_heads).repeat(n_layers)
+    frame = pd.DataFrame({"layer": layer.numpy(), "head": head.numpy(), "kv_head": (head // model.cfg.n_groups).numpy()})
+    for name, values in columns.items():
+        if tuple(values.shape) != (n_layers, n_heads):
+            raise ValueError(f"column {name} has shape {tuple(values.shape)}, expected ({n_layers}, {n_heads})")
+        frame[name] = values.reshape(-1).double().numpy()
+    return frame
+

@@ -1,0 +1,127 @@
+"""The ``interp`` command line. It only parses arguments and calls the Python API."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from interp.builtin_models import DEFAULT_MODEL
+from interp.errors import InterpError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find out what every attention head of a causal LM does, and how much it matters.",
+)
+console = Console(stderr=True)
+
+
+def _fail(error: BaseException, debug: bool) -> None:
+    """One line on stderr and exit 1; the traceback only with --debug."""
+    if debug:
+        raise error
+    if isinstance(error, InterpError):
+        message = str(error)
+    else:
+        message = f"{type(error).__name__}: {error}".splitlines()[0] + " (run with --debug for the traceback)"
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _default_out(model: str) -> Path:
+    slug = Path(model).stem if Path(model).suffix else Path(model).name or model
+    return Path("interp-out") / slug.replace("/", "--")
+
+
+@app.command()
+def scan(
+    model: Annotated[str, typer.Argument(help=f"alias ({DEFAULT_MODEL}), local HF folder, .gguf file, or hub id")] = DEFAULT_MODEL,
+    out: Annotated[Path | None, typer.Option(help="output folder [default: interp-out/<model>]")] = None,
+    analyses: Annotated[str | None, typer.Option(help="comma-separated analyses [default: all; see `interp analyses`]")] = None,
+    context_length: Annotated[int, typer.Option(help="tokens per probe sequence")] = 256,
+    batch: Annotated[int, typer.Option(help="probe sequences per probe kind")] = 2,
+    seed: Annotated[int, typer.Option(help="seed for the probes")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
+    backend: Annotated[str, typer.Option(help="attention-statistics backend: auto, triton, chunked, reference")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="replace an existing scan in --out")] = False,
+    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+) -> None:
+    """Scan every head of MODEL and write heads.csv and scan.json into --out."""
+    import interp
+    from interp.analyses import resolve_analyses
+    from interp.kernels import BACKENDS
+    from interp.scan import check_output_dir
+
+    out = out or _default_out(model)
+    try:
+        chosen = resolve_analyses(analyses)
+        if backend not in BACKENDS:
+            raise InterpError(f"unknown --backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        if batch < 1:
+            raise InterpError(f"--batch must be at least 1, got {batch}")
+        check_output_dir(out, overwrite=overwrite)
+        settings = interp.ScanSettings(context_length=context_length, batch=batch, seed=seed, backend=backend)
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(), console=console, transient=False,
+        ) as progress:
+            loading = progress.add_task(f"loading {model}", total=1)
+            start = time.perf_counter()
+            hooked = interp.load(model, device=device, dtype=dtype)
+            progress.update(loading, completed=1, description=f"loaded {hooked.cfg.name} ({time.perf_counter() - start:.1f}s)")
+            task = progress.add_task("analyses", total=len(chosen))
+
+            def on_progress(name: str, done: int, total: int) -> None:
+                progress.update(task, completed=done, description=f"analysis: {name}")
+
+            result = interp.scan(hooked, analyses=[a.name for a in chosen], settings=settings, on_progress=on_progress)
+        interp.write_scan(result, out, overwrite=overwrite)
+    except KeyboardInterrupt:
+        console.print("interrupted: nothing was written")
+        raise typer.Exit(130)
+    except Exception as error:  # noqa: BLE001 - every failure becomes one line unless --debug
+        _fail(error, debug)
+    rows = len(result.heads)
+    console.print(f"scanned {rows} heads of {hooked.cfg.name}; wrote {out / 'heads.csv'} and {out / 'scan.json'}")
+    print(out)
+
+
+@app.command("analyses")
+def list_analyses() -> None:
+    """List the analyses `interp scan --analyses` accepts, with their columns."""
+    from interp.analyses import ANALYSES
+
+    for analysis in ANALYSES.values():
+        print(f"{analysis.name}: {analysis.description}")
+        for column, meaning in analysis.columns.items():
+            print(f"    {column}: {meaning}")
+
+
+@app.command("hooks")
+def list_hooks(
+    model: Annotated[str, typer.Argument(help="model reference, as for scan")] = DEFAULT_MODEL,
+    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+) -> None:
+    """Print every hook point name of MODEL (shapes: see `interp.hooks.points`)."""
+    import interp
+
+    try:
+        hooked = interp.load(model, device="cpu")
+    except Exception as error:  # noqa: BLE001
+        _fail(error, debug)
+    print("\n".join(hooked.hook_names()))
+
+
+def main() -> None:
+    app(prog_name="interp")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

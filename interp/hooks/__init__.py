@@ -1,0 +1,18 @@
+"""Hooked Hugging Face models: named hook points, activation caching and interventions."""
+
+from interp.hooks.architectures import ARCHITECTURES, ArchitectureSpec, supported_architectures
+from interp.hooks.model import ActivationCache, HookedModel, ModelSpec
+from interp.hooks.points import LAYER_SITES, HookPoint, all_hook_names, hook_name
+
+__all__ = [
+    "ARCHITECTURES",
+    "ActivationCache",
+    "ArchitectureSpec",
+    "HookPoint",
+    "HookedModel",
+    "LAYER_SITES",
+    "ModelSpec",
+    "all_hook_names",
+    "hook_name",
+    "supported_architectures",
+]

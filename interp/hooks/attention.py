@@ -1,0 +1,228 @@
+"""The attention step that every hooked layer runs through.
+
+Modern Hugging Face models call ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation](module, q, k, v,
+mask, ...)``. interp registers one function there (``interp_sdpa``, ``interp_eager``, ... named after the
+implementation it wraps, so masks are built exactly as before) and points the model at it. For each
+layer it
+
+1. runs the ``hook_q/k/v`` functions,
+2. computes attention: by calling the model's *original* implementation when nothing needs more
+   (logits stay bit-identical), by an explicit softmax when ``hook_pattern`` is hooked or attention
+   edges are knocked out, or by :func:`interp.kernels.attention_with_stats` when statistics are
+   being collected,
+3. runs the ``hook_z`` functions on the per-head output ``[batch, pos, head, d_head]``.
+
+GPT-Neo has no attention interface; its eager ``_attn`` method is wrapped instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+from interp.hooks.points import hook_name
+
+if TYPE_CHECKING:
+    from interp.hooks.model import HookedModel
+
+AttentionFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def visible_keys_mask(
+    n_query: int,
+    n_key: int,
+    *,
+    sliding_window: int | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Causal (bottom-right aligned) visibility ``[query, key]``: True where the query may attend.
+
+    Query ``i`` sits at absolute position ``n_key - n_query + i``; with ``sliding_window = w`` it sees
+    only the last ``w`` keys up to and including itself.
+    """
+    query_pos = torch.arange(n_key - n_query, n_key, device=device)[:, None]
+    key_pos = torch.arange(n_key, device=device)[None, :]
+    visible = key_pos <= query_pos
+    if sliding_window is not None:
+        visible &= key_pos > query_pos - sliding_window
+    return visible
+
+
+def repeat_kv(states: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """``[batch, kv_head, pos, d]`` -> ``[batch, kv_head * n_groups, pos, d]`` (query head h uses kv head h // n_groups)."""
+    return states if n_groups == 1 else states.repeat_interleave(n_groups, dim=1)
+
+
+def attention_scores(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    scaling: float,
+    softcap: float | None = None,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Masked pre-softmax scores ``[batch, head, query, key]`` in float32, as HF's eager attention computes them.
+
+    ``attention_mask`` is what the model passes to its attention function: a boolean mask (True = attend),
+    an additive float mask, or None for plain causal attention.
+    """
+    n_groups = query.shape[1] // key.shape[1]
+    scores = torch.matmul(query.float(), repeat_kv(key, n_groups).float().transpose(-1, -2)) * scaling
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    floor = torch.finfo(scores.dtype).min
+    if attention_mask is None:
+        visible = visible_keys_mask(scores.shape[-2], scores.shape[-1], sliding_window=sliding_window, device=scores.device)
+        return scores.masked_fill(~visible, floor)
+    mask = attention_mask[..., : scores.shape[-1]]
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(~mask, floor)
+    return scores + mask.float()
+
+
+class AttentionSite:
+    """Per-layer state interp attaches to an attention module: which layer, which model, the original function."""
+
+    def __init__(self, owner: HookedModel, layer: int, original: AttentionFn | None) -> None:
+        self.owner = owner
+        self.layer = layer
+        self.original = original
+        self.q_name = hook_name(layer, "attn.hook_q")
+        self.k_name = hook_name(layer, "attn.hook_k")
+        self.v_name = hook_name(layer, "attn.hook_v")
+        self.pattern_name = hook_name(layer, "attn.hook_pattern")
+        self.z_name = hook_name(layer, "attn.hook_z")
+
+    def hook_qkv(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run q/k/v hooks. Inputs and outputs are HF's ``[batch, head, pos, d]``; hooks see ``[batch, pos, head, d]``."""
+        registry = self.owner.hooks_registry
+        if registry.active(self.q_name):
+            query = registry.apply(self.q_name, query.transpose(1, 2)).transpose(1, 2)
+        if registry.active(self.k_name):
+            key = registry.apply(self.k_name, key.transpose(1, 2)).transpose(1, 2)
+        if registry.active(self.v_name):
+            value = registry.apply(self.v_name, value.transpose(1, 2)).transpose(1, 2)
+        return query, key, value
+
+    def explicit_attention(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        *,
+        scaling: float,
+        softcap: float | None,
+        sliding_window: int | None,
+    ) -> torch.Tensor:
+        """Softmax attention with the pattern materialized, for ``hook_pattern`` and edge knockouts.
+
+        Returns the output ``[batch, head, query, d_head]`` in the value dtype.
+        """
+        scores = attention_scores(
+            query, key, attention_mask, scaling=scaling, softcap=softcap, sliding_window=sliding_window
+        )
+        knockout = self.owner.knockout_mask(self.layer, scores.shape, scores.device)
+        if knockout is not None:
+            scores = scores.masked_fill(knockout, torch.finfo(scores.dtype).min)
+        pattern = torch.softmax(scores, dim=-1)
+        pattern = self.owner.hooks_registry.apply(self.pattern_name, pattern)
+        n_groups = query.shape[1] // value.shape[1]
+        return torch.matmul(pattern.to(value.dtype), repeat_kv(value, n_groups))
+
+    def needs_explicit_pattern(self) -> bool:
+        return self.owner.hooks_registry.active(self.pattern_name) or self.owner.has_knockout(self.layer)
+
+    def hook_z(self, z: torch.Tensor) -> torch.Tensor:
+        """``z``: ``[batch, pos, head, d_head]``."""
+        return self.owner.hooks_registry.apply(self.z_name, z)
+
+    def forward(
+        self,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ``AttentionInterface`` entry: returns ``(z [batch, pos, head, d_head], weights or None)``."""
+        query, key, value = self.hook_qkv(query, key, value)
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        softcap = kwargs.get("softcap")
+        sliding_window = kwargs.get("sliding_window")
+        weights = None
+        if self.needs_explicit_pattern():
+            out = self.explicit_attention(
+                query, key, value, attention_mask, scaling=scale, softcap=softcap, sliding_window=sliding_window
+            ).transpose(1, 2)
+        elif self.owner.collects_stats(self.layer):
+            out = self.owner.attention_with_stats(
+                self.layer, query, key, value, attention_mask, scaling=scale, softcap=softcap, sliding_window=sliding_window
+            ).transpose(1, 2)
+        else:
+            assert self.original is not None
+            out, weights = self.original(
+                module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+            )
+        return self.hook_z(out), weights
+
+
+def _dispatch(module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    site: AttentionSite = module._interp_site
+    return site.forward(module, *args, **kwargs)
+
+
+def original_attention_function(model: torch.nn.Module, attention_module: torch.nn.Module) -> tuple[str, AttentionFn]:
+    """The implementation name the model uses now and the function behind it."""
+    implementation = model.config._attn_implementation or "eager"
+    if implementation.startswith("interp_"):
+        raise RuntimeError("this model is already hooked by interp; wrap it once")
+    if implementation == "eager":
+        modeling = sys.modules[type(attention_module).__module__]
+        return implementation, modeling.eager_attention_forward
+    return implementation, AttentionInterface._global_mapping[implementation]
+
+
+def register_interp_implementation(wrapped: str) -> str:
+    """Register ``interp_<wrapped>`` with transformers' attention and mask interfaces; returns the name."""
+    name = f"interp_{wrapped}"
+    if name not in AttentionInterface._global_mapping:
+        AttentionInterface.register(name, _dispatch)
+        mask_fn = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(wrapped)
+        if mask_fn is not None:
+            ALL_MASK_ATTENTION_FUNCTIONS.register(name, mask_fn)
+    return name
+
+
+def gpt_neo_attn(site: AttentionSite, module: torch.nn.Module, original_attn: Callable) -> Callable:
+    """A replacement for ``GPTNeoSelfAttention._attn`` (unscaled scores, local layers use a window)."""
+    window = module.config.window_size if module.attention_type == "local" else None
+
+    def _attn(query, key, value, attention_mask=None):
+        query, key, value = site.hook_qkv(query, key, value)
+        if site.needs_explicit_pattern():
+            causal = module.bias[:, :, key.shape[-2] - query.shape[-2] : key.shape[-2], : key.shape[-2]]
+            mask = causal if attention_mask is None else causal & (attention_mask > torch.finfo(attention_mask.dtype).min)
+            out, weights = site.explicit_attention(
+                query, key, value, mask, scaling=1.0, softcap=None, sliding_window=None
+            ), None
+        elif site.owner.collects_stats(site.layer):
+            out, weights = site.owner.attention_with_stats(
+                site.layer, query, key, value, attention_mask, scaling=1.0, softcap=None, sliding_window=window
+            ), None
+        else:
+            out, weights = original_attn(query, key, value, attention_mask)
+        return site.hook_z(out.transpose(1, 2)).transpose(1, 2), weights
+
+    return _attn

@@ -1,0 +1,426 @@
+"""``HookedModel``: a Hugging Face causal LM with named hook points, caching and interventions.
+
+The original modules run unchanged; interp adds forward hooks for the residual stream, MLP and
+attention outputs, and routes the attention step through :mod:`interp.hooks.attention`. With no hook
+function registered, outputs are bit-identical to the unwrapped model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from interp.errors import InterpError
+from interp.hooks.architectures import ArchitectureSpec, spec_for
+from interp.hooks.attention import (
+    AttentionSite,
+    gpt_neo_attn,
+    original_attention_function,
+    register_interp_implementation,
+)
+from interp.hooks.interventions import Index, replace_fn, scale_fn
+from interp.hooks.stats import StatsCollector
+from interp.kernels import AttentionStats, StatsConfig
+from interp.hooks.points import HookFn, HookRegistry, NamesFilter, all_hook_names, hook_name, select_names
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Sizes of a hooked model (TransformerLens calls this ``cfg``)."""
+
+    name: str
+    architecture: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_model: int
+    d_vocab: int
+    n_ctx: int | None
+
+    @property
+    def n_groups(self) -> int:
+        """Query heads per key/value head (1 without GQA)."""
+        return self.n_heads // self.n_kv_heads
+
+
+def _model_spec(model: nn.Module, name: str) -> ModelSpec:
+    config = model.config
+    n_heads = config.num_attention_heads
+    d_model = config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or d_model // n_heads
+    return ModelSpec(
+        name=name,
+        architecture=config.model_type,
+        n_layers=config.num_hidden_layers,
+        n_heads=n_heads,
+        n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
+        d_head=head_dim,
+        d_model=d_model,
+        d_vocab=config.vocab_size,
+        n_ctx=getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None),
+    )
+
+
+class ActivationCache(dict):
+    """Captured activations by hook name (a plain ``dict[str, Tensor]``), as returned by :meth:`HookedModel.run_with_cache`."""
+
+    def stack(self, site: str) -> torch.Tensor:
+        """Stack one site over layers: ``cache.stack("attn.hook_z")`` -> ``[layer, batch, pos, head, d_head]``."""
+        layers = sorted(int(name.split(".")[1]) for name in self if name.endswith("." + site) and name.startswith("blocks."))
+        if not layers:
+            raise KeyError(f"no cached activations for site {site!r}; cached: {', '.join(self)}")
+        return torch.stack([self[hook_name(layer, site)] for layer in layers])
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_first(output: Any, value: torch.Tensor) -> Any:
+    return (value, *output[1:]) if isinstance(output, tuple) else value
+
+
+class HookedModel:
+    """A Hugging Face causal LM plus its tokenizer, with TransformerLens-style hook points.
+
+    Build one with :func:`interp.load`, or wrap a model you already have: ``HookedModel(hf_model, tokenizer)``.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any = None, *, name: str | None = None) -> None:
+        self.spec_arch: ArchitectureSpec = spec_for(model)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.cfg = _model_spec(model, name or getattr(model.config, "name_or_path", "") or model.config.model_type)
+        self.hooks_registry = HookRegistry(self.cfg.n_layers)
+        self._knockouts: dict[int, list[tuple[torch.Tensor, list[int] | None]]] = {}
+        self._stats_collector: Any = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._install()
+
+    # ------------------------------------------------------------------ installation
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.get_submodule(self.spec_arch.layers)
+
+    def attention_module(self, layer: int) -> nn.Module:
+        """The HF module whose attention step interp hooks for ``layer``."""
+        return self.layers[layer].get_submodule(self.spec_arch.attention)
+
+    def out_proj(self, layer: int) -> nn.Module:
+        """The output projection of ``layer``'s attention (concatenated heads -> d_model)."""
+        return getattr(self.attention_module(layer), self.spec_arch.out_proj)
+
+    def _install(self) -> None:
+        spec = self.spec_arch
+        attention0 = self.attention_module(0)
+        if spec.attention_entry == "interface":
+            self._original_implementation, original = original_attention_function(self.model, attention0)
+            self.model.config._attn_implementation = register_interp_implementation(self._original_implementation)
+        else:
+            self._original_implementation, original = self.model.config._attn_implementation, None
+        for layer, block in enumerate(self.layers):
+            attention = block.get_submodule(spec.attention)
+            site = AttentionSite(self, layer, original)
+            attention._interp_site = site
+            if spec.attention_entry == "gpt_neo_attn":
+                attention._interp_original_attn = attention._attn
+                attention._attn = gpt_neo_attn(site, attention, attention._interp_original_attn)
+            self._handles += [
+                block.register_forward_pre_hook(self._resid_pre_hook(layer), with_kwargs=True),
+                block.register_forward_hook(self._output_hook(hook_name(layer, "hook_resid_post"))),
+                block.get_submodule(spec.attention.split(".")[0]).register_forward_hook(
+                    self._output_hook(hook_name(layer, "hook_attn_out"))
+                ),
+                block.get_submodule(spec.mlp).register_forward_hook(self._output_hook(hook_name(layer, "hook_mlp_out"))),
+                self.out_proj(layer).register_forward_hook(self._result_hook(layer)),
+            ]
+        self._handles.append(self.model.get_input_embeddings().register_forward_hook(self._output_hook("hook_embed")))
+
+    def unhook(self) -> nn.Module:
+        """Remove everything interp installed and return the plain HF model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for layer in range(self.cfg.n_layers):
+            attention = self.attention_module(layer)
+            if hasattr(attention, "_interp_original_attn"):
+                attention._attn = attention._interp_original_attn
+                del attention._interp_original_attn
+            del attention._interp_site
+        if self.spec_arch.attention_entry == "interface":
+            self.model.config._attn_implementation = self._original_implementation
+        return self.model
+
+    def _resid_pre_hook(self, layer: int) -> Callable:
+        name = hook_name(layer, "hook_resid_pre")
+
+        def hook(module, args, kwargs):
+            if not self.hooks_registry.active(name):
+                return None
+            if args:
+                return (self.hooks_registry.apply(name, args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": self.hooks_registry.apply(name, kwargs["hidden_states"])}
+
+        return hook
+
+    def _output_hook(self, name: str) -> Callable:
+        def hook(module, args, output):
+            if not self.hooks_registry.active(name):
+                return None
+            return _replace_first(output, self.hooks_registry.apply(name, _first(output)))
+
+        return hook
+
+    def _result_hook(self, layer: int) -> Callable:
+        name = hook_name(layer, "attn.hook_result")
+
+        def hook(module, args, output):
+            if not self.hooks_registry.active(name):
+                return None
+            z = args[0].reshape(*args[0].shape[:-1], self.cfg.n_heads, self.cfg.d_head)
+            result = torch.einsum("bphd,hdm->bphm", z, self.W_O(layer).to(z.dtype))
+            replaced = self.hooks_registry.apply(name, result)
+            if replaced is result:
+                return None
+            bias = getattr(module, "bias", None)
+            return replaced.sum(dim=2) + (bias if bias is not None else 0)
+
+        return hook
+
+    # ------------------------------------------------------------------ weights
+    def W_O(self, layer: int) -> torch.Tensor:
+        """Output projection per head, ``[head, d_head, d_model]``: head h adds ``z[..., h, :] @ W_O[h]``."""
+        proj = self.out_proj(layer)
+        weight = proj.weight
+        # transformers' Conv1D (GPT-2) stores [in, out]; nn.Linear stores [out, in].
+        in_out = weight if type(proj).__name__ == "Conv1D" else weight.T
+        return in_out.reshape(self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model)
+
+    # ------------------------------------------------------------------ running
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def hook_names(self) -> list[str]:
+        """Every hook point, in execution order."""
+        return all_hook_names(self.cfg.n_layers)
+
+    def to_tokens(self, text: str | Sequence[str]) -> torch.Tensor:
+        """Tokenize with the model's own tokenizer settings: ``[batch, pos]`` on the model's device."""
+        if self.tokenizer is None:
+            raise InterpError("this HookedModel has no tokenizer; pass token ids, or wrap with HookedModel(model, tokenizer)")
+        texts = [text] if isinstance(text, str) else list(text)
+        if any(not t for t in texts):
+            raise InterpError("empty prompt: give at least one character of text")
+        if len(texts) > 1 and self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        encoded = self.tokenizer(texts, return_tensors="pt", padding=len(texts) > 1)
+        return encoded["input_ids"].to(self.device)
+
+    def _as_tokens(self, inputs: torch.Tensor | str | Sequence[str]) -> torch.Tensor:
+        tokens = inputs if isinstance(inputs, torch.Tensor) else self.to_tokens(inputs)
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.ndim != 2 or tokens.shape[1] == 0:
+            raise InterpError(f"tokens must be [batch, pos] with pos >= 1, got shape {tuple(tokens.shape)}")
+        if int(tokens.max()) >= self.cfg.d_vocab or int(tokens.min()) < 0:
+            raise InterpError(
+                f"token ids must lie in [0, {self.cfg.d_vocab}) for this model's vocabulary, got "
+                f"{int(tokens.min())}..{int(tokens.max())}"
+            )
+        return tokens.to(self.device)
+
+    def forward(
+        self,
+        inputs: torch.Tensor | str | Sequence[str],
+        *,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Logits ``[batch, pos, vocab]`` for token ids ``[batch, pos]`` or text."""
+        tokens = self._as_tokens(inputs)
+        return self.model(input_ids=tokens, attention_mask=attention_mask, use_cache=False, **kwargs).logits
+
+    __call__ = forward
+
+    @contextmanager
+    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]]) -> Iterator[HookedModel]:
+        """Register ``(name, fn)`` pairs for the ``with`` block; always removed, even on exceptions."""
+        with self.hooks_registry.added(fwd_hooks):
+            yield self
+
+    def run_with_hooks(self, inputs: Any, *, fwd_hooks: Iterable[tuple[str, HookFn]], **kwargs: Any) -> torch.Tensor:
+        """One forward pass with temporary hooks (TransformerLens signature)."""
+        with self.hooks(fwd_hooks):
+            return self.forward(inputs, **kwargs)
+
+    def run_with_cache(
+        self,
+        inputs: Any,
+        *,
+        names: NamesFilter = None,
+        detach: bool = True,
+        device: torch.device | str | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, ActivationCache]:
+        """Logits plus the activations at ``names`` (a name, a list, a predicate, or None for all).
+
+        Only the requested points are stored; ``hook_pattern`` makes that layer materialize its
+        ``[batch, head, query, key]`` pattern, so ask for it only at short context.
+        """
+        cache = ActivationCache()
+
+        def save(activation: torch.Tensor, hook) -> None:
+            kept = activation.detach() if detach else activation
+            cache[hook.name] = kept.to(device) if device is not None else kept
+
+        chosen = select_names(names, self.cfg.n_layers)
+        with self.hooks([(name, save) for name in chosen]):
+            logits = self.forward(inputs, **kwargs)
+        return logits, ActivationCache((name, cache[name]) for name in chosen if name in cache)
+
+    # ------------------------------------------------------------------ interventions
+    @contextmanager
+    def intervene(
+        self,
+        name: str,
+        *,
+        replace: torch.Tensor | None = None,
+        scale: float | None = None,
+        heads: Index = None,
+        positions: Index = None,
+    ) -> Iterator[HookedModel]:
+        """Temporarily replace or scale one hook point's activation at chosen heads/positions.
+
+        ``with model.intervene("blocks.3.attn.hook_z", scale=0.0, heads=[5]): model(tokens)``
+        zero-ablates head 3.5 at every position.
+        """
+        if (replace is None) == (scale is None):
+            raise InterpError("intervene needs exactly one of replace= (a tensor) or scale= (a number)")
+        fn = replace_fn(replace, heads=heads, positions=positions) if replace is not None else scale_fn(
+            scale, heads=heads, positions=positions
+        )
+        with self.hooks([(name, fn)]):
+            yield self
+
+    @contextmanager
+    def ablate_heads(
+        self,
+        heads: Iterable[tuple[int, int]],
+        *,
+        method: str = "zero",
+        reference: torch.Tensor | None = None,
+        positions: Index = None,
+    ) -> Iterator[HookedModel]:
+        """Ablate ``(layer, head)`` pairs at their ``hook_z``.
+
+        ``method="zero"`` sets the head's output to 0; ``method="mean"`` replaces it by its mean over
+        the ``reference`` tokens ``[batch, pos]`` (all batch items and positions).
+        """
+        by_layer: dict[int, list[int]] = {}
+        for layer, head in heads:
+            if not (0 <= layer < self.cfg.n_layers and 0 <= head < self.cfg.n_heads):
+                raise InterpError(
+                    f"head ({layer}, {head}) does not exist: layers 0..{self.cfg.n_layers - 1}, heads 0..{self.cfg.n_heads - 1}"
+                )
+            by_layer.setdefault(layer, []).append(head)
+        names = {layer: hook_name(layer, "attn.hook_z") for layer in by_layer}
+        if method == "zero":
+            fns = [(names[layer], scale_fn(0.0, heads=hs, positions=positions)) for layer, hs in by_layer.items()]
+        elif method == "mean":
+            if reference is None:
+                raise InterpError("mean ablation needs reference= tokens [batch, pos] to average each head over")
+            _, cache = self.run_with_cache(reference, names=list(names.values()))
+            fns = [
+                (names[layer], replace_fn(cache[names[layer]][:, :, hs].mean(dim=(0, 1)), heads=hs, positions=positions))
+                for layer, hs in by_layer.items()
+            ]
+        else:
+            raise InterpError(f"unknown ablation method {method!r}; use 'zero' or 'mean'")
+        with self.hooks(fns):
+            yield self
+
+    # ------------------------------------------------------------------ attention-edge knockout
+    def has_knockout(self, layer: int) -> bool:
+        return layer in self._knockouts
+
+    def knockout_mask(self, layer: int, shape: torch.Size, device: torch.device) -> torch.Tensor | None:
+        """Boolean ``[batch|1, head, query, key]`` mask of blocked edges for ``layer`` (True = blocked)."""
+        entries = self._knockouts.get(layer)
+        if not entries:
+            return None
+        blocked = torch.zeros(1, shape[1], shape[2], shape[3], dtype=torch.bool, device=device)
+        for edges, heads in entries:
+            edges = edges.to(device)[-shape[2] :, : shape[3]]
+            if heads is None:
+                blocked |= edges
+            else:
+                blocked[:, heads] |= edges
+        return blocked
+
+    @contextmanager
+    def knockout(
+        self, edges: torch.Tensor, *, layers: Iterable[int] | None = None, heads: Sequence[int] | None = None
+    ) -> Iterator[HookedModel]:
+        """Block attention edges before the softmax: ``edges[query, key] = True`` removes that edge.
+
+        Applies to ``layers`` (default all) and ``heads`` (default all query heads of those layers).
+        """
+        if edges.dtype != torch.bool or edges.ndim != 2:
+            raise InterpError("knockout edges must be a boolean [query, key] tensor (True = block that edge)")
+        chosen = range(self.cfg.n_layers) if layers is None else list(layers)
+        entry = (edges, list(heads) if heads is not None else None)
+        for layer in chosen:
+            self._knockouts.setdefault(layer, []).append(entry)
+        try:
+            yield self
+        finally:
+            for layer in chosen:
+                self._knockouts[layer].remove(entry)
+                if not self._knockouts[layer]:
+                    del self._knockouts[layer]
+
+    # ------------------------------------------------------------------ attention statistics (interp.kernels)
+    def collects_stats(self, layer: int) -> bool:
+        return self._stats_collector is not None and self._stats_collector.wants(layer)
+
+    def attention_with_stats(self, layer: int, query, key, value, attention_mask, **kwargs) -> torch.Tensor:
+        return self._stats_collector.compute(layer, query, key, value, attention_mask, **kwargs)
+
+    @contextmanager
+    def collect_attention_stats(
+        self,
+        config: StatsConfig | None = None,
+        *,
+        layers: Iterable[int] | None = None,
+        backend: str = "auto",
+        reduce: Callable[[int, AttentionStats], object] | None = None,
+    ) -> Iterator[StatsCollector]:
+        """Compute attention through the statistics kernel for the ``with`` block.
+
+        ``with model.collect_attention_stats(StatsConfig(n_sink=4)) as stats: model(tokens)``, then
+        ``stats[layer].entropy`` is ``[batch, head, query]``. Logits stay within float tolerance of
+        the plain model; the attention pattern is never materialized.
+        """
+        if self._stats_collector is not None:
+            raise InterpError("attention statistics are already being collected; nest no second collect_attention_stats")
+        collector = StatsCollector(config or StatsConfig(), layers=layers, backend=backend, reduce=reduce)
+        self._stats_collector = collector
+        try:
+            yield collector
+        finally:
+            self._stats_collector = None
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (
+            f"HookedModel({c.name!r}, {c.architecture}, layers={c.n_layers}, heads={c.n_heads}, "
+            f"kv_heads={c.n_kv_heads}, d_head={c.d_head}, d_model={c.d_model})"
+        )
+

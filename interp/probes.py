@@ -1,0 +1,86 @@
+"""Probe inputs the scan runs heads on: natural text and repeated random tokens.
+
+Everything is generated offline and seeded, so the same settings give the same tokens.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from importlib import resources
+
+import torch
+
+from interp.errors import InterpError
+from interp.hooks import HookedModel
+
+
+def natural_text() -> str:
+    """The bundled English prose (original text, ~1,000 words, several unrelated topics)."""
+    return resources.files("interp.data").joinpath("natural_text.txt").read_text(encoding="utf-8")
+
+
+def natural_text_tokens(model: HookedModel, n_tokens: int, *, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """``[batch, n_tokens]`` of natural text: the bundled paragraphs, shuffled per row and repeated as needed.
+
+    Beyond ~1,300 tokens paragraphs recur, which copy-aware heads will notice; keep that in mind when
+    reading induction-like scores on long natural-text probes.
+    """
+    if model.tokenizer is None:
+        raise InterpError("natural-text probes need a tokenizer; load the model with interp.load or pass tokenizer=")
+    paragraphs = [p.strip() for p in natural_text().split("\n\n") if p.strip()]
+    rows = []
+    for row in range(batch):
+        rng = random.Random(seed * 1009 + row)
+        ids: list[int] = []
+        while len(ids) < n_tokens:
+            order = paragraphs[:]
+            rng.shuffle(order)
+            text = "\n\n".join(order) + "\n\n"
+            ids += model.tokenizer(text, add_special_tokens=not ids)["input_ids"]
+        rows.append(ids[:n_tokens])
+    return torch.tensor(rows, device=model.device)
+
+
+def repeated_random_tokens(model: HookedModel, half_length: int, *, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """``[batch, 2 * half_length]``: random tokens, then the same tokens again (the induction probe).
+
+    Tokens are drawn uniformly from the vocabulary minus the special tokens.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    special = set(getattr(model.tokenizer, "all_special_ids", []) or []) if model.tokenizer is not None else set()
+    allowed = torch.tensor([t for t in range(model.cfg.d_vocab) if t not in special])
+    first_half = allowed[torch.randint(len(allowed), (batch, half_length), generator=generator)]
+    return torch.cat([first_half, first_half], dim=1).to(model.device)
+
+
+@dataclass
+class Probe:
+    """A named batch of probe tokens ``[batch, pos]``."""
+
+    name: str
+    tokens: torch.Tensor
+    description: str
+
+
+def default_probes(model: HookedModel, *, context_length: int = 256, batch: int = 2, seed: int = 0) -> dict[str, Probe]:
+    """The scan's probe set: natural text and repeated random tokens, both ``context_length`` long."""
+    if context_length < 8:
+        raise InterpError(f"--context-length must be at least 8 tokens, got {context_length}")
+    if model.cfg.n_ctx is not None and context_length > model.cfg.n_ctx:
+        raise InterpError(
+            f"--context-length {context_length} exceeds the model's context window of {model.cfg.n_ctx} tokens; "
+            f"use at most {model.cfg.n_ctx}"
+        )
+    return {
+        "natural": Probe(
+            "natural",
+            natural_text_tokens(model, context_length, batch=batch, seed=seed),
+            "bundled English prose, paragraphs shuffled per row",
+        ),
+        "repeated": Probe(
+            "repeated",
+            repeated_random_tokens(model, context_length // 2, batch=batch, seed=seed),
+            "uniform random tokens followed by an exact repeat",
+        ),
+    }

@@ -1,0 +1,143 @@
+"""``interp.scan``: run analyses over a model's heads and write ``heads.csv`` + ``scan.json``.
+
+Output folder layout (``SCHEMA_VERSION`` 1):
+
+- ``heads.csv``: one row per (layer, head): ``layer, head, kv_head`` then each analysis's columns,
+  which start with the analysis name (documented in README "heads.csv columns");
+- ``scan.json``: model, settings (seed included), analyses, column meanings, versions, timings.
+
+Files are staged in a hidden folder beside the output and moved in only when complete, so an error
+or Ctrl-C never leaves a half-written table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from interp.analyses import resolve_analyses
+from interp.analyses.context import ScanContext, ScanSettings
+from interp.errors import InterpError
+from interp.hooks import HookedModel
+from interp.probes import default_probes
+
+SCHEMA_VERSION = 1
+KEY_COLUMNS = ("layer", "head", "kv_head")
+SCAN_FILES = ("heads.csv", "scan.json")
+
+
+@dataclass
+class ScanResult:
+    """A finished scan: the per-head table and the metadata written to ``scan.json``."""
+
+    heads: pd.DataFrame
+    metadata: dict = field(default_factory=dict)
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    import interp
+
+    return {
+        "interp": interp.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "pandas": pd.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def scan(
+    model: HookedModel,
+    *,
+    analyses: str | list[str] | None = None,
+    settings: ScanSettings | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> ScanResult:
+    """Run ``analyses`` (names; None = all) on ``model`` and merge their tables on ``layer, head``.
+
+    ``on_progress(analysis_name, done, total)`` is called before each analysis and once at the end.
+    """
+    settings = settings or ScanSettings()
+    chosen = resolve_analyses(analyses)
+    torch.manual_seed(settings.seed)
+    probes = default_probes(model, context_length=settings.context_length, batch=settings.batch, seed=settings.seed)
+    ctx = ScanContext(model=model, probes=probes, settings=settings)
+    heads = None
+    timings: dict[str, float] = {}
+    columns: dict[str, str] = {}
+    for index, analysis in enumerate(chosen):
+        if on_progress:
+            on_progress(analysis.name, index, len(chosen))
+        start = time.perf_counter()
+        table = analysis.run(ctx)
+        timings[analysis.name] = round(time.perf_counter() - start, 3)
+        columns.update(analysis.columns)
+        table = table[[c for c in table.columns if c in KEY_COLUMNS or c in analysis.columns]]
+        heads = table if heads is None else heads.merge(table, on=list(KEY_COLUMNS), validate="one_to_one")
+    if on_progress:
+        on_progress("done", len(chosen), len(chosen))
+    metadata = {
+        "schema_version": SCHEMA_VERSION,
+        "model": asdict(model.cfg),
+        "settings": asdict(settings),
+        "analyses": [a.name for a in chosen],
+        "columns": columns,
+        "probes": {name: {"shape": list(p.tokens.shape), "description": p.description} for name, p in probes.items()},
+        "versions": _versions(),
+        "timings_s": timings,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return ScanResult(heads=heads, metadata=metadata)
+
+
+def check_output_dir(out: Path, *, overwrite: bool) -> None:
+    """Fail early, before any model work, if ``out`` cannot receive a scan."""
+    if out.exists() and not out.is_dir():
+        raise InterpError(f"--out {out} is a file; choose a folder path")
+    if out.is_dir() and any((out / name).exists() for name in SCAN_FILES) and not overwrite:
+        raise InterpError(f"{out} already holds a scan; pass --overwrite or choose another --out")
+    parent = out if out.is_dir() else out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise InterpError(f"cannot write to {parent}; choose an --out folder you can write to")
+
+
+def write_scan(result: ScanResult, out: str | os.PathLike, *, overwrite: bool = False, extra: dict[str, str] | None = None) -> Path:
+    """Write ``heads.csv``, ``scan.json`` (and ``extra`` files: name -> text) into ``out``, all or nothing."""
+    out = Path(out)
+    check_output_dir(out, overwrite=overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        result.heads.to_csv(staging / "heads.csv", index=False)
+        (staging / "scan.json").write_text(json.dumps(result.metadata, indent=2) + "\n")
+        for name, text in (extra or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
+        out.mkdir(exist_ok=True)
+        for item in staging.iterdir():
+            os.replace(item, out / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def load_scan(folder: str | os.PathLike) -> ScanResult:
+    """Read a scan folder written by :func:`write_scan` back into a :class:`ScanResult`."""
+    folder = Path(folder)
+    if not (folder / "heads.csv").exists() or not (folder / "scan.json").exists():
+        raise InterpError(f"{folder} holds no scan (heads.csv and scan.json); run interp scan MODEL --out {folder}")
+    return ScanResult(heads=pd.read_csv(folder / "heads.csv"), metadata=json.loads((folder / "scan.json").read_text()))
