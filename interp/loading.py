@@ -17,9 +17,11 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def cache_dir() -> Path:
@@ -123,11 +126,41 @@ def _folder_model(folder: Path) -> Path:
     raise InterpError(f"{folder} is not a model folder: it has no config.json and no .gguf file")
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection (False at once when HF_HUB_OFFLINE is set)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    parsed = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def _hub_config(source: str) -> Any:
+    """The config of a hub id: from the local HF cache if there, else from the Hub if reachable."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=True), True
+    except (OSError, ValueError):
+        pass
+    if not hub_reachable():
+        raise OSError("the Hugging Face Hub is unreachable and the model is not in the local HF cache")
+    return AutoConfig.from_pretrained(source), False
+
+
 def _from_pretrained(source: str | Path, device: torch.device, dtype: torch.dtype, local_only: bool) -> tuple[nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
-        config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+        if local_only:
+            config = AutoConfig.from_pretrained(source, local_files_only=True)
+        else:
+            config, local_only = _hub_config(str(source))
     except (OSError, ValueError) as error:
         if local_only:
             raise InterpError(f"{source}: config.json could not be read ({str(error).splitlines()[0]}); fix or replace it") from error
@@ -137,10 +170,12 @@ def _from_pretrained(source: str | Path, device: torch.device, dtype: torch.dtyp
         ) from error
     spec_for(type("Probe", (), {"config": config})())  # unsupported architecture: fail before loading weights
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only).to(device)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-    except (OSError, ValueError):
-        tokenizer = None
+    tokenizer = None
+    if not (local_only and Path(source).is_dir() and not any((Path(source) / f).exists() for f in TOKENIZER_FILES)):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        except (OSError, ValueError):
+            tokenizer = None
     return model, tokenizer
 
 

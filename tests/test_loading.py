@@ -1,0 +1,81 @@
+"""interp.load: aliases, GGUF files, HF folders, live models, and the errors users see."""
+
+import json
+
+import pytest
+import torch
+from tiny_models import tiny_model
+from transformers import AutoModelForCausalLM, PhiConfig
+
+import interp
+from interp.errors import InterpError, UnsupportedArchitectureError
+from interp.builtin_models import BUILTIN_MODELS, resolve_builtin
+from interp.loading import load
+
+
+def test_alias_resolves_to_the_shipped_gguf_with_the_documented_shape(smollm):
+    cfg = smollm.cfg
+    assert (cfg.architecture, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model) == (
+        "llama", 30, 9, 3, 64, 576
+    )
+    assert resolve_builtin("smollm2-135m").name == BUILTIN_MODELS["smollm2-135m"].filename
+
+
+@torch.no_grad()
+def test_gguf_path_and_hf_folder_load_the_same_weights(smollm, smollm_folder):
+    tokens = smollm.to_tokens("Hello there, general")
+    from_gguf = load(str(resolve_builtin("smollm2-135m")), device="cpu")
+    from_folder = load(smollm_folder, device="cpu")
+    assert torch.equal(from_gguf(tokens), smollm(tokens))
+    assert torch.equal(from_folder(tokens), smollm(tokens))
+
+
+def test_live_hf_model_is_wrapped(tmp_path):
+    model = tiny_model("gpt2")
+    hooked = load(model)
+    assert hooked.model is model and hooked.cfg.n_layers == 2
+
+
+def test_local_folder_saved_by_hf_loads_with_dtype(tmp_path):
+    tiny_model("qwen2").save_pretrained(tmp_path)
+    hooked = load(tmp_path, device="cpu", dtype="bfloat16")
+    assert hooked.cfg.architecture == "qwen2" and next(hooked.model.parameters()).dtype == torch.bfloat16
+    assert hooked.tokenizer is None
+
+
+def test_unknown_model_without_hub_is_one_clear_error():
+    with pytest.raises(InterpError, match="neither a local path nor reachable on the Hugging Face Hub"):
+        load("does-not-exist", device="cpu")
+
+
+def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
+    AutoModelForCausalLM.from_config(
+        PhiConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedArchitectureError, match="'phi' is not supported.*gpt2.*llama"):
+        load(tmp_path, device="cpu")
+
+
+def test_folder_errors_name_the_problem(tmp_path):
+    with pytest.raises(InterpError, match="no config.json and no .gguf"):
+        load(tmp_path, device="cpu")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(InterpError, match="no weights"):
+        load(tmp_path, device="cpu")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(InterpError, match="config.json could not be read"):
+        load(tmp_path, device="cpu")
+
+
+def test_bad_device_and_dtype_are_clear_errors():
+    with pytest.raises(InterpError, match="unknown dtype 'float8'"):
+        load("smollm2-135m", dtype="float8")
+    if not torch.cuda.is_available():
+        with pytest.raises(InterpError, match="no CUDA GPU is visible"):
+            load("smollm2-135m", device="cuda")
+
+
+def test_public_api_is_importable():
+    for name in interp.__all__:
+        assert hasattr(interp, name), name
