@@ -20,6 +20,7 @@ DOCUMENTED_COLUMNS = [
     "sink_mass", "sink_mass_first_k",
     "entropy_mean", "entropy_normalized",
     "max_attention_mean", "max_attention_repeated",
+    *[f"{role}_score{suffix}" for role in ("previous_token", "duplicate_token", "induction") for suffix in ("", "_tl", "_natural")],
 ]
 
 

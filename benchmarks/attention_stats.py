@@ -1,0 +1,137 @@
+"""Memory and time of attention statistics versus a plain forward and versus materializing patterns.
+
+    python benchmarks/attention_stats.py [--model smollm2-135m] [--lengths 512,1024,2048,4096]
+
+For each sequence length, each mode runs in its own subprocess (peak RSS is per process) on the same
+model and the same tokens:
+
+  plain   model forward with its own SDPA attention                    (baseline a)
+  stats   interp forward collecting every statistic (chunked/triton)   (b)
+  eager   HF eager attention with output_attentions=True: the full      (c)
+          [batch, head, query, key] pattern of every layer is kept, as TransformerLens'
+          run_with_cache on hook_pattern does
+
+It prints wall time and peak memory above the loaded weights, with ratios to the baseline. A
+mode that runs out of memory is reported as such. With a CUDA GPU, it also times the Triton kernel
+alone against torch's scaled_dot_product_attention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+MODES = ("plain", "stats", "eager")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(model_name: str, mode: str, length: int, backend: str) -> dict:
+    import torch
+
+    import interp
+    from interp.kernels import StatsConfig
+    from interp.probes import natural_text_tokens
+
+    torch.manual_seed(0)
+    model = interp.load(model_name, device="cpu")
+    tokens = natural_text_tokens(model, length)
+    if mode == "eager":
+        plain = model.unhook()
+        plain.set_attn_implementation("eager")
+    rss_loaded = _rss_mb()
+    start = time.perf_counter()
+    with torch.no_grad():
+        if mode == "plain":
+            model(tokens)
+        elif mode == "stats":
+            config = StatsConfig(n_sink=4, window=16, targets=None, received=True)
+            with model.collect_attention_stats(config, backend=backend) as stats:
+                model(tokens)
+            assert len(stats) == model.cfg.n_layers
+        else:
+            out = plain(input_ids=tokens, output_attentions=True)
+            assert len(out.attentions) == model.cfg.n_layers
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"mode": mode, "length": length, "seconds": seconds, "peak_mb": peak, "loaded_mb": rss_loaded}
+
+
+def run_child(model: str, mode: str, length: int, backend: str) -> dict | None:
+    command = [sys.executable, __file__, "--child", mode, "--model", model, "--lengths", str(length), "--backend", backend]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or ["killed"])[-1]
+        return {"mode": mode, "length": length, "error": "out of memory" if result.returncode in (-9, 137) else tail}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def gpu_kernel_timing() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("\nno CUDA GPU: Triton kernel vs SDPA timing skipped")
+        return
+    import triton.testing
+
+    from interp.kernels import StatsConfig, attention_with_stats
+
+    print(f"\nTriton kernel vs SDPA on {torch.cuda.get_device_name()} (batch 1, 9 heads / 3 kv heads, d 64, bf16)")
+    print(f"{'length':>8} {'sdpa ms':>9} {'stats ms':>9} {'ratio':>6}")
+    for length in (1024, 4096, 16384, 32768):
+        q = torch.randn(1, 9, length, 64, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(1, 3, length, 64, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        sdpa = triton.testing.do_bench(
+            lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        )
+        config = StatsConfig(n_sink=4, window=16)
+        stats = triton.testing.do_bench(lambda: attention_with_stats(q, k, v, config=config, backend="triton"))
+        print(f"{length:>8} {sdpa:>9.3f} {stats:>9.3f} {stats / sdpa:>6.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--lengths", default="512,1024,2048,4096")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--child", choices=MODES)
+    args = parser.parse_args()
+    lengths = [int(x) for x in args.lengths.split(",")]
+    if args.child:
+        print(json.dumps(child(args.model, args.child, lengths[0], args.backend)))
+        return
+    modes = args.modes.split(",")
+    print(f"model {args.model}, CPU: {platform.processor() or platform.machine()}, batch 1, fp32, backend {args.backend}")
+    print(f"{'length':>7} {'mode':>6} {'time s':>8} {'x plain':>8} {'mem MB':>8} {'x plain':>8} {'eager/stats mem':>16}")
+    for length in lengths:
+        rows = {mode: run_child(args.model, mode, length, args.backend) for mode in modes}
+        base = rows.get("plain")
+        for mode, row in rows.items():
+            if "error" in row:
+                print(f"{length:>7} {mode:>6} {row['error']}")
+                continue
+            extra = row["peak_mb"] - row["loaded_mb"]
+            t_ratio = row["seconds"] / base["seconds"] if base and "error" not in base else float("nan")
+            m_ratio = extra / (base["peak_mb"] - base["loaded_mb"]) if base and "error" not in base else float("nan")
+            versus = ""
+            if mode == "eager" and "stats" in rows and "error" not in rows["stats"]:
+                versus = f"{extra / (rows['stats']['peak_mb'] - rows['stats']['loaded_mb']):.1f}"
+            print(f"{length:>7} {mode:>6} {row['seconds']:>8.2f} {t_ratio:>8.2f} {extra:>8.0f} {m_ratio:>8.2f} {versus:>16}")
+    gpu_kernel_timing()
+
+
+if __name__ == "__main__":
+    main()
