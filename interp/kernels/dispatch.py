@@ -1,0 +1,63 @@
+"""The public entry point: pick a backend and run it."""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+from torch import Tensor
+
+from interp.kernels.chunked import attention_with_stats_chunked
+from interp.kernels.reference import attention_with_stats_reference
+from interp.kernels.stats import AttentionStats, StatsConfig
+
+Backend = Literal["auto", "triton", "chunked", "reference"]
+BACKENDS: tuple[str, ...] = ("auto", "triton", "chunked", "reference")
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether triton can be imported (says nothing about a GPU being present)."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # ImportError, or a broken install failing at import time
+        return False
+    return True
+
+
+def attention_with_stats(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    scale: float | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    key_padding_mask: Tensor | None = None,
+    config: StatsConfig | None = None,
+    backend: Backend = "auto",
+) -> tuple[Tensor, AttentionStats]:
+    """Causal attention output [b, h, q, d_v] plus per-head statistics, without materializing
+    the [b, h, q, k] pattern (except for backend="reference").
+
+    backend: "auto" uses "triton" for CUDA tensors when triton imports, else "chunked".
+    See the `interp.kernels` module docstring for conventions and exact definitions.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = "triton" if isinstance(q, Tensor) and q.is_cuda and triton_available() else "chunked"
+    kwargs = dict(
+        scale=scale, sliding_window=sliding_window, softcap=softcap,
+        key_padding_mask=key_padding_mask, config=config,
+    )
+    if backend == "triton":
+        if not triton_available():
+            raise ValueError("backend='triton' requested but triton cannot be imported")
+        from interp.kernels.triton_backend import attention_with_stats_triton
+
+        return attention_with_stats_triton(q, k, v, **kwargs)
+    if backend == "chunked":
+        return attention_with_stats_chunked(q, k, v, **kwargs)
+    return attention_with_stats_reference(q, k, v, **kwargs)
