@@ -1,4 +1,4 @@
-"""Probe inputs the scan runs heads on: natural text and repeated random tokens.
+"""Probe inputs the scan runs heads on: natural text, code and repeated random tokens.
 
 Everything is generated offline and seeded, so the same settings give the same tokens.
 """
@@ -20,15 +20,32 @@ def natural_text() -> str:
     return resources.files("interp.data").joinpath("natural_text.txt").read_text(encoding="utf-8")
 
 
+def code_text() -> str:
+    """The bundled Python source (original code, ~80 lines)."""
+    return resources.files("interp.data").joinpath("code_text.txt").read_text(encoding="utf-8")
+
+
 def natural_text_tokens(model: HookedModel, n_tokens: int, *, batch: int = 1, seed: int = 0) -> torch.Tensor:
     """``[batch, n_tokens]`` of natural text: the bundled paragraphs, shuffled per row and repeated as needed.
 
     Beyond ~1,300 tokens paragraphs recur, which copy-aware heads will notice; keep that in mind when
     reading induction-like scores on long natural-text probes.
     """
+    return _shuffled_blocks_tokens(model, natural_text(), "\n\n", n_tokens, batch=batch, seed=seed)
+
+
+def code_tokens(model: HookedModel, n_tokens: int, *, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """``[batch, n_tokens]`` of Python source: the bundled code's top-level blocks, shuffled per row."""
+    return _shuffled_blocks_tokens(model, code_text(), "\n\n\n", n_tokens, batch=batch, seed=seed)
+
+
+def _shuffled_blocks_tokens(
+    model: HookedModel, text: str, separator: str, n_tokens: int, *, batch: int, seed: int
+) -> torch.Tensor:
+    """Blocks of ``text`` (split at ``separator``) shuffled per row with a seeded RNG, tokenized, cut to length."""
     if model.tokenizer is None:
-        raise InterpError("natural-text probes need a tokenizer; load the model with interp.load or pass tokenizer=")
-    paragraphs = [p.strip() for p in natural_text().split("\n\n") if p.strip()]
+        raise InterpError("text probes need a tokenizer; load the model with interp.load or pass tokenizer=")
+    paragraphs = [p.strip() for p in text.split(separator) if p.strip()]
     rows = []
     for row in range(batch):
         rng = random.Random(seed * 1009 + row)
@@ -36,8 +53,8 @@ def natural_text_tokens(model: HookedModel, n_tokens: int, *, batch: int = 1, se
         while len(ids) < n_tokens:
             order = paragraphs[:]
             rng.shuffle(order)
-            text = "\n\n".join(order) + "\n\n"
-            ids += model.tokenizer(text, add_special_tokens=not ids)["input_ids"]
+            joined = separator.join(order) + separator
+            ids += model.tokenizer(joined, add_special_tokens=not ids)["input_ids"]
         rows.append(ids[:n_tokens])
     return torch.tensor(rows, device=model.device)
 
@@ -64,7 +81,7 @@ class Probe:
 
 
 def default_probes(model: HookedModel, *, context_length: int = 256, batch: int = 2, seed: int = 0) -> dict[str, Probe]:
-    """The scan's probe set: natural text and repeated random tokens, both ``context_length`` long."""
+    """The scan's probe set: natural text, Python code and repeated random tokens, each ``context_length`` long."""
     if context_length < 8:
         raise InterpError(f"--context-length must be at least 8 tokens, got {context_length}")
     if model.cfg.n_ctx is not None and context_length > model.cfg.n_ctx:
@@ -77,6 +94,11 @@ def default_probes(model: HookedModel, *, context_length: int = 256, batch: int 
             "natural",
             natural_text_tokens(model, context_length, batch=batch, seed=seed),
             "bundled English prose, paragraphs shuffled per row",
+        ),
+        "code": Probe(
+            "code",
+            code_tokens(model, context_length, batch=batch, seed=seed),
+            "bundled Python source, top-level blocks shuffled per row",
         ),
         "repeated": Probe(
             "repeated",

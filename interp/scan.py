@@ -4,7 +4,9 @@ Output folder layout (``SCHEMA_VERSION`` 1):
 
 - ``heads.csv``: one row per (layer, head): ``layer, head, kv_head`` then each analysis's columns,
   which start with the analysis name (documented in README "heads.csv columns");
-- ``scan.json``: model, settings (seed included), analyses, column meanings, versions, timings.
+- ``scan.json``: model, settings (seed included), analyses, column meanings, model-level summaries
+  (e.g. the sink rate), versions, timings;
+- ``<table>.csv``: extra tables some analyses produce (e.g. ``secondary_sinks.csv``).
 
 Files are staged in a hidden folder beside the output and moved in only when complete, so an error
 or Ctrl-C never leaves a half-written table.
@@ -43,6 +45,7 @@ class ScanResult:
 
     heads: pd.DataFrame
     metadata: dict = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 def _versions() -> dict[str, str]:
@@ -78,6 +81,8 @@ def scan(
     heads = None
     timings: dict[str, float] = {}
     columns: dict[str, str] = {}
+    tables: dict[str, pd.DataFrame] = {}
+    summary: dict[str, dict] = {}
     for index, analysis in enumerate(chosen):
         if on_progress:
             on_progress(analysis.name, index, len(chosen))
@@ -85,6 +90,9 @@ def scan(
         table = analysis.run(ctx)
         timings[analysis.name] = round(time.perf_counter() - start, 3)
         columns.update(analysis.columns)
+        tables.update(table.attrs.get("tables", {}))
+        if table.attrs.get("summary"):
+            summary[analysis.name] = table.attrs["summary"]
         table = table[[c for c in table.columns if c in KEY_COLUMNS or c in analysis.columns]]
         heads = table if heads is None else heads.merge(table, on=list(KEY_COLUMNS), validate="one_to_one")
     if on_progress:
@@ -95,12 +103,15 @@ def scan(
         "settings": asdict(settings),
         "analyses": [a.name for a in chosen],
         "columns": columns,
+        "summary": summary,
+        "tables": sorted(tables),
         "probes": {name: {"shape": list(p.tokens.shape), "description": p.description} for name, p in probes.items()},
         "versions": _versions(),
         "timings_s": timings,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return ScanResult(heads=heads, metadata=metadata)
+    heads.attrs = {}
+    return ScanResult(heads=heads, metadata=metadata, tables=tables)
 
 
 def check_output_dir(out: Path, *, overwrite: bool) -> None:
@@ -124,6 +135,8 @@ def write_scan(result: ScanResult, out: str | os.PathLike, *, overwrite: bool = 
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         result.heads.to_csv(staging / "heads.csv", index=False)
+        for name, table in result.tables.items():
+            table.to_csv(staging / f"{name}.csv", index=False)
         (staging / "scan.json").write_text(json.dumps(result.metadata, indent=2) + "\n")
         for name, text in (extra or {}).items():
             (staging / name).write_text(text, encoding="utf-8")
@@ -140,4 +153,6 @@ def load_scan(folder: str | os.PathLike) -> ScanResult:
     folder = Path(folder)
     if not (folder / "heads.csv").exists() or not (folder / "scan.json").exists():
         raise InterpError(f"{folder} holds no scan (heads.csv and scan.json); run interp scan MODEL --out {folder}")
-    return ScanResult(heads=pd.read_csv(folder / "heads.csv"), metadata=json.loads((folder / "scan.json").read_text()))
+    metadata = json.loads((folder / "scan.json").read_text())
+    tables = {name: pd.read_csv(folder / f"{name}.csv") for name in metadata.get("tables", []) if (folder / f"{name}.csv").exists()}
+    return ScanResult(heads=pd.read_csv(folder / "heads.csv"), metadata=metadata, tables=tables)

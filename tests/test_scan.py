@@ -17,10 +17,12 @@ from interp.scan import load_scan, write_scan
 
 DOCUMENTED_COLUMNS = [
     "layer", "head", "kv_head",
-    "sink_mass", "sink_mass_first_k",
+    "sink_mass", "sink_mass_first_k", "sink_alpha0", "sink_has_sink",
     "entropy_mean", "entropy_normalized",
     "max_attention_mean", "max_attention_repeated",
     *[f"{role}_score{suffix}" for role in ("previous_token", "duplicate_token", "induction") for suffix in ("", "_tl", "_natural")],
+    "dormant_sink_natural", "dormant_sink_code", "dormant_sink_repeated", "dormant_sink_range", "dormant_switching",
+    "value_norm_first", "value_norm_ratio",
 ]
 
 

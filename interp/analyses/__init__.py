@@ -2,12 +2,13 @@
 
 Public functions return tidy DataFrames with one row per (layer, head)."""
 
-from interp.analyses import sink, entropy, max_attention, token_roles  # noqa: F401,I001  (registration order = column order)
+from interp.analyses import sink, entropy, max_attention, token_roles, dormant, value_norm  # noqa: F401,I001  (registration order = column order)
 from interp.analyses.entropy import entropy_scores
 from interp.analyses.head_stats import head_frame, head_stat_means
 from interp.analyses.max_attention import max_attention_scores
 from interp.analyses.registry import ANALYSES, Analysis, register, resolve_analyses
-from interp.analyses.sink import sink_scores
+from interp.analyses.sink import secondary_sinks, sink_rate, sink_scores
+from interp.analyses.value_norm import value_norm_scores
 from interp.analyses.token_roles import role_scores, role_targets, token_role_scores
 
 __all__ = [
@@ -21,6 +22,9 @@ __all__ = [
     "resolve_analyses",
     "role_scores",
     "role_targets",
+    "secondary_sinks",
+    "sink_rate",
     "sink_scores",
+    "value_norm_scores",
     "token_role_scores",
 ]

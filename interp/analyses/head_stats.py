@@ -28,14 +28,16 @@ def head_stat_means(
 
     Besides the per-query statistics of :class:`~interp.kernels.AttentionStats` it returns
     ``first_token_mass`` (mass on key 0; needs ``n_sink >= 1``), ``entropy_normalized``
-    (entropy / log(number of visible keys)) and, when ``config.received``,
-    ``received_mean_first`` = mean attention the first key receives from the queries that see it.
+    (entropy / log(number of visible keys)) and, when ``config.received``, ``alpha``
+    ``[layer, batch, head, key]``: the mean attention key ``k`` receives from the queries that can
+    see it, ``sum_q A[q, k] / (n - k)`` (Gu et al., "When Attention Sink Emerges", 2024).
     """
     config = config or StatsConfig()
     n_query = tokens.shape[1]
     if n_query <= skip_queries:
         raise ValueError(f"need more than {skip_queries} tokens per probe, got {n_query}")
     visible_keys = torch.arange(1, n_query + 1, device=tokens.device, dtype=torch.float32)[skip_queries:]
+    seeing_queries = torch.arange(n_query, 0, -1, device=tokens.device, dtype=torch.float32)  # key k: n - k
 
     def reduce(layer: int, stats: AttentionStats) -> dict[str, torch.Tensor]:
         means = {}
@@ -48,7 +50,7 @@ def head_stat_means(
         normalized = stats.entropy[:, :, skip_queries:] / torch.log(visible_keys)
         means["entropy_normalized"] = normalized.mean(dim=(0, 2)).cpu()
         if stats.received is not None:
-            means["received_mean_first"] = (stats.received[:, :, 0] / n_query).mean(dim=0).cpu()
+            means["alpha"] = (stats.received / seeing_queries).cpu()
         return means
 
     with torch.no_grad(), model.collect_attention_stats(config, backend=backend, reduce=reduce) as collected:

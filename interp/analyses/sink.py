@@ -1,8 +1,19 @@
-"""Attention sinks: how much attention a head puts on the first token.
+"""Attention sinks: heads that park attention on the first token, and secondary sinks elsewhere.
 
-``sink_mass`` is the mean, over queries ``p >= 1`` (and batch), of the attention probability on key 0
-(Xiao et al., "Efficient Streaming Language Models with Attention Sinks", 2023). Measured on the
-natural-text probe.
+- ``sink_mass``: mean over queries ``p >= 1`` of the attention probability on key 0 (Xiao et al.,
+  "Efficient Streaming Language Models with Attention Sinks", 2023); ``sink_mass_first_k`` the
+  same on keys ``0..n_sink-1``.
+- ``sink_alpha0``: Gu et al. ("When Attention Sink Emerges in Language Models", 2024) per-key
+  importance ``alpha_k = sum_q A[q, k] / (number of queries that can see k)`` at ``k = 0``, mean
+  over probe rows. A head *has a sink* at ``k`` when ``alpha_k > epsilon`` (default 0.3); the
+  model-level **sink rate** is the share of (row, layer, head) with ``alpha_0 > epsilon`` on the
+  first 64 tokens of natural text.
+- **Secondary sinks** (Yu et al., "Unveiling and Harnessing Hidden Attention Sinks", 2024; "On the
+  Existence and Behaviour of Secondary Attention Sinks"): positions ``k > 0`` where some head of a
+  layer has ``alpha_k > threshold`` (default 0.1), with the token, the first layer where that
+  happens and the number of layers where it does.
+
+All computed from the attention-statistics kernel's column sums; the pattern is never materialized.
 """
 
 from __future__ import annotations
@@ -15,17 +26,74 @@ from interp.analyses.registry import register
 from interp.hooks import HookedModel
 from interp.kernels import StatsConfig
 
-
-def sink_scores(model: HookedModel, tokens: torch.Tensor, *, n_sink: int = 1, backend: str = "auto") -> pd.DataFrame:
-    """Per head: ``sink_mass`` (mean mass on token 0) and ``sink_mass_first_k`` (on tokens 0..n_sink-1)."""
-    means = head_stat_means(model, tokens, StatsConfig(n_sink=n_sink, window=0, received=False), backend=backend)
-    return _frame(model, means, n_sink)
+SINK_EPSILON = 0.3
+SECONDARY_THRESHOLD = 0.1
+SINK_RATE_TOKENS = 64
 
 
-def _frame(model: HookedModel, means: dict[str, torch.Tensor], n_sink: int) -> pd.DataFrame:
-    frame = head_frame(model, {"sink_mass": means["first_token_mass"], "sink_mass_first_k": means["sink_mass"]})
-    frame.attrs["settings"] = {"n_sink": n_sink}
+def sink_scores(
+    model: HookedModel, tokens: torch.Tensor, *, n_sink: int = 1, epsilon: float = SINK_EPSILON, backend: str = "auto"
+) -> pd.DataFrame:
+    """Per head: ``sink_mass``, ``sink_mass_first_k``, ``sink_alpha0`` and ``sink_has_sink`` (alpha_0 > epsilon)."""
+    means = head_stat_means(model, tokens, StatsConfig(n_sink=n_sink, window=0, received=True), backend=backend)
+    return _frame(model, means, n_sink=n_sink, epsilon=epsilon)
+
+
+def _frame(model: HookedModel, means: dict[str, torch.Tensor], *, n_sink: int, epsilon: float) -> pd.DataFrame:
+    alpha0 = means["alpha"][..., 0].mean(dim=1)  # [layer, head]
+    frame = head_frame(
+        model,
+        {"sink_mass": means["first_token_mass"], "sink_mass_first_k": means["sink_mass"], "sink_alpha0": alpha0},
+    )
+    frame["sink_has_sink"] = frame["sink_alpha0"] > epsilon
+    frame.attrs["settings"] = {"n_sink": n_sink, "epsilon": epsilon}
     return frame
+
+
+def sink_rate(model: HookedModel, tokens: torch.Tensor, *, epsilon: float = SINK_EPSILON, backend: str = "auto") -> float:
+    """Share of (row, layer, head) with ``alpha_0 > epsilon`` on the first 64 tokens of ``tokens``."""
+    first = tokens[:, :SINK_RATE_TOKENS]
+    alpha = head_stat_means(model, first, StatsConfig(n_sink=1, window=0, received=True), backend=backend)["alpha"]
+    return float((alpha[..., 0] > epsilon).float().mean())
+
+
+def secondary_sinks(
+    model: HookedModel,
+    tokens: torch.Tensor,
+    alpha: torch.Tensor | None = None,
+    *,
+    threshold: float = SECONDARY_THRESHOLD,
+    min_queries: int = 32,
+    backend: str = "auto",
+) -> pd.DataFrame:
+    """One row per (row, position ``k > 0``) that some head treats as a sink (``alpha_k > threshold``).
+
+    Columns: ``row, position, token, first_layer, n_layers, n_heads, max_alpha``. Keys seen by fewer
+    than ``min_queries`` queries (the last few positions) are left out: their alpha is an average
+    over too few queries to mean anything. ``alpha`` (``[layer, batch, head, key]``) may be passed
+    when already computed.
+    """
+    if alpha is None:
+        alpha = head_stat_means(model, tokens, StatsConfig(n_sink=1, window=0, received=True), backend=backend)["alpha"]
+    n_keys = alpha.shape[-1]
+    above = alpha[..., 1 : n_keys - min_queries + 1] > threshold  # [layer, batch, head, key-1]
+    rows = []
+    for row, position in (above.any(dim=(0, 2))).nonzero().tolist():
+        layers = above[:, row, :, position].any(dim=1).nonzero().flatten()
+        token_id = int(tokens[row, position + 1])
+        rows.append(
+            {
+                "row": row,
+                "position": position + 1,
+                "token": model.tokenizer.decode([token_id]) if model.tokenizer is not None else str(token_id),
+                "first_layer": int(layers[0]),
+                "n_layers": len(layers),
+                "n_heads": int(above[:, row, :, position].sum()),
+                "max_alpha": float(alpha[:, row, :, position + 1].max()),
+            }
+        )
+    columns = ["row", "position", "token", "first_layer", "n_layers", "n_heads", "max_alpha"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["n_heads", "max_alpha"], ascending=False, ignore_index=True)
 
 
 @register(
@@ -33,9 +101,19 @@ def _frame(model: HookedModel, means: dict[str, torch.Tensor], n_sink: int) -> p
     columns={
         "sink_mass": "mean attention probability on the first token (queries p>=1, natural text)",
         "sink_mass_first_k": "mean attention probability on the first n_sink tokens (default 4)",
+        "sink_alpha0": "Gu et al. alpha_0: attention the first token receives per query that sees it (natural text)",
+        "sink_has_sink": "sink_alpha0 > epsilon (0.3)",
     },
-    description="Attention sinks: mass each head puts on the first token(s).",
+    description="Attention sinks: mass each head puts on the first token(s); secondary sinks; model sink rate.",
 )
 def _scan_sink(ctx) -> pd.DataFrame:
     means = ctx.head_means("natural")
-    return _frame(ctx.model, means, ctx.settings.n_sink)
+    frame = _frame(ctx.model, means, n_sink=ctx.settings.n_sink, epsilon=SINK_EPSILON)
+    tokens = ctx.probes["natural"].tokens
+    frame.attrs["tables"] = {"secondary_sinks": secondary_sinks(ctx.model, tokens, means["alpha"])}
+    frame.attrs["summary"] = {
+        "sink_rate": sink_rate(ctx.model, tokens, backend=ctx.settings.backend),
+        "sink_rate_epsilon": SINK_EPSILON,
+        "sink_rate_tokens": SINK_RATE_TOKENS,
+    }
+    return frame
