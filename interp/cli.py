@@ -47,13 +47,22 @@ def scan(
     context_length: Annotated[int, typer.Option(help="tokens per probe sequence")] = 256,
     batch: Annotated[int, typer.Option(help="probe sequences per probe kind")] = 2,
     seed: Annotated[int, typer.Option(help="seed for the probes")] = 0,
+    needle_samples: Annotated[int, typer.Option(help="needle-in-a-haystack prompts for the retrieval analysis")] = 6,
+    streaming_per_head: Annotated[
+        bool, typer.Option(help="also score streaming per query head (costs n_heads/n_kv_heads more)")
+    ] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
     backend: Annotated[str, typer.Option(help="attention-statistics backend: auto, triton, chunked, reference")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="replace an existing scan in --out")] = False,
+    resume: Annotated[bool, typer.Option(help="reuse analyses already finished in --out with the same settings")] = False,
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
 ) -> None:
-    """Scan every head of MODEL and write heads.csv and scan.json into --out."""
+    """Scan every head of MODEL and write heads.csv and scan.json into --out.
+
+    Each analysis is saved under --out/analyses/ as it finishes, so an interrupted scan continues
+    with --resume.
+    """
     import interp
     from interp.analyses import resolve_analyses
     from interp.kernels import BACKENDS
@@ -66,8 +75,13 @@ def scan(
             raise InterpError(f"unknown --backend {backend!r}; use one of {', '.join(BACKENDS)}")
         if batch < 1:
             raise InterpError(f"--batch must be at least 1, got {batch}")
-        check_output_dir(out, overwrite=overwrite)
-        settings = interp.ScanSettings(context_length=context_length, batch=batch, seed=seed, backend=backend)
+        if needle_samples < 1:
+            raise InterpError(f"--needle-samples must be at least 1, got {needle_samples}")
+        check_output_dir(out, overwrite=overwrite, resume=resume)
+        settings = interp.ScanSettings(
+            context_length=context_length, batch=batch, seed=seed, backend=backend,
+            needle_samples=needle_samples, streaming_per_head=streaming_per_head,
+        )
         with Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(), console=console, transient=False,
@@ -77,14 +91,22 @@ def scan(
             hooked = interp.load(model, device=device, dtype=dtype)
             progress.update(loading, completed=1, description=f"loaded {hooked.cfg.name} ({time.perf_counter() - start:.1f}s)")
             task = progress.add_task("analyses", total=len(chosen))
+            step = progress.add_task("", total=None, visible=False)
 
             def on_progress(name: str, done: int, total: int) -> None:
                 progress.update(task, completed=done, description=f"analysis: {name}")
+                progress.update(step, visible=False)
 
-            result = interp.scan(hooked, analyses=[a.name for a in chosen], settings=settings, on_progress=on_progress)
-        interp.write_scan(result, out, overwrite=overwrite)
+            def on_step(name: str, done: int, total: int) -> None:
+                progress.update(step, completed=done, total=total, description=f"  {name}", visible=True)
+
+            result = interp.scan(
+                hooked, analyses=[a.name for a in chosen], settings=settings, on_progress=on_progress,
+                on_step=on_step, checkpoint_dir=out / "analyses", resume=resume,
+            )
+        interp.write_scan(result, out, overwrite=overwrite, resume=resume)
     except KeyboardInterrupt:
-        console.print("interrupted: nothing was written")
+        console.print(f"interrupted: finished analyses are saved in {out / 'analyses'}; continue with --resume")
         raise typer.Exit(130)
     except Exception as error:  # noqa: BLE001 - every failure becomes one line unless --debug
         _fail(error, debug)

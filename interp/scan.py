@@ -15,6 +15,7 @@ or Ctrl-C never leaves a half-written table.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -62,33 +63,102 @@ def _versions() -> dict[str, str]:
     }
 
 
+def settings_fingerprint(model: HookedModel, settings: ScanSettings) -> str:
+    """Identifies a (model, settings, interp version) combination; checkpoints are reused only on a match."""
+    import interp
+
+    key = json.dumps({"model": asdict(model.cfg), "settings": asdict(settings), "interp": interp.__version__}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+class Checkpoints:
+    """Per-analysis results in ``<out>/analyses/``, each written atomically as the analysis finishes.
+
+    ``<name>.csv`` (its head table), ``<name>.<table>.csv`` (extra tables) and ``<name>.json``
+    (fingerprint, summary, timing) — the JSON is written last, so an analysis counts as done only
+    when all its files are complete. ``interp scan --resume`` reuses those whose fingerprint matches.
+    """
+
+    def __init__(self, folder: Path, fingerprint: str) -> None:
+        self.folder = folder
+        self.fingerprint = fingerprint
+
+    def load(self, name: str) -> tuple[pd.DataFrame, float] | None:
+        meta_path = self.folder / f"{name}.json"
+        if not meta_path.exists():
+            return None
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") != self.fingerprint:
+            return None
+        table = pd.read_csv(self.folder / f"{name}.csv")
+        table.attrs["tables"] = {t: pd.read_csv(self.folder / f"{name}.{t}.csv") for t in meta.get("tables", [])}
+        table.attrs["summary"] = meta.get("summary", {})
+        return table, meta.get("seconds", 0.0)
+
+    def save(self, name: str, table: pd.DataFrame, seconds: float) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        extra = table.attrs.get("tables", {})
+        clean = table.copy()
+        clean.attrs = {}
+        _atomic_write_text(self.folder / f"{name}.csv", clean.to_csv(index=False))
+        for table_name, extra_table in extra.items():
+            _atomic_write_text(self.folder / f"{name}.{table_name}.csv", extra_table.to_csv(index=False))
+        meta = {"fingerprint": self.fingerprint, "tables": sorted(extra), "summary": table.attrs.get("summary", {}),
+                "seconds": seconds}
+        _atomic_write_text(self.folder / f"{name}.json", json.dumps(meta, indent=2, default=float))
+
+
 def scan(
     model: HookedModel,
     *,
     analyses: str | list[str] | None = None,
     settings: ScanSettings | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    on_step: Callable[[str, int, int], None] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> ScanResult:
     """Run ``analyses`` (names; None = all) on ``model`` and merge their tables on ``layer, head``.
 
-    ``on_progress(analysis_name, done, total)`` is called before each analysis and once at the end.
+    ``on_progress(analysis_name, done, total)`` is called before each analysis and once at the end;
+    ``on_step(analysis_name, done, total)`` as a long analysis advances (samples, layers). With
+    ``checkpoint_dir`` each analysis's result is saved there as it finishes; ``resume=True`` reuses
+    saved results made with the same model and settings instead of recomputing them.
     """
     settings = settings or ScanSettings()
     chosen = resolve_analyses(analyses)
     torch.manual_seed(settings.seed)
     probes = default_probes(model, context_length=settings.context_length, batch=settings.batch, seed=settings.seed)
     ctx = ScanContext(model=model, probes=probes, settings=settings)
+    checkpoints = Checkpoints(Path(checkpoint_dir), settings_fingerprint(model, settings)) if checkpoint_dir else None
     heads = None
     timings: dict[str, float] = {}
     columns: dict[str, str] = {}
     tables: dict[str, pd.DataFrame] = {}
     summary: dict[str, dict] = {}
+    resumed: list[str] = []
     for index, analysis in enumerate(chosen):
         if on_progress:
             on_progress(analysis.name, index, len(chosen))
-        start = time.perf_counter()
-        table = analysis.run(ctx)
-        timings[analysis.name] = round(time.perf_counter() - start, 3)
+        if on_step:
+            ctx.progress = lambda done, total, name=analysis.name: on_step(name, done, total)
+        saved = checkpoints.load(analysis.name) if checkpoints and resume else None
+        if saved is not None:
+            table, seconds = saved
+            resumed.append(analysis.name)
+        else:
+            start = time.perf_counter()
+            table = analysis.run(ctx)
+            seconds = round(time.perf_counter() - start, 3)
+            if checkpoints:
+                checkpoints.save(analysis.name, table, seconds)
+        timings[analysis.name] = seconds
         columns.update(analysis.columns)
         tables.update(table.attrs.get("tables", {}))
         if table.attrs.get("summary"):
@@ -108,18 +178,21 @@ def scan(
         "probes": {name: {"shape": list(p.tokens.shape), "description": p.description} for name, p in probes.items()},
         "versions": _versions(),
         "timings_s": timings,
+        "resumed": resumed,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     heads.attrs = {}
     return ScanResult(heads=heads, metadata=metadata, tables=tables)
 
 
-def check_output_dir(out: Path, *, overwrite: bool) -> None:
+def check_output_dir(out: Path, *, overwrite: bool, resume: bool = False) -> None:
     """Fail early, before any model work, if ``out`` cannot receive a scan."""
     if out.exists() and not out.is_dir():
         raise InterpError(f"--out {out} is a file; choose a folder path")
-    if out.is_dir() and any((out / name).exists() for name in SCAN_FILES) and not overwrite:
-        raise InterpError(f"{out} already holds a scan; pass --overwrite or choose another --out")
+    if overwrite and resume:
+        raise InterpError("--overwrite and --resume contradict each other: resume keeps finished analyses; pick one")
+    if out.is_dir() and any((out / name).exists() for name in SCAN_FILES) and not (overwrite or resume):
+        raise InterpError(f"{out} already holds a scan; pass --overwrite (or --resume) or choose another --out")
     parent = out if out.is_dir() else out.parent
     while not parent.exists():
         parent = parent.parent
@@ -127,10 +200,17 @@ def check_output_dir(out: Path, *, overwrite: bool) -> None:
         raise InterpError(f"cannot write to {parent}; choose an --out folder you can write to")
 
 
-def write_scan(result: ScanResult, out: str | os.PathLike, *, overwrite: bool = False, extra: dict[str, str] | None = None) -> Path:
+def write_scan(
+    result: ScanResult,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    extra: dict[str, str] | None = None,
+) -> Path:
     """Write ``heads.csv``, ``scan.json`` (and ``extra`` files: name -> text) into ``out``, all or nothing."""
     out = Path(out)
-    check_output_dir(out, overwrite=overwrite)
+    check_output_dir(out, overwrite=overwrite, resume=resume)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:

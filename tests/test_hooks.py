@@ -179,3 +179,32 @@ def test_real_model_hooked_logits_identical_and_pattern_matches_eager(smollm, sm
     _, cache = smollm.run_with_cache(tokens, names=["blocks.0.attn.hook_pattern", "blocks.17.attn.hook_pattern"])
     torch.testing.assert_close(cache["blocks.17.attn.hook_pattern"], eager[17], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(cache["blocks.0.attn.hook_pattern"], eager[0], atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_per_row_and_per_head_knockout_matches_one_row_at_a_time():
+    hooked = HookedModel(tiny_model("llama"))
+    tokens = _tokens(batch=1, pos=8).repeat(3, 1)
+    edges = torch.zeros(3, 4, 8, 8, dtype=torch.bool)
+    edges[0, 1, 6, :3] = True  # row 0: head 1 loses keys 0-2 at query 6
+    edges[2, 3, 7, 5] = True  # row 2: head 3 loses key 5 at query 7
+    with hooked.knockout(edges, layers=[1]):
+        batched = hooked(tokens)
+    for row in range(3):
+        single = edges[row, :, :, :]
+        with hooked.knockout(single[None], layers=[1]):
+            expected = hooked(tokens[row : row + 1])
+        torch.testing.assert_close(batched[row : row + 1], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched[1], hooked(tokens[1:2])[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(batched[0], batched[1], atol=1e-4)
+
+
+@torch.no_grad()
+def test_nested_knockouts_are_removed_independently():
+    hooked = HookedModel(tiny_model("gpt2"))
+    first, second = torch.zeros(5, 5, dtype=torch.bool), torch.ones(5, 5, dtype=torch.bool).tril(-1)
+    with hooked.knockout(first, layers=[0]):
+        with hooked.knockout(second, layers=[0]):
+            assert len(hooked._knockouts[0]) == 2
+        assert len(hooked._knockouts[0]) == 1 and hooked._knockouts[0][0][0] is first
+    assert not hooked.has_knockout(0)

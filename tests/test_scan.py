@@ -23,12 +23,16 @@ DOCUMENTED_COLUMNS = [
     *[f"{role}_score{suffix}" for role in ("previous_token", "duplicate_token", "induction") for suffix in ("", "_tl", "_natural")],
     "dormant_sink_natural", "dormant_sink_code", "dormant_sink_repeated", "dormant_sink_range", "dormant_switching",
     "value_norm_first", "value_norm_ratio",
+    "retrieval_score", "retrieval_head",
+    "streaming_mass_outside", "streaming_score", "streaming_score_kv",
 ]
 
 
 @pytest.fixture(scope="module")
 def smollm_scan(smollm):
-    settings = interp.ScanSettings(context_length=96, batch=2, seed=3)
+    settings = interp.ScanSettings(
+        context_length=96, batch=2, seed=3, needle_samples=2, retrieval_check_k=0, streaming_window=32
+    )
     return interp.scan(smollm, settings=settings), settings
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -22,15 +23,22 @@ class ScanSettings:
     backend: str = "auto"
     n_sink: int = 4
     window: int = 8
+    needle_samples: int = 6
+    retrieval_check_k: int = 5
+    streaming_sink: int = 4
+    streaming_window: int = 256
+    streaming_per_head: bool = False
 
 
 @dataclass
 class ScanContext:
-    """Passed to every analysis. ``head_means(probe)`` runs one statistics pass per probe and caches it."""
+    """Passed to every analysis. ``head_means(probe)`` runs one statistics pass per probe and caches it;
+    long analyses call ``progress(done, total)`` so the CLI can show a bar for them."""
 
     model: HookedModel
     probes: dict[str, Probe]
     settings: ScanSettings
+    progress: Callable[[int, int], None] = lambda done, total: None  # steps within the running analysis
     _means: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def head_means(self, probe: str) -> dict[str, torch.Tensor]:

@@ -355,10 +355,15 @@ class HookedModel:
         entries = self._knockouts.get(layer)
         if not entries:
             return None
-        blocked = torch.zeros(1, shape[1], shape[2], shape[3], dtype=torch.bool, device=device)
+        per_row = any(edges.ndim >= 3 for edges, _ in entries)
+        blocked = torch.zeros(shape[0] if per_row else 1, *shape[1:], dtype=torch.bool, device=device)
         for edges, heads in entries:
-            edges = edges.to(device)[-shape[2] :, : shape[3]]
-            if heads is None:
+            edges = edges.to(device)[..., -shape[2] :, : shape[3]]
+            if edges.ndim == 3:  # [batch, query, key]: the same for every selected head
+                edges = edges[:, None]
+            if edges.ndim == 4:  # [batch, head, query, key]
+                blocked |= edges
+            elif heads is None:
                 blocked |= edges
             else:
                 blocked[:, heads] |= edges
@@ -368,12 +373,20 @@ class HookedModel:
     def knockout(
         self, edges: torch.Tensor, *, layers: Iterable[int] | None = None, heads: Sequence[int] | None = None
     ) -> Iterator[HookedModel]:
-        """Block attention edges before the softmax: ``edges[query, key] = True`` removes that edge.
+        """Block attention edges before the softmax: ``edges[..., query, key] = True`` removes that edge.
 
-        Applies to ``layers`` (default all) and ``heads`` (default all query heads of those layers).
+        ``edges`` is ``[query, key]`` (every batch row), ``[batch, query, key]`` (per row) or
+        ``[batch, head, query, key]`` (per row and head; ``heads`` must then be None). Applies to
+        ``layers`` (default all) and ``heads`` (default all query heads of those layers). Knocked-out
+        layers compute attention explicitly (the pattern is materialized for them).
         """
-        if edges.dtype != torch.bool or edges.ndim != 2:
-            raise InterpError("knockout edges must be a boolean [query, key] tensor (True = block that edge)")
+        if edges.dtype != torch.bool or edges.ndim not in (2, 3, 4):
+            raise InterpError(
+                "knockout edges must be a boolean [query, key], [batch, query, key] or [batch, head, query, key] "
+                "tensor (True = block that edge)"
+            )
+        if edges.ndim == 4 and heads is not None:
+            raise InterpError("knockout edges with a head axis select heads themselves; drop heads=")
         chosen = range(self.cfg.n_layers) if layers is None else list(layers)
         entry = (edges, list(heads) if heads is not None else None)
         for layer in chosen:
@@ -382,7 +395,8 @@ class HookedModel:
             yield self
         finally:
             for layer in chosen:
-                self._knockouts[layer].remove(entry)
+                # Remove by identity: comparing tuples of tensors with == is elementwise.
+                self._knockouts[layer] = [e for e in self._knockouts[layer] if e is not entry]
                 if not self._knockouts[layer]:
                     del self._knockouts[layer]
 

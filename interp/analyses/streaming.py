@@ -1,0 +1,161 @@
+"""Streaming heads (DuoAttention, Xiao et al. 2024; StreamingLLM, Xiao et al. 2023).
+
+A head *can stream* when it loses nothing by seeing only the first ``n_sink`` tokens plus the most
+recent ``window`` tokens ("Lambda-shaped" attention). Two scores:
+
+- ``streaming_mass_outside`` (cheap proxy, from the statistics kernel): mean over queries
+  ``p >= n_sink + window`` of the attention mass *outside* sink + window, on natural text;
+- ``streaming_score`` (causal): on needle-in-a-haystack prompts whose needle lies outside the window,
+  the increase of the answer's cross-entropy (nats/token) when that head alone is restricted to
+  Lambda attention. High = the head needs full context. ``streaming_score_kv`` restricts all query
+  heads of the KV group together, the granularity DuoAttention decides at (one value per KV head,
+  repeated on its query heads). The scan computes the KV-group score by default; the per-query-head
+  pass costs ``n_heads / n_kv_heads`` times more and runs with ``ScanSettings(streaming_per_head=True)``.
+
+``streaming_kv_heads.csv`` (extra table) is the DuoAttention-style layer x KV-head table, with
+``streaming_full_attention``: True for the KV heads that keep full attention when the fraction
+``sparsity`` (default 0.5) with the lowest ``streaming_score_kv`` is made to stream; see
+:func:`streaming_head_mask` for the ``[layer, kv_head]`` mask.
+
+The causal score runs one batched forward per layer (a row per head), with the restricted layer's
+pattern materialized: fine at the default 512-token prompts, O(N^2) for that layer at long context.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from interp.analyses.head_stats import head_frame, head_stat_means
+from interp.analyses.registry import register
+from interp.hooks import HookedModel
+from interp.kernels import StatsConfig
+from interp.needles import NeedleSample, needle_sample
+
+
+def lambda_blocked(n: int, *, n_sink: int, window: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[query, key]`` True where Lambda attention drops the edge: keys that are neither sinks nor recent."""
+    query = torch.arange(n, device=device)[:, None]
+    key = torch.arange(n, device=device)[None, :]
+    return ~((key < n_sink) | (key > query - window))
+
+
+def mass_outside(model: HookedModel, tokens: torch.Tensor, *, n_sink: int, window: int, backend: str = "auto") -> torch.Tensor:
+    """``[layer, head]`` mean attention mass outside sink + window over queries ``p >= n_sink + window``.
+
+    From those positions on the sink keys and the window do not overlap, so the mass outside is
+    ``1 - sink_mass - window_mass`` exactly.
+    """
+    skip = n_sink + window
+    if tokens.shape[1] <= skip:
+        raise ValueError(f"streaming proxy needs more than n_sink + window = {skip} tokens, got {tokens.shape[1]}")
+    means = head_stat_means(model, tokens, StatsConfig(n_sink=n_sink, window=window, received=False),
+                            skip_queries=skip, backend=backend)
+    return (1 - means["sink_mass"] - means["window_mass"]).clamp_min(0)
+
+
+def _answer_losses(model: HookedModel, sample: NeedleSample, rows: int) -> torch.Tensor:
+    """Answer cross-entropy (nats/token) for ``rows`` copies of the sample, under whatever hooks are active."""
+    answer = torch.tensor(sample.answer_ids, device=model.device)
+    tokens = torch.cat([sample.tokens[0], answer])[None].repeat(rows, 1)
+    logits = model(tokens)[:, -len(answer) - 1 : -1]
+    losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), answer[None].repeat(rows, 1), reduction="none")
+    return losses.mean(dim=1)
+
+
+@torch.no_grad()
+def streaming_scores(
+    model: HookedModel,
+    samples: list[NeedleSample],
+    *,
+    n_sink: int = 4,
+    window: int = 256,
+    layers: list[int] | None = None,
+    per_head: bool = True,
+    on_layer=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(per query head, per KV group)`` answer-loss increase under Lambda attention, each ``[layer, head]``.
+
+    ``per_head=False`` skips the per-query-head pass (its result is then NaN): the KV-group pass costs
+    ``n_kv_heads`` rows per layer, the per-head pass ``n_heads``. Layers not in ``layers`` stay NaN.
+    """
+    cfg = model.cfg
+    head_scores = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
+    group_scores = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
+    chosen = list(range(cfg.n_layers)) if layers is None else layers
+    head_scores[chosen] = 0.0 if per_head else float("nan")
+    group_scores[chosen] = 0.0
+    for sample in samples:
+        n = sample.tokens.shape[1] + len(sample.answer_ids)
+        drop = lambda_blocked(n, n_sink=n_sink, window=window, device=model.device)
+        baseline = _answer_losses(model, sample, 1)[0]
+        head_edges = torch.zeros(cfg.n_heads, cfg.n_heads, n, n, dtype=torch.bool, device=model.device)
+        group_edges = torch.zeros(cfg.n_kv_heads, cfg.n_heads, n, n, dtype=torch.bool, device=model.device)
+        for head in range(cfg.n_heads):
+            head_edges[head, head] = drop
+            group_edges[head // cfg.n_groups, head] = drop
+        for index, layer in enumerate(chosen):
+            if per_head:
+                with model.knockout(head_edges, layers=[layer]):
+                    head_scores[layer] += (_answer_losses(model, sample, cfg.n_heads) - baseline).cpu() / len(samples)
+            with model.knockout(group_edges, layers=[layer]):
+                group = (_answer_losses(model, sample, cfg.n_kv_heads) - baseline).cpu() / len(samples)
+            group_scores[layer] += group.repeat_interleave(cfg.n_groups)
+            if on_layer:
+                on_layer(index + 1, len(chosen))
+    return head_scores, group_scores
+
+
+def streaming_head_mask(kv_table: pd.DataFrame, *, sparsity: float = 0.5) -> torch.Tensor:
+    """DuoAttention head mask ``[layer, kv_head]``: 1 = keep full attention, 0 = stream (sink + window).
+
+    The ``sparsity`` fraction of KV heads with the lowest ``streaming_score_kv`` streams.
+    """
+    n_layers, n_kv = int(kv_table.layer.max()) + 1, int(kv_table.kv_head.max()) + 1
+    scores = torch.tensor(kv_table.sort_values(["layer", "kv_head"]).streaming_score_kv.to_numpy()).reshape(n_layers, n_kv)
+    n_stream = int(round(sparsity * scores.numel()))
+    mask = torch.ones_like(scores, dtype=torch.int64)
+    if n_stream:
+        mask.view(-1)[scores.flatten().argsort()[:n_stream]] = 0
+    return mask
+
+
+def kv_head_table(frame: pd.DataFrame, *, sparsity: float = 0.5) -> pd.DataFrame:
+    """Layer x KV-head table (DuoAttention granularity) from a per-query-head streaming frame."""
+    table = (
+        frame.groupby(["layer", "kv_head"], as_index=False)
+        .agg(streaming_score_kv=("streaming_score_kv", "first"), streaming_mass_outside=("streaming_mass_outside", "mean"))
+    )
+    mask = streaming_head_mask(table, sparsity=sparsity)
+    table["streaming_full_attention"] = mask[torch.tensor(table.layer.to_numpy()), torch.tensor(table.kv_head.to_numpy())].bool().numpy()
+    return table
+
+
+@register(
+    "streaming",
+    columns={
+        "streaming_mass_outside": "attention mass outside first 4 + last 256 tokens (queries p >= 260, natural text)",
+        "streaming_score": "answer-loss increase (nats/token) on needle prompts when this head alone sees only sink "
+        "+ window (NaN unless --streaming-per-head)",
+        "streaming_score_kv": "the same with the head's whole KV group restricted (DuoAttention granularity)",
+    },
+    description="Streaming heads: what a head loses when it only sees sink tokens plus a recent window.",
+)
+def _scan_streaming(ctx) -> pd.DataFrame:
+    settings = ctx.settings
+    n_sink, window = settings.streaming_sink, settings.streaming_window
+    length = max(settings.context_length, 2 * window)
+    from interp.probes import natural_text_tokens
+
+    tokens = natural_text_tokens(ctx.model, length, batch=settings.batch, seed=settings.seed)
+    outside = mass_outside(ctx.model, tokens, n_sink=n_sink, window=window, backend=settings.backend)
+    samples = [needle_sample(ctx.model, length, 0.2, seed=settings.seed)]
+    per_head, per_group = streaming_scores(
+        ctx.model, samples, n_sink=n_sink, window=window, per_head=settings.streaming_per_head, on_layer=ctx.progress
+    )
+    frame = head_frame(
+        ctx.model, {"streaming_mass_outside": outside, "streaming_score": per_head, "streaming_score_kv": per_group}
+    )
+    frame.attrs["tables"] = {"streaming_kv_heads": kv_head_table(frame)}
+    frame.attrs["settings"] = {"n_sink": n_sink, "window": window, "prompt_tokens": length}
+    return frame

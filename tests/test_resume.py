@@ -1,0 +1,54 @@
+"""Resumable scans: a scan killed midway continues with --resume to the same table as an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "interp.cli", *args]
+
+
+def test_killed_scan_resumes_to_the_uninterrupted_table(tmp_path):
+    analyses = "sink,entropy,max_attention,previous_token,induction"
+    common = ["scan", "smollm2-135m", "--context-length", "48", "--batch", "1", "--analyses", analyses]
+    reference = tmp_path / "reference"
+    subprocess.run(_cli(*common, "--out", str(reference)), check=True, capture_output=True)
+
+    out = tmp_path / "resumed"
+    process = subprocess.Popen(_cli(*common, "--out", str(out)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "analyses" / "entropy.json").exists():
+        assert process.poll() is None, "scan finished before it could be killed; make it longer"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "heads.csv").exists() and not (out / "scan.json").exists()
+    assert not [p for p in os.listdir(out / "analyses") if p.endswith(".partial")]
+
+    done = subprocess.run(_cli(*common, "--out", str(out), "--resume"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((out / "scan.json").read_text())
+    assert {"sink", "entropy"} <= set(meta["resumed"]) and "induction" not in meta["resumed"]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "heads.csv"), pd.read_csv(reference / "heads.csv"))
+
+
+def test_resume_recomputes_when_settings_change(tmp_path, smollm):
+    import interp
+
+    out = tmp_path / "ckpt"
+    first = interp.scan(smollm, analyses="sink", settings=interp.ScanSettings(context_length=32, batch=1),
+                        checkpoint_dir=out)
+    same = interp.scan(smollm, analyses="sink", settings=interp.ScanSettings(context_length=32, batch=1),
+                       checkpoint_dir=out, resume=True)
+    other = interp.scan(smollm, analyses="sink", settings=interp.ScanSettings(context_length=40, batch=1),
+                        checkpoint_dir=out, resume=True)
+    assert same.metadata["resumed"] == ["sink"] and other.metadata["resumed"] == []
+    pd.testing.assert_frame_equal(same.heads, first.heads)
+    assert not other.heads["sink_mass"].equals(first.heads["sink_mass"])
