@@ -1,0 +1,265 @@
+"""Activation patching: which activations carry the difference between a clean and a corrupted prompt.
+
+Run the corrupted prompt with one clean activation patched in ("denoise", the default) or the clean
+prompt with one corrupted activation patched in ("noise"), and measure a metric on the logits
+(default: logit difference between a correct and a wrong answer at the last position). Reported as
+
+    normalized = (patched - corrupted) / (clean - corrupted)      (1 = clean behaviour, 0 = corrupted)
+
+in both directions. The sweep is batched: the base input is replicated along the batch axis, one
+group of rows per cell (a group holds every prompt), and one hook per layer writes each cell's
+source slice into its own rows, so a sweep of C cells over P prompts costs ``ceil(C * P / batch_size)``
+forward passes plus the two cached runs (Meng et al. 2022; Wang et al. 2022; Heimersheim & Nanda 2024).
+
+Sites (``site`` column; ``head`` is the query head, or the key/value head for ``head_k``/``head_v``):
+
+=================  ==================  ======================================================
+site               hook                one cell per
+=================  ==================  ======================================================
+``resid_pre``      ``hook_resid_pre``  (layer, position)
+``attn_out``       ``hook_attn_out``   (layer, position)
+``mlp_out``        ``hook_mlp_out``    (layer, position)
+``head_out``       ``attn.hook_z``     (layer, head), all positions
+``head_out_pos``   ``attn.hook_z``     (layer, head, position)
+``head_q``         ``attn.hook_q``     (layer, head), all positions
+``head_k``         ``attn.hook_k``     (layer, kv_head), all positions
+``head_v``         ``attn.hook_v``     (layer, kv_head), all positions
+=================  ==================  ======================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import torch
+
+from interp.analyses.causal_common import (
+    Metric,
+    Prompts,
+    RowPatch,
+    answer_pairs,
+    check_layers,
+    check_positions,
+    chunks,
+    grouped_metric,
+    logit_diff_metric,
+    paired_tokens,
+    row_patch_hook,
+    token_strings,
+)
+from interp.errors import InterpError
+from interp.hooks import HookedModel, hook_name
+
+
+@dataclass(frozen=True)
+class PatchSite:
+    """A patchable site: its hook (without the layer) and the axes it is swept over besides layer."""
+
+    name: str
+    hook: str
+    axes: tuple[str, ...]
+
+
+SITES: dict[str, PatchSite] = {
+    site.name: site
+    for site in (
+        PatchSite("resid_pre", "hook_resid_pre", ("pos",)),
+        PatchSite("attn_out", "hook_attn_out", ("pos",)),
+        PatchSite("mlp_out", "hook_mlp_out", ("pos",)),
+        PatchSite("head_out", "attn.hook_z", ("head",)),
+        PatchSite("head_out_pos", "attn.hook_z", ("pos", "head")),
+        PatchSite("head_q", "attn.hook_q", ("head",)),
+        PatchSite("head_k", "attn.hook_k", ("kv_head",)),
+        PatchSite("head_v", "attn.hook_v", ("kv_head",)),
+    )
+}
+DIRECTIONS = ("denoise", "noise")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One patch: ``site`` at ``layer`` (and ``position`` / ``head`` when the site has that axis)."""
+
+    site: str
+    layer: int
+    position: int | None
+    head: int | None
+
+    @property
+    def hook(self) -> str:
+        return hook_name(self.layer, SITES[self.site].hook)
+
+    @property
+    def index(self) -> tuple:
+        """Index into the activation after the batch axis: ``[pos]``, ``[:, head]`` or ``[pos, head]``."""
+        if self.head is None:
+            return (self.position,)
+        return (slice(None) if self.position is None else self.position, self.head)
+
+
+def check_sites(sites: str | Sequence[str]) -> list[str]:
+    """Site names (comma-separated string or list), validated."""
+    names = [s.strip() for s in (sites.split(",") if isinstance(sites, str) else sites) if s.strip()]
+    unknown = [s for s in names if s not in SITES]
+    if unknown or not names:
+        raise InterpError(f"unknown patching site(s) {unknown or names}; choose from: {', '.join(SITES)}")
+    return list(dict.fromkeys(names))
+
+
+def patching_cells(
+    model: HookedModel,
+    n_pos: int,
+    *,
+    sites: str | Sequence[str] = ("resid_pre",),
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+) -> list[Cell]:
+    """Every cell of ``sites`` over ``layers`` x ``positions`` x ``heads`` (defaults: all), in sweep order."""
+    chosen_layers = check_layers(model, layers)
+    chosen_positions = check_positions(n_pos, positions)
+    cells = []
+    for name in check_sites(sites):
+        axes = SITES[name].axes
+        n_heads = model.cfg.n_kv_heads if "kv_head" in axes else model.cfg.n_heads
+        head_list = list(range(n_heads)) if heads is None else [h for h in heads if 0 <= h < n_heads]
+        for layer in chosen_layers:
+            pos_list = chosen_positions if "pos" in axes else [None]
+            head_list_here = head_list if axes != ("pos",) else [None]
+            cells += [Cell(name, layer, p, h) for p in pos_list for h in head_list_here]
+    return cells
+
+
+def resolve_metric(model: HookedModel, metric: Metric | None, answers: Any, n_prompts: int) -> Metric:
+    """The metric to use: ``metric`` if given, else the logit difference of ``answers``."""
+    if metric is not None:
+        return metric
+    if answers is None:
+        raise InterpError("give answers=(correct, wrong) for the default logit-difference metric, or a metric callable")
+    return logit_diff_metric(answer_pairs(model, answers, n_prompts))
+
+
+def activation_patching(
+    model: HookedModel,
+    clean: Prompts,
+    corrupted: Prompts,
+    *,
+    answers: Any = None,
+    metric: Metric | None = None,
+    sites: str | Sequence[str] = ("resid_pre",),
+    direction: str = "denoise",
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    batch_size: int = 32,
+) -> pd.DataFrame:
+    """Patch every cell of ``sites`` and measure ``metric``; one row per cell.
+
+    Args:
+        clean, corrupted: prompts (text, list of texts, or ids ``[batch, pos]``); same token length.
+        answers: ``(correct, wrong)`` single-token texts or ids, or one pair per prompt; used for the
+            default metric, the logit difference at the last position.
+        metric: ``fn(logits [batch, pos, vocab]) -> [batch]``; averaged over prompts.
+        sites: names from :data:`SITES` (default ``resid_pre``).
+        direction: ``"denoise"`` (clean into corrupted run) or ``"noise"`` (corrupted into clean run).
+        layers, positions, heads: restrict the sweep (default: all).
+        batch_size: rows per forward pass (each cell takes one row per prompt).
+
+    Returns:
+        DataFrame ``site, layer, position, head, token, metric, delta, normalized`` where ``delta`` is
+        ``metric`` minus the unpatched base run; ``attrs`` holds ``clean_metric``, ``corrupted_metric``,
+        ``direction`` and ``tokens``. ``position``/``head`` are ``<NA>`` where the site has no such axis.
+    """
+    if direction not in DIRECTIONS:
+        raise InterpError(f"unknown direction {direction!r}; use 'denoise' (clean into corrupted) or 'noise'")
+    clean_tokens, corrupted_tokens = paired_tokens(model, clean, corrupted)
+    n_prompts, n_pos = clean_tokens.shape
+    metric = resolve_metric(model, metric, answers, n_prompts)
+    cells = patching_cells(model, n_pos, sites=sites, layers=layers, positions=positions, heads=heads)
+    names = sorted({cell.hook for cell in cells})
+    with torch.no_grad():
+        clean_logits, clean_cache = model.run_with_cache(clean_tokens, names=names)
+        corrupted_logits, corrupted_cache = model.run_with_cache(corrupted_tokens, names=names)
+        clean_value = float(metric(clean_logits).float().mean())
+        corrupted_value = float(metric(corrupted_logits).float().mean())
+        base, source = (corrupted_tokens, clean_cache) if direction == "denoise" else (clean_tokens, corrupted_cache)
+        values = []
+        for chunk in chunks(len(cells), max(1, batch_size // n_prompts)):
+            patches: dict[str, list[RowPatch]] = {}
+            for row, cell in enumerate(cells[i] for i in chunk):
+                rows = slice(row * n_prompts, (row + 1) * n_prompts)
+                patches.setdefault(cell.hook, []).append((rows, cell.index, source[cell.hook][(slice(None), *cell.index)]))
+            logits = model.run_with_hooks(
+                base.repeat(len(chunk), 1), fwd_hooks=[(name, row_patch_hook(p)) for name, p in patches.items()]
+            )
+            values.append(grouped_metric(metric, logits, n_prompts).cpu())
+    patched = torch.cat(values).double().numpy() if values else []
+    base_value = corrupted_value if direction == "denoise" else clean_value
+    frame = cells_frame(model, cells, clean_tokens[0])
+    frame["metric"] = patched
+    frame["delta"] = frame["metric"] - base_value
+    frame["normalized"] = normalize(frame["metric"], clean_value, corrupted_value)
+    frame.attrs.update(
+        clean_metric=clean_value,
+        corrupted_metric=corrupted_value,
+        direction=direction,
+        tokens=token_strings(model, clean_tokens[0]),
+    )
+    return frame
+
+
+def normalize(values: pd.Series, clean: float, corrupted: float) -> pd.Series:
+    """``(values - corrupted) / (clean - corrupted)``; NaN when clean and corrupted are equal."""
+    span = clean - corrupted
+    return (values - corrupted) / span if span != 0 else values * float("nan")
+
+
+def cells_frame(model: HookedModel, cells: list[Cell], tokens: torch.Tensor) -> pd.DataFrame:
+    """Index columns ``site, layer, position, head, token`` for ``cells`` (token text of the first prompt)."""
+    texts = token_strings(model, tokens)
+    return pd.DataFrame(
+        {
+            "site": [c.site for c in cells],
+            "layer": [c.layer for c in cells],
+            "position": pd.array([c.position for c in cells], dtype="Int64"),
+            "head": pd.array([c.head for c in cells], dtype="Int64"),
+            "token": [texts[c.position] if c.position is not None else None for c in cells],
+        }
+    )
+
+
+def plot_patching(frame: pd.DataFrame, *, site: str | None = None, value: str = "normalized", title: str | None = None) -> go.Figure:
+    """Heatmap of ``value`` for one ``site`` (default: the first in ``frame``): layer x position or layer x head.
+
+    ``head_out_pos`` is drawn as one layer x head panel per position.
+    """
+    site = site or str(frame["site"].iloc[0])
+    part = frame[frame["site"] == site]
+    if part.empty:
+        raise InterpError(f"no rows for site {site!r}; sites in this frame: {', '.join(frame['site'].unique())}")
+    axes = SITES[site].axes if site in SITES else ("pos",)
+    title = title or f"{site}: {value} ({frame.attrs.get('direction', 'denoise')})"
+    scale = dict(color_continuous_scale="RdBu", color_continuous_midpoint=0.0, aspect="auto")
+    if axes == ("pos",):
+        grid = part.pivot_table(index="layer", columns="position", values=value, aggfunc="first")
+        tokens = frame.attrs.get("tokens")
+        labels = [f"{p}: {tokens[p]!r}" if tokens else str(p) for p in grid.columns]
+        fig = px.imshow(grid.to_numpy(), x=labels, y=list(grid.index), labels=dict(x="position", y="layer", color=value), **scale)
+    elif len(axes) == 1:
+        grid = part.pivot_table(index="layer", columns="head", values=value, aggfunc="first")
+        fig = px.imshow(grid.to_numpy(), x=list(grid.columns), y=list(grid.index), labels=dict(x=axes[0], y="layer", color=value), **scale)
+    else:
+        positions = sorted(part["position"].unique())
+        grids = [part[part["position"] == p].pivot_table(index="layer", columns="head", values=value, aggfunc="first") for p in positions]
+        stacked = np.stack([g.to_numpy() for g in grids])
+        fig = px.imshow(stacked, facet_col=0, facet_col_wrap=min(4, len(positions)), labels=dict(x="head", y="layer", color=value), **scale)
+        for annotation, p in zip(fig.layout.annotations, positions):
+            annotation.text = f"position {p}"
+    fig.update_layout(title=title)
+    return fig
