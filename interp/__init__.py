@@ -15,9 +15,12 @@ from interp.errors import InterpError
 from interp.hooks import ActivationCache, HookedModel, ModelSpec
 from interp.kernels import AttentionStats, StatsConfig, attention_with_stats
 from interp.loading import load
+from interp.report import CircuitReport, write_report
 from interp.scan import ScanResult, load_scan, scan, write_scan
 
 __all__ = [
+    "CircuitReport",
+    "write_report",
     "ANALYSES",
     "ActivationCache",
     "AttentionStats",

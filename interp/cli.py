@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from interp.builtin_models import DEFAULT_MODEL
+from interp.cli_common import console, fail
 from interp.errors import InterpError
 
 app = typer.Typer(
@@ -19,21 +19,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Find out what every attention head of a causal LM does, and how much it matters.",
 )
-console = Console(stderr=True)
-
-
-def _fail(error: BaseException, debug: bool) -> None:
-    """One line on stderr and exit 1; the traceback only with --debug."""
-    if debug:
-        raise error
-    if isinstance(error, InterpError):
-        message = str(error)
-    else:
-        message = f"{type(error).__name__}: {error}".splitlines()[0] + " (run with --debug for the traceback)"
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
 def _default_out(model: str) -> Path:
     slug = Path(model).stem if Path(model).suffix else Path(model).name or model
     return Path("interp-out") / slug.replace("/", "--")
@@ -56,6 +41,9 @@ def scan(
     backend: Annotated[str, typer.Option(help="attention-statistics backend: auto, triton, chunked, reference")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="replace an existing scan in --out")] = False,
     resume: Annotated[bool, typer.Option(help="reuse analyses already finished in --out with the same settings")] = False,
+    report: Annotated[
+        bool, typer.Option("--report/--no-report", help="also write report.html and heads.parquet/heads.json")
+    ] = True,
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
 ) -> None:
     """Scan every head of MODEL and write heads.csv and scan.json into --out.
@@ -105,13 +93,18 @@ def scan(
                 on_step=on_step, checkpoint_dir=out / "analyses", resume=resume,
             )
         interp.write_scan(result, out, overwrite=overwrite, resume=resume)
+        if report:
+            from interp.report import write_report
+
+            write_report(result, out, model=hooked, overwrite=overwrite or resume)
     except KeyboardInterrupt:
         console.print(f"interrupted: finished analyses are saved in {out / 'analyses'}; continue with --resume")
         raise typer.Exit(130)
     except Exception as error:  # noqa: BLE001 - every failure becomes one line unless --debug
-        _fail(error, debug)
+        fail(error, debug)
     rows = len(result.heads)
-    console.print(f"scanned {rows} heads of {hooked.cfg.name}; wrote {out / 'heads.csv'} and {out / 'scan.json'}")
+    written = "heads.csv, scan.json" + (", report.html, heads.parquet, heads.json" if report else "")
+    console.print(f"scanned {rows} heads of {hooked.cfg.name}; wrote {written} into {out}")
     print(out)
 
 
@@ -137,8 +130,15 @@ def list_hooks(
     try:
         hooked = interp.load(model, device="cpu")
     except Exception as error:  # noqa: BLE001
-        _fail(error, debug)
+        fail(error, debug)
     print("\n".join(hooked.hook_names()))
+
+
+from interp.cli_causal import register_commands as _register_causal_commands  # noqa: E402
+from interp.cli_report import register_commands as _register_report_commands  # noqa: E402
+
+_register_causal_commands(app)
+_register_report_commands(app)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -33,11 +34,12 @@ from interp.analyses import resolve_analyses
 from interp.analyses.context import ScanContext, ScanSettings
 from interp.errors import InterpError
 from interp.hooks import HookedModel
+from interp.numerics import raise_if_nonfinite
 from interp.probes import default_probes
 
 SCHEMA_VERSION = 1
 KEY_COLUMNS = ("layer", "head", "kv_head")
-SCAN_FILES = ("heads.csv", "scan.json")
+SCAN_FILES = ("heads.csv", "scan.json", "heads.parquet", "heads.json", "report.html")
 
 
 @dataclass
@@ -114,6 +116,16 @@ class Checkpoints:
         _atomic_write_text(self.folder / f"{name}.json", json.dumps(meta, indent=2, default=float))
 
 
+def _check_finite(model: HookedModel, ctx: ScanContext, name: str, table: pd.DataFrame, columns: dict) -> None:
+    """A score that is NaN/inf where the analysis promises a number points at the model's numerics."""
+    values = table[[c for c in columns if c in table and pd.api.types.is_float_dtype(table[c])]]
+    optional = [c for c in values if "NaN unless" in columns[c]]
+    values = values.drop(columns=optional)
+    if values.size and not bool(values.apply(lambda col: col.map(math.isfinite)).all().all()):
+        raise_if_nonfinite(model, ctx.probes["natural"].tokens, f"analysis {name}")
+        raise InterpError(f"analysis {name} produced NaN/inf scores from finite activations; rerun with --debug and report it")
+
+
 def scan(
     model: HookedModel,
     *,
@@ -158,6 +170,7 @@ def scan(
             seconds = round(time.perf_counter() - start, 3)
             if checkpoints:
                 checkpoints.save(analysis.name, table, seconds)
+        _check_finite(model, ctx, analysis.name, table, analysis.columns)
         timings[analysis.name] = seconds
         columns.update(analysis.columns)
         tables.update(table.attrs.get("tables", {}))
@@ -229,10 +242,12 @@ def write_scan(
 
 
 def load_scan(folder: str | os.PathLike) -> ScanResult:
-    """Read a scan folder written by :func:`write_scan` back into a :class:`ScanResult`."""
+    """Read a scan folder written by :func:`write_scan` (heads from CSV, Parquet or JSON) into a :class:`ScanResult`."""
+    from interp.report.export import load_heads
+
     folder = Path(folder)
-    if not (folder / "heads.csv").exists() or not (folder / "scan.json").exists():
+    if not (folder / "scan.json").exists() or not any((folder / f"heads.{f}").exists() for f in ("csv", "parquet", "json")):
         raise InterpError(f"{folder} holds no scan (heads.csv and scan.json); run interp scan MODEL --out {folder}")
     metadata = json.loads((folder / "scan.json").read_text())
     tables = {name: pd.read_csv(folder / f"{name}.csv") for name in metadata.get("tables", []) if (folder / f"{name}.csv").exists()}
-    return ScanResult(heads=pd.read_csv(folder / "heads.csv"), metadata=metadata, tables=tables)
+    return ScanResult(heads=load_heads(folder, prefer=("csv", "parquet", "json")), metadata=metadata, tables=tables)

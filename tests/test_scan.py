@@ -25,13 +25,15 @@ DOCUMENTED_COLUMNS = [
     "value_norm_first", "value_norm_ratio",
     "retrieval_score", "retrieval_head",
     "streaming_mass_outside", "streaming_score", "streaming_score_kv",
+    "head_ablation_loss_delta",
 ]
 
 
 @pytest.fixture(scope="module")
 def smollm_scan(smollm):
     settings = interp.ScanSettings(
-        context_length=96, batch=2, seed=3, needle_samples=2, retrieval_check_k=0, streaming_window=32
+        context_length=96, batch=2, seed=3, needle_samples=2, retrieval_check_k=0, streaming_window=32,
+        ablation_tokens=16,
     )
     return interp.scan(smollm, settings=settings), settings
 

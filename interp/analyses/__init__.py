@@ -2,8 +2,15 @@
 
 Public functions return tidy DataFrames with one row per (layer, head)."""
 
-from interp.analyses import sink, entropy, max_attention, token_roles, dormant, value_norm, retrieval, streaming  # noqa: F401,I001  (registration order = column order)
+from interp.analyses import sink, entropy, max_attention, token_roles, dormant, value_norm, retrieval, streaming, head_ablation  # noqa: F401,I001  (registration order = column order)
+from interp.analyses.activation_patching import activation_patching, plot_patching
+from interp.analyses.attention_knockout import attention_knockout, subject_knockout_sweep
+from interp.analyses.attribution_patching import attribution_patching
+from interp.analyses.causal_tracing import causal_trace, plot_causal_trace, to_rome
+from interp.analyses.composition import composition_scores
 from interp.analyses.entropy import entropy_scores
+from interp.analyses.head_ablation import joint_ablation
+from interp.analyses.head_ablation import head_ablation as head_ablation_scores
 from interp.analyses.head_stats import head_frame, head_stat_means
 from interp.analyses.max_attention import max_attention_scores
 from interp.analyses.registry import ANALYSES, Analysis, register, resolve_analyses
@@ -14,6 +21,17 @@ from interp.analyses.value_norm import value_norm_scores
 from interp.analyses.token_roles import role_scores, role_targets, token_role_scores
 
 __all__ = [
+    "activation_patching",
+    "attention_knockout",
+    "attribution_patching",
+    "causal_trace",
+    "composition_scores",
+    "head_ablation_scores",
+    "joint_ablation",
+    "plot_causal_trace",
+    "plot_patching",
+    "subject_knockout_sweep",
+    "to_rome",
     "ANALYSES",
     "Analysis",
     "entropy_scores",

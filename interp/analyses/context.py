@@ -28,6 +28,8 @@ class ScanSettings:
     streaming_sink: int = 4
     streaming_window: int = 256
     streaming_per_head: bool = False
+    ablation_tokens: int = 64
+    ablation_batch: int = 1
 
 
 @dataclass
