@@ -36,9 +36,12 @@ def scan(
     streaming_per_head: Annotated[
         bool, typer.Option(help="also score streaming per query head (costs n_heads/n_kv_heads more)")
     ] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, auto, or 'map' to spread layers over GPUs (accelerate)")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
     backend: Annotated[str, typer.Option(help="attention-statistics backend: auto, triton, chunked, reference")] = "auto",
+    max_memory: Annotated[
+        str | None, typer.Option(help="memory the scan may use beyond the weights, e.g. 8GB [default: what is free]")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing scan in --out")] = False,
     resume: Annotated[bool, typer.Option(help="reuse analyses already finished in --out with the same settings")] = False,
     report: Annotated[
@@ -54,6 +57,7 @@ def scan(
     import interp
     from interp.analyses import resolve_analyses
     from interp.kernels import BACKENDS
+    from interp.memory import check_scan_fits, parse_size
     from interp.scan import check_output_dir
 
     out = out or _default_out(model)
@@ -66,6 +70,8 @@ def scan(
         if needle_samples < 1:
             raise InterpError(f"--needle-samples must be at least 1, got {needle_samples}")
         check_output_dir(out, overwrite=overwrite, resume=resume)
+        if max_memory:
+            parse_size(max_memory)  # a malformed size fails before the model loads
         settings = interp.ScanSettings(
             context_length=context_length, batch=batch, seed=seed, backend=backend,
             needle_samples=needle_samples, streaming_per_head=streaming_per_head,
@@ -76,8 +82,12 @@ def scan(
         ) as progress:
             loading = progress.add_task(f"loading {model}", total=1)
             start = time.perf_counter()
-            hooked = interp.load(model, device=device, dtype=dtype)
+            if device == "map":
+                hooked = interp.load(model, dtype=dtype, device_map="auto")
+            else:
+                hooked = interp.load(model, device=device, dtype=dtype)
             progress.update(loading, completed=1, description=f"loaded {hooked.cfg.name} ({time.perf_counter() - start:.1f}s)")
+            check_scan_fits(hooked, settings, max_bytes=parse_size(max_memory) if max_memory else None)
             task = progress.add_task("analyses", total=len(chosen))
             step = progress.add_task("", total=None, visible=False)
 

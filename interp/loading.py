@@ -153,7 +153,9 @@ def _hub_config(source: str) -> Any:
     return AutoConfig.from_pretrained(source), False
 
 
-def _from_pretrained(source: str | Path, device: torch.device, dtype: torch.dtype, local_only: bool) -> tuple[nn.Module, Any]:
+def _from_pretrained(
+    source: str | Path, device: torch.device, dtype: torch.dtype, local_only: bool, device_map: str | dict | None = None
+) -> tuple[nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -169,7 +171,10 @@ def _from_pretrained(source: str | Path, device: torch.device, dtype: torch.dtyp
             f"repo); pass a local folder with config.json and weights, a .gguf file, or a built-in alias (smollm2-135m)"
         ) from error
     spec_for(type("Probe", (), {"config": config})())  # unsupported architecture: fail before loading weights
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only).to(device)
+    if device_map is not None:  # accelerate places the layers (several GPUs, or GPU + CPU offload)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only, device_map=device_map)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only).to(device)
     tokenizer = None
     if not (local_only and Path(source).is_dir() and not any((Path(source) / f).exists() for f in TOKENIZER_FILES)):
         try:
@@ -194,6 +199,7 @@ def load(
     device: str | torch.device | None = "auto",
     dtype: str | torch.dtype | None = None,
     tokenizer: Any = None,
+    device_map: str | dict | None = None,
 ) -> HookedModel:
     """Load a causal LM and wrap it as a :class:`~interp.hooks.HookedModel` (with ``.tokenizer``).
 
@@ -203,6 +209,8 @@ def load(
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ...
         dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
         tokenizer: overrides the tokenizer found with the model.
+        device_map: passed to ``from_pretrained`` (needs ``accelerate``) for models larger than one
+            GPU, e.g. ``"auto"``; ``device`` is then ignored. Hooks work across devices.
     """
     from interp.builtin_models import BUILTIN_MODELS, resolve_builtin
 
@@ -224,5 +232,5 @@ def load(
         raise InterpError(f"{path} is a file but not a .gguf model; pass a model folder or a .gguf file")
     else:
         source, local_only = reference, False
-    hf_model, found_tokenizer = _from_pretrained(source, resolved_device, resolved_dtype, local_only)
+    hf_model, found_tokenizer = _from_pretrained(source, resolved_device, resolved_dtype, local_only, device_map)
     return HookedModel(hf_model, tokenizer or found_tokenizer, name=name)

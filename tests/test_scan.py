@@ -1,6 +1,7 @@
 """interp.scan and the `interp scan` CLI on the shipped model and on tiny models."""
 
 import json
+import os
 from pathlib import Path
 import subprocess
 import sys
@@ -118,6 +119,12 @@ def test_cli_scan_writes_the_folder(tmp_path):
         (["smollm2-135m", "--analyses", "sink,bogus"], "unknown analysis bogus; choose from: sink"),
         (["smollm2-135m", "--context-length", "100000"], "exceeds the model's context window of 8192"),
         (["smollm2-135m", "--backend", "cuda"], "unknown --backend 'cuda'"),
+        (["smollm2-135m", "--analyses", ","], "--analyses is empty; choose from"),
+        (["smollm2-135m", "--batch", "0"], "--batch must be at least 1"),
+        (["smollm2-135m", "--context-length", "4"], "--context-length must be at least 8"),
+        (["smollm2-135m", "--overwrite", "--resume"], "--overwrite and --resume contradict"),
+        (["smollm2-135m", "--dtype", "float8"], "unknown dtype 'float8'"),
+        (["/nonexistent/folder/model.gguf"], "neither a local path nor reachable"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_leaves_no_output(tmp_path, args, message):
@@ -138,3 +145,31 @@ def test_cli_subprocess_exit_code_for_unknown_model(tmp_path):
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "does-not-exist" in errors[0]
     assert "Traceback" not in run.stderr and not (tmp_path / "o").exists()
+
+
+def test_cli_bad_local_inputs_and_unwritable_output(tmp_path):
+    folder = tmp_path / "weights-missing"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text("{oops")
+    (corrupt / "model.safetensors").write_bytes(b"")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    cases = [
+        ([str(folder), "--out", str(tmp_path / "o1")], "has config.json but no weights"),
+        ([str(corrupt), "--out", str(tmp_path / "o2")], "config.json could not be read"),
+        ([str(a_file), "--out", str(tmp_path / "o3")], "is a file but not a .gguf model"),
+        (["smollm2-135m", "--out", str(a_file)], "is a file; choose a folder path"),
+    ]
+    if os.geteuid() != 0:  # root can write anywhere; the permission check only bites for other users
+        cases.append((["smollm2-135m", "--out", str(locked / "out")], "cannot write to"))
+    for args, message in cases:
+        run = CliRunner().invoke(app, ["scan", *args])
+        assert run.exit_code == 1 and message in run.output and "Traceback" not in run.output, (args, run.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt", "file.txt", "locked", "weights-missing"]
+    locked.chmod(0o700)

@@ -66,3 +66,22 @@ def test_real_model_has_induction_heads_far_above_the_median(smollm):
     assert top.min() > 0.5 and top.min() > 20 * flat.median()
     # The known induction heads of SmolLM2-135M sit in the middle-late layers (17-18 here).
     assert {int(i) // 9 for i in flat.topk(3).indices} <= {16, 17, 18, 19}
+
+
+@torch.no_grad()
+def test_induction_ranking_equals_transformer_lens_detect_head(smollm, smollm_folder):
+    """End to end against TransformerLens v4: detect_head on a TransformerBridge of the same weights."""
+    import random
+
+    from transformers import AutoModelForCausalLM
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(
+        smollm_folder, hf_model=AutoModelForCausalLM.from_pretrained(smollm_folder), device="cpu"
+    )
+    words = "apple river stone cloud music paper garden window candle silver forest bridge yellow motor".split()
+    rng = random.Random(0)
+    prompts = [" ".join(seq + seq) for seq in (rng.sample(words, 12) for _ in range(2))]
+    expected = head_detector.detect_head(bridge, prompts, "induction_head")  # [layer, head], mean over prompts
+    ours = torch.stack([role_scores(smollm, bridge.to_tokens(p), "induction")[1] for p in prompts]).mean(0)
+    torch.testing.assert_close(ours, expected.float(), atol=1e-5, rtol=1e-4)

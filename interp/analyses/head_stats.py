@@ -54,7 +54,7 @@ def head_stat_means(
         return means
 
     with torch.no_grad(), model.collect_attention_stats(config, backend=backend, reduce=reduce) as collected:
-        model(tokens)
+        model(tokens, logits_to_keep=1)  # statistics only: skip the [batch, pos, vocab] logits
     fields = collected[0].keys()
     return {f: torch.stack([collected[layer][f] for layer in range(model.cfg.n_layers)]) for f in fields}
 

@@ -73,7 +73,7 @@ def role_scores(
         return score.cpu(), mass.mean(dim=(0, 2)).cpu()
 
     with torch.no_grad(), model.collect_attention_stats(config, backend=backend, reduce=reduce) as collected:
-        model(tokens)
+        model(tokens, logits_to_keep=1)
     layers = range(model.cfg.n_layers)
     return torch.stack([collected[l][0] for l in layers]), torch.stack([collected[l][1] for l in layers])
 

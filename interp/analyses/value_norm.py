@@ -21,7 +21,7 @@ def value_norm_scores(model: HookedModel, tokens: torch.Tensor) -> pd.DataFrame:
     """Per (query) head: ``value_norm_first`` and ``value_norm_ratio`` on ``tokens`` ``[batch, pos]``."""
     names = [f"blocks.{layer}.attn.hook_v" for layer in range(model.cfg.n_layers)]
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names=names)
+        _, cache = model.run_with_cache(tokens, names=names, logits_to_keep=1)
     first, ratio = [], []
     for name in names:
         norms = cache[name].float().norm(dim=-1)  # [batch, pos, kv_head]
