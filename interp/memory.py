@@ -54,7 +54,7 @@ def estimate_scan_bytes(model: HookedModel, settings: ScanSettings) -> dict[str,
     d_ff = getattr(model.model.config, "intermediate_size", None) or 4 * cfg.d_model
     per_token = (4 * cfg.d_model + 3 * d_ff + 2 * (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.d_head) * element
     per_token += 8 * cfg.n_heads * 4  # per-query statistics kept per layer (float32)
-    forward = tokens * per_token + 4 * DEFAULT_CHUNK_BUDGET_BYTES
+    forward = tokens * per_token + 8 * DEFAULT_CHUNK_BUDGET_BYTES  # the chunked kernel's temporaries
     n = 2 * settings.streaming_window + 8
     streaming = cfg.n_heads * cfg.n_heads * n * n * (4 * 3 + 1) + n * per_token * cfg.n_heads
     decode = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.d_head * settings.context_length * element

@@ -121,3 +121,14 @@ def test_needle_prompt_places_the_answer_where_it_says(smollm):
     sample = needle_sample(smollm, 200, 0.5, seed=4)
     text = smollm.tokenizer.decode(sample.tokens[0, sample.answer_span[0] : sample.answer_span[1]])
     assert text == sample.answer and abs(sample.context_length - 200) <= 2
+
+
+def test_kv_head_table_on_a_subset_of_layers_keeps_real_layer_numbers():
+    frame = pd.DataFrame({
+        "layer": [0, 0, 3, 3, 7, 7], "head": [0, 1] * 3, "kv_head": [0, 1] * 3,
+        "streaming_score_kv": [float("nan"), float("nan"), 0.9, 0.01, 0.02, 2.0],
+        "streaming_mass_outside": [0.1] * 6,
+    })
+    table = kv_head_table(frame, sparsity=0.5)
+    assert table.layer.tolist() == [3, 3, 7, 7]
+    assert table.streaming_full_attention.tolist() == [True, False, False, True]

@@ -38,7 +38,7 @@ def test_scan_memory_grows_linearly_not_with_the_pattern():
     small, large = _scan_peak_above_model(2048), _scan_peak_above_model(4096)
     pattern = lambda n: 9 * n * n * 4  # noqa: E731
     assert large - small < (pattern(4096) - pattern(2048)) / 2, (small, large)
-    assert large < 30 * pattern(4096) / 15, (small, large)
+    assert large < 30 * pattern(4096) / 20, (small, large)  # issue target: >= 20x below all patterns
 
 
 def test_parse_size():

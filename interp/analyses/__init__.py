@@ -15,7 +15,7 @@ from interp.analyses.head_stats import head_frame, head_stat_means
 from interp.analyses.max_attention import max_attention_scores
 from interp.analyses.registry import ANALYSES, Analysis, register, resolve_analyses
 from interp.analyses.retrieval import retrieval_ablation_check, retrieval_scores
-from interp.analyses.streaming import mass_outside, streaming_head_mask, streaming_scores
+from interp.analyses.streaming import kv_head_table, mass_outside, streaming_head_mask, streaming_scores
 from interp.analyses.sink import secondary_sinks, sink_rate, sink_scores
 from interp.analyses.value_norm import value_norm_scores
 from interp.analyses.token_roles import role_scores, role_targets, token_role_scores
@@ -47,6 +47,7 @@ __all__ = [
     "secondary_sinks",
     "sink_rate",
     "sink_scores",
+    "kv_head_table",
     "mass_outside",
     "streaming_head_mask",
     "streaming_scores",

@@ -112,10 +112,13 @@ def streaming_scores(
 def streaming_head_mask(kv_table: pd.DataFrame, *, sparsity: float = 0.5) -> torch.Tensor:
     """DuoAttention head mask ``[layer, kv_head]``: 1 = keep full attention, 0 = stream (sink + window).
 
+    Rows are the layers present in ``kv_table`` in increasing order (all layers for a scan's table).
     The ``sparsity`` fraction of KV heads with the lowest ``streaming_score_kv`` streams.
     """
-    n_layers, n_kv = int(kv_table.layer.max()) + 1, int(kv_table.kv_head.max()) + 1
-    scores = torch.tensor(kv_table.sort_values(["layer", "kv_head"]).streaming_score_kv.to_numpy()).reshape(n_layers, n_kv)
+    grid = kv_table.pivot(index="layer", columns="kv_head", values="streaming_score_kv").sort_index()
+    scores = torch.tensor(grid.to_numpy(copy=True), dtype=torch.float64)
+    if torch.isnan(scores).any():
+        raise ValueError("streaming_score_kv has NaN (unscored layers); drop those rows first")
     n_stream = int(round(sparsity * scores.numel()))
     mask = torch.ones_like(scores, dtype=torch.int64)
     if n_stream:
@@ -124,13 +127,19 @@ def streaming_head_mask(kv_table: pd.DataFrame, *, sparsity: float = 0.5) -> tor
 
 
 def kv_head_table(frame: pd.DataFrame, *, sparsity: float = 0.5) -> pd.DataFrame:
-    """Layer x KV-head table (DuoAttention granularity) from a per-query-head streaming frame."""
+    """Layer x KV-head table (DuoAttention granularity) from a per-query-head streaming frame.
+
+    Layers whose KV score was not computed (NaN) are left out.
+    """
     table = (
-        frame.groupby(["layer", "kv_head"], as_index=False)
+        frame.dropna(subset=["streaming_score_kv"])
+        .groupby(["layer", "kv_head"], as_index=False)
         .agg(streaming_score_kv=("streaming_score_kv", "first"), streaming_mass_outside=("streaming_mass_outside", "mean"))
     )
     mask = streaming_head_mask(table, sparsity=sparsity)
-    table["streaming_full_attention"] = mask[torch.tensor(table.layer.to_numpy()), torch.tensor(table.kv_head.to_numpy())].bool().numpy()
+    layer_row = {layer: row for row, layer in enumerate(sorted(table.layer.unique()))}
+    rows = torch.tensor([layer_row[layer] for layer in table.layer])
+    table["streaming_full_attention"] = mask[rows, torch.tensor(table.kv_head.to_numpy(copy=True))].bool().numpy()
     return table
 
 

@@ -14,14 +14,16 @@ from interp.kernels.stats import AttentionStats, StatsConfig
 from interp.kernels.validation import validate_inputs
 
 # Default chunk size targets this many bytes for one float32 [batch, heads, chunk, n_key] block
-# (the implementation keeps a handful of such temporaries alive at once).
-DEFAULT_CHUNK_BUDGET_BYTES = 64 * 2**20
+# (the implementation keeps about eight such temporaries alive at once, so ~130 MB in all), but never
+# fewer than MIN_CHUNK queries: below that, Python loop overhead dominates at long context.
+DEFAULT_CHUNK_BUDGET_BYTES = 16 * 2**20
+MIN_CHUNK = 64
 
 
 def default_chunk_size(batch: int, n_heads: int, n_query: int, n_key: int) -> int:
-    """Largest query chunk whose float32 score block fits DEFAULT_CHUNK_BUDGET_BYTES (at least 1)."""
+    """Largest query chunk whose float32 score block fits DEFAULT_CHUNK_BUDGET_BYTES (at least MIN_CHUNK)."""
     per_query = batch * n_heads * n_key * 4
-    return max(1, min(n_query, DEFAULT_CHUNK_BUDGET_BYTES // per_query))
+    return max(1, min(n_query, max(MIN_CHUNK, DEFAULT_CHUNK_BUDGET_BYTES // per_query)))
 
 
 def attention_with_stats_chunked(
