@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -32,10 +31,14 @@ import time
 MODES = ("plain", "stats", "eager")
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """A memory line of /proc/self/status in MB (VmRSS: now; VmHWM: peak of this process image).
+
+    VmHWM rather than getrusage's ru_maxrss, which Linux carries across exec from the parent.
+    """
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -68,11 +71,11 @@ def child(model_name: str, mode: str, length: int, backend: str) -> dict:
                 assert len(out.attentions) == model.cfg.n_layers
 
     run(tokens[:, :32])  # warm-up: one-off allocations (thread pools, kernels) are not the method's memory
-    rss_loaded = _rss_mb()
+    rss_loaded = _status_mb("VmRSS:")
     start = time.perf_counter()
     run(tokens)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM:")
     return {"mode": mode, "length": length, "seconds": seconds, "peak_mb": peak, "loaded_mb": rss_loaded}
 
 

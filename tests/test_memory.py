@@ -11,16 +11,23 @@ import interp
 from interp.cli import app
 from interp.memory import estimate_scan_bytes, parse_size
 
+# Peak from VmHWM, not getrusage: Linux carries ru_maxrss across exec, so a child started from a big
+# pytest process would report the parent's memory.
 CHILD = r"""
-import json, resource, sys, torch
+import json, sys, torch
 import interp
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+
 model = interp.load("smollm2-135m", device="cpu")
 with torch.no_grad():
     model(model.to_tokens("warm up"))
-loaded = int(open("/proc/self/statm").read().split()[1]) * 4096
+loaded = status("VmRSS:")
 interp.scan(model, analyses="sink,entropy", settings=interp.ScanSettings(context_length=int(sys.argv[1]), batch=1))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"loaded": loaded, "peak": peak}))
+print(json.dumps({"loaded": loaded, "peak": status("VmHWM:")}))
 """
 
 

@@ -61,7 +61,8 @@ def _answer_losses(model: HookedModel, sample: NeedleSample, rows: int) -> torch
     """Answer cross-entropy (nats/token) for ``rows`` copies of the sample, under whatever hooks are active."""
     answer = torch.tensor(sample.answer_ids, device=model.device)
     tokens = torch.cat([sample.tokens[0], answer])[None].repeat(rows, 1)
-    logits = model(tokens)[:, -len(answer) - 1 : -1]
+    # Only the positions that predict answer tokens: skips the [pos, vocab] logits of the rest.
+    logits = model(tokens, logits_to_keep=len(answer) + 1)[:, :-1]
     losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), answer[None].repeat(rows, 1), reduction="none")
     return losses.mean(dim=1)
 
