@@ -79,3 +79,21 @@ def test_bad_device_and_dtype_are_clear_errors():
 def test_public_api_is_importable():
     for name in interp.__all__:
         assert hasattr(interp, name), name
+
+
+@torch.no_grad()
+def test_transformer_lens_bridge_is_unwrapped_to_its_hf_model(tmp_path):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    model = tiny_model("gpt2")
+    model.save_pretrained(tmp_path)
+    bridge = TransformerBridge.boot_transformers(str(tmp_path), hf_model=model, device="cpu")
+    tokens = torch.randint(0, 97, (1, 7))
+    expected = bridge.original_model(input_ids=tokens).logits
+    hooked = load(bridge)
+    assert hooked.model is bridge.original_model
+    logits, cache = hooked.run_with_cache(tokens, names=["blocks.1.hook_resid_post", "blocks.0.hook_attn_out"])
+    assert torch.equal(logits, expected) and len(cache) == 2
+    # The bridge replaced the attention modules, so attention-internal hooks cannot fire: say so.
+    with pytest.raises(InterpError, match="attention modules were replaced.*interp.load\\(folder\\)"):
+        hooked.run_with_cache(tokens, names=["blocks.0.attn.hook_z"])

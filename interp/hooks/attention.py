@@ -189,8 +189,13 @@ def original_attention_function(model: torch.nn.Module, attention_module: torch.
     if implementation.startswith("interp_"):
         raise RuntimeError("this model is already hooked by interp; wrap it once")
     if implementation == "eager":
-        modeling = sys.modules[type(attention_module).__module__]
-        return implementation, modeling.eager_attention_forward
+        # The model class's own modeling module: attention modules may be wrapped by other tools
+        # (e.g. TransformerLens' bridge components) that live elsewhere.
+        for owner in (attention_module, model):
+            eager = getattr(sys.modules[type(owner).__module__], "eager_attention_forward", None)
+            if eager is not None:
+                return implementation, eager
+        raise RuntimeError(f"no eager_attention_forward found for {type(model).__name__}; load it with attn_implementation='sdpa'")
     return implementation, AttentionInterface._global_mapping[implementation]
 
 

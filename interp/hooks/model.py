@@ -119,6 +119,9 @@ class HookedModel:
     def _install(self) -> None:
         spec = self.spec_arch
         attention0 = self.attention_module(0)
+        # Tools such as TransformerLens' bridge swap HF attention modules for their own components,
+        # which never call the attention function interp hooks: q/k/v/pattern/z/statistics cannot fire.
+        self.attention_hookable = type(attention0).__module__.startswith("transformers.")
         if spec.attention_entry == "interface":
             self._original_implementation, original = original_attention_function(self.model, attention0)
             self.model.config._attn_implementation = register_interp_implementation(self._original_implementation)
@@ -249,10 +252,21 @@ class HookedModel:
 
     __call__ = forward
 
+    def _require_attention_hooks(self, what: str) -> None:
+        if not self.attention_hookable:
+            raise InterpError(
+                f"{what} needs interp's attention hooks, but this model's attention modules were replaced "
+                f"({type(self.attention_module(0)).__module__}); load the same weights with interp.load(folder) instead"
+            )
+
     @contextmanager
     def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]]) -> Iterator[HookedModel]:
         """Register ``(name, fn)`` pairs for the ``with`` block; always removed, even on exceptions."""
-        with self.hooks_registry.added(fwd_hooks):
+        pairs = list(fwd_hooks)
+        inside = [name for name, _ in pairs if ".attn.hook_" in name]
+        if inside:
+            self._require_attention_hooks(f"hook point {inside[0]}")
+        with self.hooks_registry.added(pairs):
             yield self
 
     def run_with_hooks(self, inputs: Any, *, fwd_hooks: Iterable[tuple[str, HookFn]], **kwargs: Any) -> torch.Tensor:
@@ -385,6 +399,7 @@ class HookedModel:
                 "knockout edges must be a boolean [query, key], [batch, query, key] or [batch, head, query, key] "
                 "tensor (True = block that edge)"
             )
+        self._require_attention_hooks("attention knockout")
         if edges.ndim == 4 and heads is not None:
             raise InterpError("knockout edges with a head axis select heads themselves; drop heads=")
         chosen = range(self.cfg.n_layers) if layers is None else list(layers)
@@ -422,6 +437,7 @@ class HookedModel:
         ``stats[layer].entropy`` is ``[batch, head, query]``. Logits stay within float tolerance of
         the plain model; the attention pattern is never materialized.
         """
+        self._require_attention_hooks("collecting attention statistics")
         if self._stats_collector is not None:
             raise InterpError("attention statistics are already being collected; nest no second collect_attention_stats")
         collector = StatsCollector(config or StatsConfig(), layers=layers, backend=backend, reduce=reduce)
