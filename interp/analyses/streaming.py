@@ -87,7 +87,8 @@ def streaming_scores(
     head_scores = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
     group_scores = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
     chosen = list(range(cfg.n_layers)) if layers is None else layers
-    head_scores[chosen] = 0.0 if per_head else float("nan")
+    if per_head:
+        head_scores[chosen] = 0.0
     group_scores[chosen] = 0.0
     for sample in samples:
         n = sample.tokens.shape[1] + len(sample.answer_ids)
