@@ -3,6 +3,15 @@
 Loops over blocks of queries; each block only looks at the key span it can see (causality
 and the sliding window bound it), so nothing of size n_query x n_key is ever allocated.
 This is the default backend on CPU.
+
+On a CPU the passes over each [chunk, span] block of scores cost as much as the two matmuls,
+so every statistic is derived from as few of them as possible:
+
+* the causal mask touches only the trailing [chunk, chunk] square (every earlier key is visible);
+* one fused ``softmax`` gives the pattern ``A``; a blocked ``amax`` gives the row maximum ``m`` of
+  the scores and their argmax; then ``max_prob = A[argmax]`` and ``lse = m - log(max_prob)``;
+* ``entropy = lse - sum(A * s)`` is one fused row dot product, ``received`` a matrix product;
+* the other statistics read a few columns of ``A``.
 """
 
 from __future__ import annotations
@@ -14,16 +23,45 @@ from interp.kernels.stats import AttentionStats, StatsConfig
 from interp.kernels.validation import validate_inputs
 
 # Default chunk size targets this many bytes for one float32 [batch, heads, chunk, n_key] block
-# (the implementation keeps about eight such temporaries alive at once, so ~130 MB in all), but never
-# fewer than MIN_CHUNK queries: below that, Python loop overhead dominates at long context.
+# (the implementation keeps two such buffers, plus small temporaries), but never fewer
+# than MIN_CHUNK queries: below that, Python loop overhead dominates at long context.
 DEFAULT_CHUNK_BUDGET_BYTES = 16 * 2**20
 MIN_CHUNK = 64
+
+# Stands in for -inf on masked scores: softmax gives them exactly 0 weight, and 0 * _MASKED is 0
+# where 0 * -inf would be NaN. Real scores are dozens of orders of magnitude smaller.
+_MASKED = torch.finfo(torch.float32).min / 2
+
+# Columns per block when looking for the argmax (see `_row_max_argmax`).
+_ARGMAX_BLOCK = 64
 
 
 def default_chunk_size(batch: int, n_heads: int, n_query: int, n_key: int) -> int:
     """Largest query chunk whose float32 score block fits DEFAULT_CHUNK_BUDGET_BYTES (at least MIN_CHUNK)."""
     per_query = batch * n_heads * n_key * 4
     return max(1, min(n_query, max(MIN_CHUNK, DEFAULT_CHUNK_BUDGET_BYTES // per_query)))
+
+
+def _row_max_argmax(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """``(max, argmax)`` over the last axis, ties -> lowest index, like ``scores.max(-1)``.
+
+    ``Tensor.max(dim)`` tracks indices element by element and is ~15x slower on CPU than ``amax``;
+    here one vectorized ``amax`` per block of columns finds the first block holding the maximum,
+    and the argmax is searched only inside that block.
+    """
+    span = scores.shape[-1]
+    full = span - span % _ARGMAX_BLOCK
+    parts = []
+    if full:
+        parts.append(scores[..., :full].unflatten(-1, (-1, _ARGMAX_BLOCK)).amax(-1))
+    if full < span:
+        parts.append(scores[..., full:].amax(-1, keepdim=True))
+    block_max = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+    row_max, block = block_max.max(-1)  # few columns: the slow indexed max is fine here
+    cols = block[..., None] * _ARGMAX_BLOCK + torch.arange(_ARGMAX_BLOCK, device=scores.device)
+    cols = cols.clamp(max=span - 1)  # a short last block repeats its last column: harmless for argmax
+    within = scores.gather(-1, cols).argmax(-1)
+    return row_max, block * _ARGMAX_BLOCK + within
 
 
 def attention_with_stats_chunked(
@@ -58,90 +96,133 @@ def attention_with_stats_chunked(
 
     device = q.device
     f32 = dict(device=device, dtype=torch.float32)
-    out = torch.empty(batch, n_heads, n_query, d_head_v, device=device, dtype=q.dtype)
+    # Work grouped by kv head: [b, kv, g, ...], flattened to [b, h, ...] at the end (h = kv * group + g).
+    grouped = (batch, n_kv_heads, group, n_query)
+    out = torch.empty(*grouped, d_head_v, device=device, dtype=q.dtype)
     lse, entropy, max_prob, diag_mass, prev_mass, window_mass, target_mass = (
-        torch.zeros(batch, n_heads, n_query, **f32) for _ in range(7)
+        torch.zeros(grouped, **f32) for _ in range(7)
     )
-    argmax = torch.empty(batch, n_heads, n_query, device=device, dtype=torch.int64)
-    sink_per_position = torch.zeros(batch, n_heads, n_query, config.n_sink, **f32)
-    received = torch.zeros(batch, n_heads, n_key, **f32) if config.received else None
+    argmax = torch.empty(grouped, device=device, dtype=torch.int64)
+    sink_per_position = torch.zeros(*grouped, config.n_sink, **f32)
+    received = torch.zeros(batch, n_kv_heads, group, n_key, **f32) if config.received else None
 
-    # Group query heads by the kv head they read: [b, n_kv_heads, group, n_query, d].
-    q_grouped = q.view(batch, n_kv_heads, group, n_query, d_head)
-
-    def flat(t: Tensor) -> Tensor:
-        """[b, kv, g, c, ...] -> [b, h, c, ...] (query head h = kv * group + g)."""
-        return t.reshape(batch, n_heads, *t.shape[3:])
+    q_scaled = (q.float() * scale).view(batch, n_kv_heads, group, n_query, d_head)
+    # Contiguous [d, key] operands make the per-kv-head matrix products markedly faster on CPU.
+    k_t = k.float().transpose(-1, -2).contiguous()
+    v32 = v.float()
+    # Two flat buffers (scores, pattern) sized for the largest chunk, reused by every chunk: fresh
+    # blocks of growing size per chunk would fragment the CPU allocator's heap, which then keeps
+    # several hundred MB more than the blocks themselves at 4K tokens.
+    max_span = n_key if sliding_window is None else min(n_key, chunk_size + sliding_window - 1)
+    buffer_size = batch * n_heads * min(chunk_size, n_query) * max_span
+    scores_buffer, probs_buffer = torch.empty(buffer_size, **f32), torch.empty(buffer_size, **f32)
 
     for start in range(0, n_query, chunk_size):
         stop = min(start + chunk_size, n_query)
+        c = stop - start
         query_pos = torch.arange(start, stop, device=device) + q_offset  # [c]
         # Keys this chunk can see: [key_lo, key_hi).
         key_hi = q_offset + stop
         key_lo = 0 if sliding_window is None else max(0, q_offset + start - sliding_window + 1)
-        key_pos = torch.arange(key_lo, key_hi, device=device)  # [s]
         span = key_hi - key_lo
-
-        q_c = q_grouped[:, :, :, start:stop].float()
-        k_c = k[:, :, key_lo:key_hi].float()[:, :, None]  # [b, kv, 1, s, d]
-        v_c = v[:, :, key_lo:key_hi].float()[:, :, None]
-        scores = scale * (q_c @ k_c.transpose(-1, -2))  # [b, kv, g, c, s]
-        if softcap is not None:
-            scores = softcap * torch.tanh(scores / softcap)
-
-        visible = key_pos[None, :] <= query_pos[:, None]
-        if sliding_window is not None:
-            visible = visible & (key_pos[None, :] > query_pos[:, None] - sliding_window)
-        visible = visible[None, None, None]  # [1, 1, 1, c, s]
-        if key_padding_mask is not None:
-            visible = visible & key_padding_mask[:, None, None, None, key_lo:key_hi]
-        scores = scores.masked_fill(~visible, float("-inf"))
-
-        lse_c = torch.logsumexp(scores, dim=-1)  # [b, kv, g, c]
-        row_ok = torch.isfinite(lse_c)
-        probs = torch.exp(scores - torch.where(row_ok, lse_c, 0.0)[..., None])
-        out_c = probs @ v_c  # [b, kv, g, c, dv]
-
         rows = slice(start, stop)
-        out[:, :, rows] = flat(out_c).to(q.dtype)
-        lse[:, :, rows] = flat(lse_c)
-        entropy[:, :, rows] = flat(-torch.special.xlogy(probs, probs).sum(-1))
-        max_prob[:, :, rows] = flat(probs.amax(-1))
-        argmax[:, :, rows] = flat(torch.where(row_ok, scores.argmax(-1) + key_lo, -1))
+
+        # One [g*c, d] @ [d, span] product per (batch, kv head): its g query heads share the keys.
+        q_c = q_scaled[:, :, :, rows].reshape(batch, n_kv_heads, group * c, d_head)
+        block_shape = (batch, n_kv_heads, group * c, span)
+        scores = scores_buffer[: batch * n_heads * c * span].view(block_shape)
+        for b in range(batch):
+            for h in range(n_kv_heads):
+                torch.mm(q_c[b, h], k_t[b, h, :, key_lo:key_hi], out=scores[b, h])
+        if softcap is not None:
+            scores.div_(softcap).tanh_().mul_(softcap)
+        scores = scores.view(batch, n_kv_heads, group, c, span)
+
+        # Causality hides keys after the query; they are all in the last c columns.
+        later = torch.ones(c, c, dtype=torch.bool, device=device).triu_(1)
+        scores[..., span - c :].masked_fill_(later, _MASKED)
+        if sliding_window is not None or key_padding_mask is not None:
+            key_pos = torch.arange(key_lo, key_hi, device=device)
+            hidden = torch.zeros(batch, 1, 1, c, span, dtype=torch.bool, device=device)
+            if sliding_window is not None:
+                hidden |= key_pos[None, :] <= query_pos[:, None] - sliding_window
+            if key_padding_mask is not None:
+                hidden |= ~key_padding_mask[:, None, None, None, key_lo:key_hi]
+            scores.masked_fill_(hidden, _MASKED)
+
+        row_max, row_argmax = _row_max_argmax(scores)  # [b, kv, g, c]
+        probs = probs_buffer[: scores.numel()].view(scores.shape)
+        torch._softmax(scores, -1, False, out=probs)  # torch.softmax has no out=
+        peak = probs.gather(-1, row_argmax[..., None])[..., 0]  # = 1 / sum(exp(s - max))
+        if key_padding_mask is not None:
+            # A query that sees no key has every score masked, and softmax made its row uniform.
+            row_ok = row_max > _MASKED / 2
+            probs.mul_(row_ok[..., None])
+            peak = peak * row_ok
+        row_lse = row_max - torch.log(peak)
+        # sum(A * s) per row; einsum lowers it to a batched dot product (no [c, span] temporary).
+        expected_score = torch.einsum("...s,...s->...", probs, scores)
+
+        out_c = torch.empty(batch, n_kv_heads, group * c, d_head_v, **f32)
+        flat_probs = probs.view(batch, n_kv_heads, group * c, span)
+        for b in range(batch):
+            for h in range(n_kv_heads):
+                torch.mm(flat_probs[b, h], v32[b, h, key_lo:key_hi], out=out_c[b, h])
+        out[:, :, :, rows] = out_c.view(batch, n_kv_heads, group, c, d_head_v).to(q.dtype)
+        lse[..., rows] = row_lse
+        entropy[..., rows] = row_lse - expected_score
+        max_prob[..., rows] = peak
+        argmax[..., rows] = row_argmax + key_lo
+        if key_padding_mask is not None:
+            lse[..., rows].masked_fill_(~row_ok, float("-inf"))
+            entropy[..., rows].masked_fill_(~row_ok, 0.0)
+            argmax[..., rows].masked_fill_(~row_ok, -1)
+
+        def column_mass(col: Tensor) -> Tensor:
+            """A at one column per query (col: [c], relative to key_lo; < 0 means none)."""
+            picked = probs.gather(-1, col.clamp(min=0).expand(*probs.shape[:-1])[..., None])[..., 0]
+            return torch.where(col >= 0, picked, 0.0)
 
         # The diagonal is always inside the span; the previous key may fall just before it.
-        diag_col = (query_pos - key_lo).expand(*probs.shape[:-1])[..., None]
-        diag_mass[:, :, rows] = flat(probs.gather(-1, diag_col)[..., 0])
-        prev_col = query_pos - 1 - key_lo
-        prev_probs = probs.gather(-1, prev_col.clamp(min=0).expand(*probs.shape[:-1])[..., None])[..., 0]
-        prev_mass[:, :, rows] = flat(torch.where(prev_col >= 0, prev_probs, 0.0))
+        diag_mass[..., rows] = column_mass(query_pos - key_lo)
+        prev_mass[..., rows] = column_mass(query_pos - 1 - key_lo)
 
         sink_hi = min(config.n_sink, key_hi)
         if key_lo < sink_hi:
-            sink_per_position[:, :, rows, key_lo:sink_hi] = flat(probs[..., : sink_hi - key_lo])
+            sink_per_position[..., rows, key_lo:sink_hi] = probs[..., : sink_hi - key_lo]
         if config.window > 0:
-            in_window = key_pos[None, :] > query_pos[:, None] - config.window
-            window_mass[:, :, rows] = flat((probs * in_window).sum(-1))
+            # Keys in (p - window, p] lie in the last c + window - 1 columns.
+            lo = max(0, span - c - config.window + 1)
+            key_pos = torch.arange(key_lo + lo, key_hi, device=device)
+            in_window = (key_pos[None, :] > query_pos[:, None] - config.window).float()
+            window_mass[..., rows] = torch.einsum("...s,...s->...", probs[..., lo:], in_window)
         if config.targets is not None:
             # Scatter into a per-query membership mask over the span (duplicates collapse);
             # indices outside the span (incl. -1) go to a dropped extra column.
-            t = config.targets[:, start:stop] - key_lo
+            t = config.targets[:, rows] - key_lo
             t = torch.where((t >= 0) & (t < span), t, span)
-            is_target = torch.zeros(batch, stop - start, span + 1, dtype=torch.bool, device=device)
-            is_target.scatter_(-1, t, True)
-            target_mass[:, :, rows] = flat((probs * is_target[:, None, None, :, :span]).sum(-1))
+            is_target = torch.zeros(batch, c, span + 1, **f32)
+            is_target.scatter_(-1, t, 1.0)
+            target_mass[..., rows] = torch.einsum("bgcs,bcs->bgc", probs.flatten(1, 2), is_target[..., :span]).view(
+                batch, n_kv_heads, group, c
+            )
         if received is not None:
-            received[:, :, key_lo:key_hi] += probs.sum(dim=-2).reshape(batch, n_heads, span)
+            received[..., key_lo:key_hi] += probs.sum(dim=-2)
+
+    def flat(t: Tensor) -> Tensor:
+        """[b, kv, g, ...] -> [b, h, ...]."""
+        return t.reshape(batch, n_heads, *t.shape[3:])
 
     stats = AttentionStats(
-        lse=lse, entropy=entropy, max_prob=max_prob, argmax=argmax,
-        diag_mass=diag_mass, prev_mass=prev_mass, received=received,
+        lse=flat(lse), entropy=flat(entropy), max_prob=flat(max_prob), argmax=flat(argmax),
+        diag_mass=flat(diag_mass), prev_mass=flat(prev_mass),
+        received=None if received is None else flat(received),
     )
     if config.n_sink > 0:
-        stats.sink_mass_per_position = sink_per_position
-        stats.sink_mass = sink_per_position.sum(-1)
+        stats.sink_mass_per_position = flat(sink_per_position)
+        stats.sink_mass = stats.sink_mass_per_position.sum(-1)
     if config.window > 0:
-        stats.window_mass = window_mass
+        stats.window_mass = flat(window_mass)
     if config.targets is not None:
-        stats.target_mass = target_mass
-    return out, stats
+        stats.target_mass = flat(target_mass)
+    return flat(out), stats
