@@ -18,12 +18,13 @@ GPT-Neo has no attention interface; its eager ``_attn`` method is wrapped instea
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
 from interp.hooks.points import hook_name
 
@@ -70,15 +71,18 @@ def attention_scores(
     """Masked pre-softmax scores ``[batch, head, query, key]`` in float32, as HF's eager attention computes them.
 
     ``attention_mask`` is what the model passes to its attention function: a boolean mask (True = attend),
-    an additive float mask, or None for plain causal attention.
+    an additive float mask, a ``[batch, key]`` padding mask (see :func:`key_padding_only_masks`), or None
+    for plain causal attention.
     """
     n_groups = query.shape[1] // key.shape[1]
     scores = torch.matmul(query.float(), repeat_kv(key, n_groups).float().transpose(-1, -2)) * scaling
     if softcap is not None:
         scores = softcap * torch.tanh(scores / softcap)
     floor = torch.finfo(scores.dtype).min
-    if attention_mask is None:
+    if attention_mask is None or attention_mask.dim() == 2:
         visible = visible_keys_mask(scores.shape[-2], scores.shape[-1], sliding_window=sliding_window, device=scores.device)
+        if attention_mask is not None:
+            visible = visible & attention_mask[:, None, None, -scores.shape[-1] :].bool()
         return scores.masked_fill(~visible, floor)
     mask = attention_mask[..., : scores.shape[-1]]
     if mask.dtype == torch.bool:
@@ -199,6 +203,38 @@ def original_attention_function(model: torch.nn.Module, attention_module: torch.
     return implementation, AttentionInterface._global_mapping[implementation]
 
 
+# ids of the model configs whose forward passes currently need only key padding from their mask (see
+# `key_padding_only_masks`). Keyed by config because transformers hands the mask function the config.
+_PADDING_ONLY_CONFIGS: set[int] = set()
+
+
+@contextmanager
+def key_padding_only_masks(model: torch.nn.Module) -> Iterator[None]:
+    """While active, ``model``'s forwards build a ``[batch, key]`` padding mask (or None) instead of ``[N, N]``.
+
+    For use when every layer computes attention through interp's kernel or explicit softmax, which apply
+    causality and the sliding window themselves: transformers would otherwise build a ``[batch, 1, N, N]``
+    mask per forward for sliding-window (Mistral, Gemma 2) and eager-attention models, 1-4 bytes per entry.
+    Masks with extra structure (packed sequences, custom overlays) are still built in full.
+    """
+    key = id(model.config)
+    _PADDING_ONLY_CONFIGS.add(key)
+    try:
+        yield
+    finally:
+        _PADDING_ONLY_CONFIGS.discard(key)
+
+
+def _mask_function(original: Callable) -> Callable:
+    def build_mask(*, config: Any = None, allow_is_causal_skip: bool = True, **kwargs: Any) -> torch.Tensor | None:
+        # allow_is_causal_skip is False exactly when the mask has structure beyond causal / window / padding.
+        if allow_is_causal_skip and id(config) in _PADDING_ONLY_CONFIGS:
+            return flash_attention_mask(**kwargs)  # [batch, key] padding, or None when nothing is padded
+        return original(config=config, allow_is_causal_skip=allow_is_causal_skip, **kwargs)
+
+    return build_mask
+
+
 def register_interp_implementation(wrapped: str) -> str:
     """Register ``interp_<wrapped>`` with transformers' attention and mask interfaces; returns the name."""
     name = f"interp_{wrapped}"
@@ -206,7 +242,7 @@ def register_interp_implementation(wrapped: str) -> str:
         AttentionInterface.register(name, _dispatch)
         mask_fn = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(wrapped)
         if mask_fn is not None:
-            ALL_MASK_ATTENTION_FUNCTIONS.register(name, mask_fn)
+            ALL_MASK_ATTENTION_FUNCTIONS.register(name, _mask_function(mask_fn))
     return name
 
 

@@ -8,7 +8,7 @@ function registered, outputs are bit-identical to the unwrapped model.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from interp.hooks.architectures import ArchitectureSpec, spec_for
 from interp.hooks.attention import (
     AttentionSite,
     gpt_neo_attn,
+    key_padding_only_masks,
     original_attention_function,
     register_interp_implementation,
 )
@@ -442,8 +443,12 @@ class HookedModel:
             raise InterpError("attention statistics are already being collected; nest no second collect_attention_stats")
         collector = StatsCollector(config or StatsConfig(), layers=layers, backend=backend, reduce=reduce)
         self._stats_collector = collector
+        # With every layer on the kernel (which applies causality and windows itself) the model need not
+        # build an [N, N] mask. GPT-Neo builds its own mask outside transformers' mask interface.
+        lean = layers is None and self.spec_arch.attention_entry == "interface"
         try:
-            yield collector
+            with key_padding_only_masks(self.model) if lean else nullcontext():
+                yield collector
         finally:
             self._stats_collector = None
 

@@ -15,14 +15,19 @@ import torch
 from interp.kernels import AttentionStats, StatsConfig, attention_with_stats
 
 
-def key_padding_from_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """``[batch, key]`` (True = real token) from the 4-D mask a model hands its attention function.
+def key_padding_from_mask(attention_mask: torch.Tensor | None, n_key: int | None = None) -> torch.Tensor | None:
+    """``[batch, key]`` (True = real token) from the mask a model hands its attention function.
 
-    Causal masks built by transformers combine causality, padding and sliding windows; a key that no
-    query may see is padding. Causality and windows are re-applied by the kernel itself.
+    That is a ``[batch, key]`` padding mask while statistics are collected on every layer (see
+    :func:`interp.hooks.attention.key_padding_only_masks`); otherwise a 4-D mask from transformers that
+    combines causality, padding and sliding windows, where a key that no query may see is padding.
+    Causality and windows are re-applied by the kernel itself.
     """
     if attention_mask is None:
         return None
+    if attention_mask.dim() == 2:
+        visible = attention_mask[:, -n_key:].bool() if n_key is not None else attention_mask.bool()
+        return None if bool(visible.all()) else visible
     visible = attention_mask if attention_mask.dtype == torch.bool else attention_mask > torch.finfo(attention_mask.dtype).min / 2
     visible = visible.any(dim=-2)  # [batch, heads|1, key]
     return visible[:, 0] if not bool(visible.all()) else None
@@ -76,7 +81,7 @@ class StatsCollector:
             scale=scaling,
             sliding_window=sliding_window,
             softcap=softcap,
-            key_padding_mask=key_padding_from_mask(attention_mask),
+            key_padding_mask=key_padding_from_mask(attention_mask, key.shape[-2]),
             config=self.config,
             backend=self.backend,
         )
