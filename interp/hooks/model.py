@@ -27,6 +27,7 @@ from interp.hooks.attention import (
 from interp.hooks.interventions import Index, replace_fn, scale_fn
 from interp.hooks.stats import StatsCollector
 from interp.kernels import AttentionStats, StatsConfig
+from interp.kernels.chunked import release_workspace
 from interp.hooks.points import HookFn, HookRegistry, NamesFilter, all_hook_names, hook_name, select_names
 
 
@@ -451,6 +452,7 @@ class HookedModel:
                 yield collector
         finally:
             self._stats_collector = None
+            release_workspace()  # the CPU kernel's score buffers live for the block, not the process
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -60,7 +60,7 @@ Backends
              On CPU it runs only under TRITON_INTERPRET=1 (set before triton is imported).
 """
 
-from interp.kernels.chunked import attention_with_stats_chunked
+from interp.kernels.chunked import attention_with_stats_chunked, chunk_budget
 from interp.kernels.dispatch import BACKENDS, attention_with_stats, triton_available
 from interp.kernels.reference import attention_with_stats_reference
 from interp.kernels.stats import AttentionStats, StatsConfig
@@ -83,5 +83,6 @@ __all__ = [
     "attention_with_stats_chunked",
     "attention_with_stats_reference",
     "attention_with_stats_triton",
+    "chunk_budget",
     "triton_available",
 ]

@@ -16,6 +16,11 @@ so every statistic is derived from as few of them as possible:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+import threading
+
 import torch
 from torch import Tensor
 
@@ -36,10 +41,59 @@ _MASKED = torch.finfo(torch.float32).min / 2
 _ARGMAX_BLOCK = 64
 
 
-def default_chunk_size(batch: int, n_heads: int, n_query: int, n_key: int) -> int:
-    """Largest query chunk whose float32 score block fits DEFAULT_CHUNK_BUDGET_BYTES (at least MIN_CHUNK)."""
+_planned_budget: ContextVar[int | None] = ContextVar("interp_chunk_budget", default=None)
+
+
+@contextmanager
+def chunk_budget(budget_bytes: int | None) -> Iterator[None]:
+    """Inside the block, the chunked backend sizes its score block to ``budget_bytes`` (None: default).
+
+    Memory planning (:func:`interp.memory.plan_scan`) uses it so that every statistics pass of a scan
+    fits ``--max-memory`` without threading a size through each analysis.
+    """
+    token = _planned_budget.set(budget_bytes)
+    try:
+        yield
+    finally:
+        _planned_budget.reset(token)
+
+
+_scratch = threading.local()
+
+
+def _workspace(numel: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Two flat float32 buffers (scores, pattern) of at least ``numel`` elements, reused across calls.
+
+    Fresh score blocks per chunk or per layer fragment the CPU allocator's heap, which then grows by
+    about one block per layer (several hundred MB over a 30-layer forward at 4K tokens). Kept per
+    thread and device; :func:`release_workspace` frees them.
+    """
+    buffers: dict[str, tuple[Tensor, Tensor]] = _scratch.__dict__.setdefault("buffers", {})
+    held = buffers.get(str(device))
+    if held is None or held[0].numel() < numel:
+        buffers.pop(str(device), None)  # free the smaller pair before allocating the larger one
+        held = buffers[str(device)] = (
+            torch.empty(numel, dtype=torch.float32, device=device),
+            torch.empty(numel, dtype=torch.float32, device=device),
+        )
+    return held
+
+
+def release_workspace() -> None:
+    """Free the chunked backend's reusable buffers (this thread's)."""
+    _scratch.__dict__.pop("buffers", None)
+
+
+def default_chunk_size(batch: int, n_heads: int, n_query: int, n_key: int, budget_bytes: int | None = None) -> int:
+    """Queries per chunk so that one float32 ``[batch, heads, chunk, n_key]`` score block fits a budget.
+
+    ``budget_bytes=None`` uses DEFAULT_CHUNK_BUDGET_BYTES but never goes below MIN_CHUNK queries (Python
+    overhead); an explicit budget (from memory planning) is honoured strictly, down to one query.
+    """
     per_query = batch * n_heads * n_key * 4
-    return max(1, min(n_query, max(MIN_CHUNK, DEFAULT_CHUNK_BUDGET_BYTES // per_query)))
+    if budget_bytes is None:
+        return max(1, min(n_query, max(MIN_CHUNK, DEFAULT_CHUNK_BUDGET_BYTES // per_query)))
+    return max(1, min(n_query, budget_bytes // per_query))
 
 
 def _row_max_argmax(scores: Tensor) -> tuple[Tensor, Tensor]:
@@ -75,10 +129,13 @@ def attention_with_stats_chunked(
     key_padding_mask: Tensor | None = None,
     config: StatsConfig | None = None,
     chunk_size: int | None = None,
+    chunk_bytes: int | None = None,
 ) -> tuple[Tensor, AttentionStats]:
     """Same results as the reference, computed query chunk by query chunk.
 
-    chunk_size: queries per chunk; None picks `default_chunk_size(...)`.
+    chunk_size: queries per chunk; None picks ``default_chunk_size(..., budget_bytes=chunk_bytes)``.
+    chunk_bytes: None takes the enclosing :func:`chunk_budget`, if any. The two block buffers take
+    about ``2 * chunk_bytes``.
     """
     config = config or StatsConfig()
     scale = validate_inputs(
@@ -90,7 +147,8 @@ def attention_with_stats_chunked(
     group = n_heads // n_kv_heads
     q_offset = n_key - n_query
     if chunk_size is None:
-        chunk_size = default_chunk_size(batch, n_heads, n_query, n_key)
+        budget = chunk_bytes if chunk_bytes is not None else _planned_budget.get()
+        chunk_size = default_chunk_size(batch, n_heads, n_query, n_key, budget)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
@@ -99,23 +157,24 @@ def attention_with_stats_chunked(
     # Work grouped by kv head: [b, kv, g, ...], flattened to [b, h, ...] at the end (h = kv * group + g).
     grouped = (batch, n_kv_heads, group, n_query)
     out = torch.empty(*grouped, d_head_v, device=device, dtype=q.dtype)
-    lse, entropy, max_prob, diag_mass, prev_mass, window_mass, target_mass = (
-        torch.zeros(grouped, **f32) for _ in range(7)
+    # Every float32 statistic is a view of one allocation: callers keep the statistics of each layer,
+    # and a dozen small blocks per layer left between freed activations fragment the CPU heap.
+    per_query = batch * n_heads * n_query
+    sizes = [per_query] * 8 + [per_query * config.n_sink, batch * n_heads * n_key if config.received else 0]
+    kept = torch.zeros(sum(sizes), **f32).split(sizes)
+    lse, entropy, max_prob, diag_mass, prev_mass, window_mass, target_mass, sink_mass = (
+        t.view(grouped) for t in kept[:8]
     )
+    sink_per_position = kept[8].view(*grouped, config.n_sink)
+    received = kept[9].view(batch, n_kv_heads, group, n_key) if config.received else None
     argmax = torch.empty(grouped, device=device, dtype=torch.int64)
-    sink_per_position = torch.zeros(*grouped, config.n_sink, **f32)
-    received = torch.zeros(batch, n_kv_heads, group, n_key, **f32) if config.received else None
 
     q_scaled = (q.float() * scale).view(batch, n_kv_heads, group, n_query, d_head)
     # Contiguous [d, key] operands make the per-kv-head matrix products markedly faster on CPU.
     k_t = k.float().transpose(-1, -2).contiguous()
     v32 = v.float()
-    # Two flat buffers (scores, pattern) sized for the largest chunk, reused by every chunk: fresh
-    # blocks of growing size per chunk would fragment the CPU allocator's heap, which then keeps
-    # several hundred MB more than the blocks themselves at 4K tokens.
     max_span = n_key if sliding_window is None else min(n_key, chunk_size + sliding_window - 1)
-    buffer_size = batch * n_heads * min(chunk_size, n_query) * max_span
-    scores_buffer, probs_buffer = torch.empty(buffer_size, **f32), torch.empty(buffer_size, **f32)
+    scores_buffer, probs_buffer = _workspace(batch * n_heads * min(chunk_size, n_query) * max_span, device)
 
     for start in range(0, n_query, chunk_size):
         stop = min(start + chunk_size, n_query)
@@ -220,7 +279,7 @@ def attention_with_stats_chunked(
     )
     if config.n_sink > 0:
         stats.sink_mass_per_position = flat(sink_per_position)
-        stats.sink_mass = stats.sink_mass_per_position.sum(-1)
+        stats.sink_mass = flat(torch.sum(sink_per_position, -1, out=sink_mass))
     if config.window > 0:
         stats.window_mass = flat(window_mass)
     if config.targets is not None:

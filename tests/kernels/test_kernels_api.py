@@ -10,6 +10,7 @@ import torch
 
 import interp.kernels as kernels
 from interp.kernels import StatsConfig, attention_with_stats, triton_available
+from interp.kernels.testing import assert_stats_close
 
 
 def inputs(b: int = 1, h: int = 2, kv: int = 1, nq: int = 5, nk: int = 7, d: int = 16, dtype=torch.float32):
@@ -119,3 +120,17 @@ def test_default_chunk_size_respects_budget() -> None:
     assert 1 <= chunk < 8192
     assert 2 * 32 * chunk * 8192 * 4 <= DEFAULT_CHUNK_BUDGET_BYTES or chunk == MIN_CHUNK
     assert default_chunk_size(1, 1, 10, 10) == 10
+
+
+def test_planned_chunk_budget_is_honoured_down_to_one_query() -> None:
+    from interp.kernels import chunk_budget
+    from interp.kernels.chunked import default_chunk_size
+
+    assert default_chunk_size(1, 2, 100, 100, budget_bytes=3 * 2 * 100 * 4) == 3  # no MIN_CHUNK floor
+    assert default_chunk_size(1, 2, 100, 100, budget_bytes=1) == 1
+    qh, kh, vh = inputs()
+    expected_out, expected = attention_with_stats(qh, kh, vh, backend="reference")
+    with chunk_budget(1):  # one query per chunk
+        out, stats = attention_with_stats(qh, kh, vh, backend="chunked")
+    torch.testing.assert_close(out, expected_out, atol=2e-5, rtol=1e-5)
+    assert_stats_close(stats, expected, atol=2e-5)
