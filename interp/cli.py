@@ -30,6 +30,9 @@ def scan(
     out: Annotated[Path | None, typer.Option(help="output folder [default: interp-out/<model>]")] = None,
     analyses: Annotated[str | None, typer.Option(help="comma-separated analyses [default: all; see `interp analyses`]")] = None,
     context_length: Annotated[int, typer.Option(help="tokens per probe sequence")] = 256,
+    beyond_context: Annotated[
+        bool, typer.Option(help="allow --context-length past the model's trained window (positions there extrapolate)")
+    ] = False,
     batch: Annotated[int, typer.Option(help="probe sequences per probe kind")] = 2,
     seed: Annotated[int, typer.Option(help="seed for the probes")] = 0,
     needle_samples: Annotated[int, typer.Option(help="needle-in-a-haystack prompts for the retrieval analysis")] = 6,
@@ -57,7 +60,7 @@ def scan(
     import interp
     from interp.analyses import resolve_analyses
     from interp.kernels import BACKENDS
-    from interp.memory import check_scan_fits, parse_size
+    from interp.memory import parse_size
     from interp.scan import check_output_dir
 
     out = out or _default_out(model)
@@ -73,7 +76,7 @@ def scan(
         if max_memory:
             parse_size(max_memory)  # a malformed size fails before the model loads
         settings = interp.ScanSettings(
-            context_length=context_length, batch=batch, seed=seed, backend=backend,
+            context_length=context_length, beyond_context=beyond_context, batch=batch, seed=seed, backend=backend,
             needle_samples=needle_samples, streaming_per_head=streaming_per_head,
         )
         with Progress(
@@ -87,7 +90,6 @@ def scan(
             else:
                 hooked = interp.load(model, device=device, dtype=dtype)
             progress.update(loading, completed=1, description=f"loaded {hooked.cfg.name} ({time.perf_counter() - start:.1f}s)")
-            check_scan_fits(hooked, settings, max_bytes=parse_size(max_memory) if max_memory else None)
             task = progress.add_task("analyses", total=len(chosen))
             step = progress.add_task("", total=None, visible=False)
 
@@ -100,7 +102,7 @@ def scan(
 
             result = interp.scan(
                 hooked, analyses=[a.name for a in chosen], settings=settings, on_progress=on_progress,
-                on_step=on_step, checkpoint_dir=out / "analyses", resume=resume,
+                on_step=on_step, checkpoint_dir=out / "analyses", resume=resume, max_memory=max_memory,
             )
         interp.write_scan(result, out, overwrite=overwrite, resume=resume)
         if report:

@@ -1,4 +1,5 @@
-"""Memory planning: estimate a scan's peak memory before running it, and fail early if it cannot fit.
+"""Memory planning: estimate a scan's peak memory before running it, size the attention kernel's
+query chunks to the memory allowed, and fail early if the scan cannot fit.
 
 Estimates are deliberately simple and conservative: the weights, plus the largest transient of the
 biggest analysis. Nothing on the scan path is O(N^2) in the sequence length: attention statistics
@@ -10,13 +11,17 @@ materializes one layer's pattern) uses a fixed-length prompt.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch
 
 from interp.analyses.context import ScanSettings
 from interp.errors import InterpError
 from interp.hooks import HookedModel
-from interp.kernels.chunked import DEFAULT_CHUNK_BUDGET_BYTES
+from interp.kernels.chunked import DEFAULT_CHUNK_BUDGET_BYTES, default_chunk_size
+
+# The chunked kernel keeps two score blocks (scores, pattern) plus about one block of temporaries.
+KERNEL_BLOCKS = 3
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30, "t": 2**40, "tb": 2**40}
 
@@ -40,35 +45,91 @@ def available_bytes(device: torch.device) -> int:
     return 2**62
 
 
-def estimate_scan_bytes(model: HookedModel, settings: ScanSettings) -> dict[str, int]:
+def _activation_bytes(model: HookedModel, settings: ScanSettings) -> int:
+    """One statistics forward's activations: residual stream, one layer's q/k/v/z and MLP, kept statistics."""
+    cfg = model.cfg
+    element = next(model.model.parameters()).element_size()
+    d_ff = getattr(model.model.config, "intermediate_size", None) or 4 * cfg.d_model
+    per_token = (4 * cfg.d_model + 3 * d_ff + 2 * (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.d_head) * element
+    per_token += 8 * cfg.n_heads * 4  # per-query statistics kept per layer (float32)
+    return _forward_tokens(settings) * per_token
+
+
+def _forward_tokens(settings: ScanSettings) -> int:
+    return settings.batch * max(settings.context_length, 2 * settings.streaming_window)
+
+
+def default_chunk_bytes(model: HookedModel, settings: ScanSettings) -> int:
+    """The score-block size the chunked kernel picks by itself at the scan's longest forward."""
+    n = max(settings.context_length, 2 * settings.streaming_window)
+    if n == 0:
+        return 0
+    chunk = default_chunk_size(settings.batch, model.cfg.n_heads, n, n)
+    return chunk * settings.batch * model.cfg.n_heads * n * 4
+
+
+def estimate_scan_bytes(model: HookedModel, settings: ScanSettings, *, chunk_bytes: int | None = None) -> dict[str, int]:
     """Estimated peak bytes *on top of the loaded weights*, per phase of a scan.
 
     - ``forward``: one statistics forward over ``batch x context_length`` tokens: the residual stream,
-      one layer's q/k/v/z and MLP activations, and the kernel's query-chunk buffers;
+      one layer's q/k/v/z and MLP activations, and the kernel's query-chunk blocks (``chunk_bytes``
+      each; None = the kernel's default size);
     - ``streaming``: the causal streaming pass, one layer's ``[rows, head, 2w, 2w]`` pattern and edges;
     - ``decode``: retrieval's KV cache at the context length.
     """
     cfg = model.cfg
     element = next(model.model.parameters()).element_size()
-    tokens = settings.batch * max(settings.context_length, 2 * settings.streaming_window)
-    d_ff = getattr(model.model.config, "intermediate_size", None) or 4 * cfg.d_model
-    per_token = (4 * cfg.d_model + 3 * d_ff + 2 * (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.d_head) * element
-    per_token += 8 * cfg.n_heads * 4  # per-query statistics kept per layer (float32)
-    forward = tokens * per_token + 8 * DEFAULT_CHUNK_BUDGET_BYTES  # the chunked kernel's temporaries
+    if chunk_bytes is None:
+        chunk_bytes = default_chunk_bytes(model, settings)
+    forward = _activation_bytes(model, settings) + KERNEL_BLOCKS * chunk_bytes
     n = 2 * settings.streaming_window + 8
+    per_token = _activation_bytes(model, settings) // max(1, _forward_tokens(settings))
     streaming = cfg.n_heads * cfg.n_heads * n * n * (4 * 3 + 1) + n * per_token * cfg.n_heads
     decode = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.d_head * settings.context_length * element
     return {"forward": forward, "streaming": streaming, "decode": decode}
 
 
-def check_scan_fits(model: HookedModel, settings: ScanSettings, *, max_bytes: int | None = None) -> int:
-    """Raise a one-line :class:`InterpError` when the estimated peak exceeds ``max_bytes`` (default: free memory)."""
-    need = max(estimate_scan_bytes(model, settings).values())
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What :func:`plan_scan` decided: the memory allowed, the estimate per phase, the kernel's block size."""
+
+    limit_bytes: int
+    phases: dict[str, int]  # estimated peak beyond the weights, per phase
+    chunk_bytes: int  # score-block budget of the chunked (CPU) attention kernel
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.phases.values())
+
+    def to_dict(self) -> dict[str, object]:
+        return {"limit_bytes": self.limit_bytes, "estimated_peak_bytes": self.peak_bytes, "chunk_bytes": self.chunk_bytes,
+                "phases": dict(self.phases)}
+
+
+def plan_scan(model: HookedModel, settings: ScanSettings, *, max_bytes: int | None = None) -> MemoryPlan:
+    """Fit the scan into ``max_bytes`` beyond the weights (default: the device's free memory).
+
+    The attention kernel keeps its default query-chunk size when that fits and shrinks it, down to one
+    query row per block, when it does not. Raises a one-line :class:`InterpError` naming what to lower
+    when even that cannot fit.
+    """
     limit = available_bytes(model.device) if max_bytes is None else max_bytes
-    if need > limit:
+    chunk_bytes = default_chunk_bytes(model, settings)
+    headroom = limit - _activation_bytes(model, settings)
+    if KERNEL_BLOCKS * chunk_bytes > headroom:
+        n = max(settings.context_length, 2 * settings.streaming_window)
+        one_row = settings.batch * model.cfg.n_heads * n * 4
+        chunk_bytes = max(one_row, headroom // KERNEL_BLOCKS // one_row * one_row)
+    plan = MemoryPlan(limit, estimate_scan_bytes(model, settings, chunk_bytes=chunk_bytes), chunk_bytes)
+    if plan.peak_bytes > limit:
         raise InterpError(
-            f"the scan needs about {need / 2**30:.1f} GiB beyond the weights but only {limit / 2**30:.1f} GiB is "
-            f"allowed; lower --context-length ({settings.context_length}) or --batch ({settings.batch}), "
+            f"the scan needs about {plan.peak_bytes / 2**30:.1f} GiB beyond the weights but only {limit / 2**30:.1f} GiB "
+            f"is allowed; lower --context-length ({settings.context_length}) or --batch ({settings.batch}), "
             f"or raise --max-memory"
         )
-    return need
+    return plan
+
+
+def check_scan_fits(model: HookedModel, settings: ScanSettings, *, max_bytes: int | None = None) -> int:
+    """Raise a one-line :class:`InterpError` when the scan cannot fit ``max_bytes``; returns the estimated peak."""
+    return plan_scan(model, settings, max_bytes=max_bytes).peak_bytes

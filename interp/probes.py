@@ -80,14 +80,20 @@ class Probe:
     description: str
 
 
-def default_probes(model: HookedModel, *, context_length: int = 256, batch: int = 2, seed: int = 0) -> dict[str, Probe]:
-    """The scan's probe set: natural text, Python code and repeated random tokens, each ``context_length`` long."""
+def default_probes(
+    model: HookedModel, *, context_length: int = 256, batch: int = 2, seed: int = 0, beyond_context: bool = False
+) -> dict[str, Probe]:
+    """The scan's probe set: natural text, Python code and repeated random tokens, each ``context_length`` long.
+
+    ``beyond_context`` allows lengths past the model's trained context window (positions there are
+    extrapolation: attention still runs, but what heads do there is not what they were trained to do).
+    """
     if context_length < 8:
         raise InterpError(f"--context-length must be at least 8 tokens, got {context_length}")
-    if model.cfg.n_ctx is not None and context_length > model.cfg.n_ctx:
+    if model.cfg.n_ctx is not None and context_length > model.cfg.n_ctx and not beyond_context:
         raise InterpError(
             f"--context-length {context_length} exceeds the model's context window of {model.cfg.n_ctx} tokens; "
-            f"use at most {model.cfg.n_ctx}"
+            f"use at most {model.cfg.n_ctx}, or pass --beyond-context to scan positions the model was not trained on"
         )
     return {
         "natural": Probe(

@@ -34,6 +34,8 @@ from interp.analyses import resolve_analyses
 from interp.analyses.context import ScanContext, ScanSettings
 from interp.errors import InterpError
 from interp.hooks import HookedModel
+from interp.kernels import chunk_budget
+from interp.memory import parse_size, plan_scan
 from interp.numerics import raise_if_nonfinite
 from interp.probes import default_probes
 
@@ -135,6 +137,7 @@ def scan(
     on_step: Callable[[str, int, int], None] | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    max_memory: int | str | None = None,
 ) -> ScanResult:
     """Run ``analyses`` (names; None = all) on ``model`` and merge their tables on ``layer, head``.
 
@@ -142,11 +145,19 @@ def scan(
     ``on_step(analysis_name, done, total)`` as a long analysis advances (samples, layers). With
     ``checkpoint_dir`` each analysis's result is saved there as it finishes; ``resume=True`` reuses
     saved results made with the same model and settings instead of recomputing them.
+
+    ``max_memory`` (bytes, or a size like ``"8GB"``; default: the device's free memory) bounds what
+    the scan may use beyond the weights: it fails before any work if the estimate does not fit, and
+    otherwise sizes the attention kernel's query chunks to fit (see :func:`interp.memory.plan_scan`).
     """
     settings = settings or ScanSettings()
     chosen = resolve_analyses(analyses)
     torch.manual_seed(settings.seed)
-    probes = default_probes(model, context_length=settings.context_length, batch=settings.batch, seed=settings.seed)
+    probes = default_probes(
+        model, context_length=settings.context_length, batch=settings.batch, seed=settings.seed,
+        beyond_context=settings.beyond_context,
+    )
+    plan = plan_scan(model, settings, max_bytes=parse_size(max_memory) if isinstance(max_memory, str) else max_memory)
     ctx = ScanContext(model=model, probes=probes, settings=settings)
     checkpoints = Checkpoints(Path(checkpoint_dir), settings_fingerprint(model, settings)) if checkpoint_dir else None
     heads = None
@@ -166,7 +177,8 @@ def scan(
             resumed.append(analysis.name)
         else:
             start = time.perf_counter()
-            table = analysis.run(ctx)
+            with chunk_budget(plan.chunk_bytes):
+                table = analysis.run(ctx)
             seconds = round(time.perf_counter() - start, 3)
             if checkpoints:
                 checkpoints.save(analysis.name, table, seconds)
@@ -191,6 +203,7 @@ def scan(
         "probes": {name: {"shape": list(p.tokens.shape), "description": p.description} for name, p in probes.items()},
         "versions": _versions(),
         "timings_s": timings,
+        "memory_plan": plan.to_dict(),
         "resumed": resumed,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -118,6 +118,8 @@ def test_cli_scan_writes_the_folder(tmp_path):
         (["does-not-exist"], "neither a local path nor reachable"),
         (["smollm2-135m", "--analyses", "sink,bogus"], "unknown analysis bogus; choose from: sink"),
         (["smollm2-135m", "--context-length", "100000"], "exceeds the model's context window of 8192"),
+        (["smollm2-135m", "--context-length", "100000", "--beyond-context", "--max-memory", "1GB"],
+         "the scan needs about"),
         (["smollm2-135m", "--backend", "cuda"], "unknown --backend 'cuda'"),
         (["smollm2-135m", "--analyses", ","], "--analyses is empty; choose from"),
         (["smollm2-135m", "--batch", "0"], "--batch must be at least 1"),
@@ -134,6 +136,16 @@ def test_cli_bad_input_is_one_line_and_leaves_no_output(tmp_path, args, message)
     assert message in run.output
     assert "Traceback" not in run.output
     assert not out.exists()
+
+
+def test_beyond_context_probes_run_past_the_trained_window(smollm):
+    from interp.probes import default_probes
+
+    length = smollm.cfg.n_ctx + 8
+    with pytest.raises(interp.InterpError, match="pass --beyond-context"):
+        default_probes(smollm, context_length=length, batch=1)
+    probes = default_probes(smollm, context_length=length, batch=1, beyond_context=True)
+    assert {name: tuple(p.tokens.shape) for name, p in probes.items()} == {name: (1, length) for name in probes}
 
 
 def test_cli_subprocess_exit_code_for_unknown_model(tmp_path):

@@ -18,6 +18,7 @@ class ScanSettings:
     """Settings recorded in ``scan.json``; same settings and seed give the same tables."""
 
     context_length: int = 256
+    beyond_context: bool = False  # allow context_length past the model's trained window
     batch: int = 2
     seed: int = 0
     backend: str = "auto"
