@@ -93,6 +93,19 @@ def test_streaming_scores_equal_one_head_at_a_time():
     assert zero_head.abs().max() < 1e-6 and zero_group.abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("architecture", ["gpt2", "gpt_neo", "gpt_neox", "llama", "gemma2"])
+@torch.no_grad()
+def test_streaming_scores_reusing_the_prefix_cache_equal_full_forwards(architecture):
+    model = HookedModel(tiny_model(architecture))
+    tokens = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(1))
+    sample = NeedleSample(tokens=tokens, answer_ids=[7, 8], answer_span=(2, 4), context_length=20, depth=0.1, answer="")
+    reused = streaming_scores(model, [sample], n_sink=1, window=4, reuse_prefix=True)
+    full = streaming_scores(model, [sample], n_sink=1, window=4, reuse_prefix=False)
+    for a, b in zip(reused, full):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert full[1].abs().max() > 1e-3  # the restriction does change the loss, so equality means something
+
+
 def test_streaming_head_mask_streams_the_lowest_scores():
     frame = pd.DataFrame({
         "layer": [0, 0, 0, 0, 1, 1, 1, 1], "head": [0, 1, 2, 3] * 2, "kv_head": [0, 0, 1, 1] * 2,

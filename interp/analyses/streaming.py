@@ -25,8 +25,12 @@ the O(N) statistics kernel at the full context length.
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+
 import pandas as pd
 import torch
+from transformers.cache_utils import Cache
 
 from interp.analyses.head_stats import head_frame, head_stat_means
 from interp.analyses.registry import register
@@ -57,12 +61,46 @@ def mass_outside(model: HookedModel, tokens: torch.Tensor, *, n_sink: int, windo
     return (1 - means["sink_mass"] - means["window_mass"]).clamp_min(0)
 
 
-def _answer_losses(model: HookedModel, sample: NeedleSample, rows: int) -> torch.Tensor:
-    """Answer cross-entropy (nats/token) for ``rows`` copies of the sample, under whatever hooks are active."""
+@dataclass
+class _Prefix:
+    """KV cache of a sample's first ``length`` tokens, shared by every restricted forward.
+
+    Lambda attention blocks nothing for queries before ``n_sink + window`` (they see every key), so
+    those positions have the same keys and values in every restricted run as in the plain one.
+    """
+
+    cache: Cache
+    length: int
+
+
+def _shared_prefix(model: HookedModel, sample: NeedleSample, *, n_sink: int, window: int) -> _Prefix | None:
+    """The plain run's cache of the positions Lambda attention leaves untouched, or None when it cannot be reused."""
+    length = min(n_sink + window, sample.tokens.shape[1] - 1)
+    sliding = getattr(model.model.config, "sliding_window", None)
+    # A sliding-window cache keeps only its last keys, and knockout edges are aligned to absolute positions.
+    if length < 1 or (sliding is not None and sliding < sample.tokens.shape[1] + len(sample.answer_ids)):
+        return None
+    out = model.model(input_ids=sample.tokens[:, :length], use_cache=True)
+    return _Prefix(out.past_key_values, length)
+
+
+def _answer_losses(model: HookedModel, sample: NeedleSample, rows: int, prefix: _Prefix | None = None) -> torch.Tensor:
+    """Answer cross-entropy (nats/token) for ``rows`` copies of the sample, under whatever hooks are active.
+
+    With ``prefix`` only the tokens after it are run, on a copy of its cache.
+    """
     answer = torch.tensor(sample.answer_ids, device=model.device)
     tokens = torch.cat([sample.tokens[0], answer])[None].repeat(rows, 1)
     # Only the positions that predict answer tokens: skips the [pos, vocab] logits of the rest.
-    logits = model(tokens, logits_to_keep=len(answer) + 1)[:, :-1]
+    keep = len(answer) + 1
+    if prefix is None:
+        logits = model(tokens, logits_to_keep=keep)[:, :-1]
+    else:
+        cache = copy.deepcopy(prefix.cache)
+        cache.batch_repeat_interleave(rows)
+        logits = model.model(
+            input_ids=tokens[:, prefix.length :], past_key_values=cache, use_cache=True, logits_to_keep=keep
+        ).logits[:, :-1]
     losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), answer[None].repeat(rows, 1), reduction="none")
     return losses.mean(dim=1)
 
@@ -77,11 +115,14 @@ def streaming_scores(
     layers: list[int] | None = None,
     per_head: bool = True,
     on_layer=None,
+    reuse_prefix: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(per query head, per KV group)`` answer-loss increase under Lambda attention, each ``[layer, head]``.
 
     ``per_head=False`` skips the per-query-head pass (its result is then NaN): the KV-group pass costs
     ``n_kv_heads`` rows per layer, the per-head pass ``n_heads``. Layers not in ``layers`` stay NaN.
+    ``reuse_prefix`` runs the first ``n_sink + window`` positions once and continues every restricted
+    forward from their cache (same result, about half the work at the default 2 x window prompt).
     """
     cfg = model.cfg
     head_scores = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
@@ -93,7 +134,8 @@ def streaming_scores(
     for sample in samples:
         n = sample.tokens.shape[1] + len(sample.answer_ids)
         drop = lambda_blocked(n, n_sink=n_sink, window=window, device=model.device)
-        baseline = _answer_losses(model, sample, 1)[0]
+        prefix = _shared_prefix(model, sample, n_sink=n_sink, window=window) if reuse_prefix else None
+        baseline = _answer_losses(model, sample, 1, prefix)[0]
         head_edges = torch.zeros(cfg.n_heads, cfg.n_heads, n, n, dtype=torch.bool, device=model.device)
         group_edges = torch.zeros(cfg.n_kv_heads, cfg.n_heads, n, n, dtype=torch.bool, device=model.device)
         for head in range(cfg.n_heads):
@@ -102,9 +144,10 @@ def streaming_scores(
         for index, layer in enumerate(chosen):
             if per_head:
                 with model.knockout(head_edges, layers=[layer]):
-                    head_scores[layer] += (_answer_losses(model, sample, cfg.n_heads) - baseline).cpu() / len(samples)
+                    losses = _answer_losses(model, sample, cfg.n_heads, prefix)
+                head_scores[layer] += (losses - baseline).cpu() / len(samples)
             with model.knockout(group_edges, layers=[layer]):
-                group = (_answer_losses(model, sample, cfg.n_kv_heads) - baseline).cpu() / len(samples)
+                group = (_answer_losses(model, sample, cfg.n_kv_heads, prefix) - baseline).cpu() / len(samples)
             group_scores[layer] += group.repeat_interleave(cfg.n_groups)
             if on_layer:
                 on_layer(index + 1, len(chosen))
