@@ -97,3 +97,26 @@ def test_transformer_lens_bridge_is_unwrapped_to_its_hf_model(tmp_path):
     # The bridge replaced the attention modules, so attention-internal hooks cannot fire: say so.
     with pytest.raises(InterpError, match="attention modules were replaced.*interp.load\\(folder\\)"):
         hooked.run_with_cache(tokens, names=["blocks.0.attn.hook_z"])
+
+
+@torch.no_grad()
+def test_accelerate_offload_hooks_and_interp_hooks_coexist(smollm, smollm_folder):
+    """--device map hands placement to accelerate, which wraps the forward of every module with weights in
+    its own hook (moving inputs to the module's device). On this GPU-less machine the same hooks are
+    attached with a CPU execution device."""
+    from accelerate.hooks import attach_align_device_hook
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(smollm_folder, dtype=torch.float32).eval()
+    attach_align_device_hook(hf, execution_device=torch.device("cpu"))
+    assert hasattr(hf.model.layers[0].self_attn.q_proj, "_hf_hook")
+    mapped = interp.HookedModel(hf, smollm.tokenizer)
+    tokens = smollm.to_tokens("The capital of Germany is Berlin, and the capital of France is")
+    torch.testing.assert_close(mapped(tokens), smollm(tokens), atol=1e-5, rtol=1e-5)
+    with mapped.collect_attention_stats() as stats:
+        mapped(tokens)
+    with smollm.collect_attention_stats() as expected:
+        smollm(tokens)
+    torch.testing.assert_close(stats[12].entropy, expected[12].entropy)
+    with mapped.ablate_heads([(3, 1)]), smollm.ablate_heads([(3, 1)]):
+        torch.testing.assert_close(mapped(tokens), smollm(tokens), atol=1e-5, rtol=1e-5)

@@ -44,12 +44,12 @@ def greedy_decode_with_argmax(
         return stats.argmax[0, :, -1].cpu()
 
     out = model.model(input_ids=tokens[:, :-1], use_cache=True)
-    cache, current = out.past_key_values, tokens[:, -1:]
+    cache, current = out.cache, tokens[:, -1:]
     generated, argmaxes = [], []
     for _ in range(max_new_tokens):
         with model.collect_attention_stats(_ARGMAX_ONLY, reduce=last_query_argmax) as stats:
             out = model.model(input_ids=current, cache=cache, use_cache=True)
-        cache = out.past_key_values
+        cache = out.cache
         next_id = int(out.logits[0, -1].argmax())
         generated.append(next_id)
         argmaxes.append(torch.stack([stats[layer] for layer in range(model.cfg.n_layers)]))

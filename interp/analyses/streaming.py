@@ -81,7 +81,7 @@ def _shared_prefix(model: HookedModel, sample: NeedleSample, *, n_sink: int, win
     if length < 1 or (sliding is not None and sliding < sample.tokens.shape[1] + len(sample.answer_ids)):
         return None
     out = model.model(input_ids=sample.tokens[:, :length], use_cache=True)
-    return _Prefix(out.past_key_values, length)
+    return _Prefix(out.cache, length)
 
 
 def _answer_losses(model: HookedModel, sample: NeedleSample, rows: int, prefix: _Prefix | None = None) -> torch.Tensor:
@@ -99,7 +99,7 @@ def _answer_losses(model: HookedModel, sample: NeedleSample, rows: int, prefix: 
         cache = copy.deepcopy(prefix.cache)
         cache.batch_repeat_interleave(rows)
         logits = model.model(
-            input_ids=tokens[:, prefix.length :], past_key_values=cache, use_cache=True, logits_to_keep=keep
+            input_ids=tokens[:, prefix.length :], cache=cache, use_cache=True, logits_to_keep=keep
         ).logits[:, :-1]
     losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), answer[None].repeat(rows, 1), reduction="none")
     return losses.mean(dim=1)
