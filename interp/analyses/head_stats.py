@@ -7,11 +7,16 @@ mass on token 0 is 1 and its entropy 0 by construction).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import pandas as pd
 import torch
 
 from interp.hooks import HookedModel
 from interp.kernels import AttentionStats, StatsConfig
+
+T = TypeVar("T")
 
 PER_QUERY_FIELDS = ("entropy", "max_prob", "diag_mass", "prev_mass", "sink_mass", "window_mass", "target_mass")
 
@@ -53,10 +58,22 @@ def head_stat_means(
             means["alpha"] = (stats.received / seeing_queries).cpu()
         return means
 
+    per_layer = per_layer_stats(model, tokens, config, reduce, backend=backend)
+    return {f: torch.stack([layer[f] for layer in per_layer]) for f in per_layer[0]}
+
+
+def per_layer_stats(
+    model: HookedModel,
+    tokens: torch.Tensor,
+    config: StatsConfig,
+    reduce: Callable[[int, AttentionStats], T],
+    *,
+    backend: str = "auto",
+) -> list[T]:
+    """One statistics forward over ``tokens``: ``reduce(layer, stats)`` for every layer, in layer order."""
     with torch.no_grad(), model.collect_attention_stats(config, backend=backend, reduce=reduce) as collected:
         model(tokens, logits_to_keep=1)  # statistics only: skip the [batch, pos, vocab] logits
-    fields = collected[0].keys()
-    return {f: torch.stack([collected[layer][f] for layer in range(model.cfg.n_layers)]) for f in fields}
+    return [collected[layer] for layer in range(model.cfg.n_layers)]
 
 
 def head_frame(model: HookedModel, columns: dict[str, torch.Tensor]) -> pd.DataFrame:

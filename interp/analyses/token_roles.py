@@ -21,7 +21,7 @@ from collections import defaultdict
 import pandas as pd
 import torch
 
-from interp.analyses.head_stats import head_frame
+from interp.analyses.head_stats import head_frame, per_layer_stats
 from interp.analyses.registry import register
 from interp.hooks import HookedModel
 from interp.kernels import AttentionStats, StatsConfig
@@ -72,10 +72,8 @@ def role_scores(
         score = (mass * weights[:, None]).sum(dim=(0, 2)) / weights.sum()
         return score.cpu(), mass.mean(dim=(0, 2)).cpu()
 
-    with torch.no_grad(), model.collect_attention_stats(config, backend=backend, reduce=reduce) as collected:
-        model(tokens, logits_to_keep=1)
-    layers = range(model.cfg.n_layers)
-    return torch.stack([collected[l][0] for l in layers]), torch.stack([collected[l][1] for l in layers])
+    per_layer = per_layer_stats(model, tokens, config, reduce, backend=backend)
+    return torch.stack([score for score, _ in per_layer]), torch.stack([tl for _, tl in per_layer])
 
 
 def token_role_scores(model: HookedModel, tokens: torch.Tensor, *, backend: str = "auto") -> pd.DataFrame:
