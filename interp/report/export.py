@@ -67,9 +67,12 @@ ROLE_RULES: tuple[RoleRule, ...] = (
     RoleRule("previous_token", "previous_token_score", 0.5),
     RoleRule("duplicate_token", "duplicate_token_score", 0.3),
     RoleRule("induction", "induction_score", 0.3),
-    # Columns of analyses still to come; the rules apply once a scan has them.
-    RoleRule("retrieval", "retrieval_score", 0.3),
-    RoleRule("streaming", "streaming_score", 0.5),
+    # Wu et al. 2024's threshold, the same as the retrieval_head column.
+    RoleRule("retrieval", "retrieval_score", 0.1),
+    # Restricting the head's KV group to sink + recent window costs the needle answer > 0.5 nats/token:
+    # DuoAttention would keep it on full attention (it cannot stream). Per KV group, so every query
+    # head of the group carries it; streaming_score itself is NaN unless --streaming-per-head.
+    RoleRule("long_range", "streaming_score_kv", 0.5),
 )
 ABLATION_COLUMN = "head_ablation_loss_delta"
 IMPORTANCE_SCORES = ("previous_token_score", "duplicate_token_score", "induction_score", "retrieval_score")

@@ -30,6 +30,15 @@ def test_roles_follow_the_documented_thresholds():
     assert roles == ["sink;dormant", "sink;induction", "sink", "previous_token", "previous_token", "duplicate_token;induction"]
 
 
+def test_retrieval_role_matches_retrieval_head_and_long_range_needs_the_kv_score():
+    result = _result(
+        retrieval_score=[0.0, 0.1, 0.11, 0.9],
+        retrieval_head=[False, False, True, True],
+        streaming_score_kv=[0.6, 0.5, 0.0, np.nan],
+    )
+    assert head_table(result)["roles"].tolist() == ["long_range", "", "retrieval", "retrieval"]
+
+
 def test_importance_prefers_the_ablation_delta_and_ranks_nan_last():
     result = _result(induction_score=[0.9, 0.1, 0.5, 0.2], head_ablation_loss_delta=[0.01, 0.3, np.nan, 0.2])
     table = head_table(result)
