@@ -32,6 +32,7 @@ import torch
 
 from interp.analyses import resolve_analyses
 from interp.analyses.context import ScanContext, ScanSettings
+from interp.analyses.head_stats import stats_progress
 from interp.errors import InterpError
 from interp.hooks import HookedModel
 from interp.kernels import chunk_budget
@@ -177,7 +178,7 @@ def scan(
             resumed.append(analysis.name)
         else:
             start = time.perf_counter()
-            with chunk_budget(plan.chunk_bytes):
+            with chunk_budget(plan.chunk_bytes), stats_progress(ctx.progress if on_step else None):
                 table = analysis.run(ctx)
             seconds = round(time.perf_counter() - start, 3)
             if checkpoints:

@@ -103,6 +103,17 @@ def test_write_and_load_round_trip_and_refuse_to_overwrite(smollm_scan, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan"]  # no staging folder left behind
 
 
+def test_statistics_forwards_report_each_layer_and_the_plan_is_recorded(smollm):
+    steps = []
+    result = interp.scan(
+        smollm, analyses="entropy", settings=interp.ScanSettings(context_length=32, batch=1),
+        on_step=lambda name, done, total: steps.append((name, done, total)),
+    )
+    assert steps == [("entropy", layer, 30) for layer in range(1, 31)]
+    plan = result.metadata["memory_plan"]
+    assert 0 < plan["estimated_peak_bytes"] <= plan["limit_bytes"] and plan["chunk_bytes"] > 0
+
+
 def test_cli_scan_writes_the_folder(tmp_path):
     out = tmp_path / "out"
     run = CliRunner().invoke(app, ["scan", "smollm2-135m", "--out", str(out), "--context-length", "32",

@@ -7,7 +7,9 @@ mass on token 0 is 1 and its entropy 0 by construction).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TypeVar
 
 import pandas as pd
@@ -70,10 +72,34 @@ def per_layer_stats(
     *,
     backend: str = "auto",
 ) -> list[T]:
-    """One statistics forward over ``tokens``: ``reduce(layer, stats)`` for every layer, in layer order."""
-    with torch.no_grad(), model.collect_attention_stats(config, backend=backend, reduce=reduce) as collected:
+    """One statistics forward over ``tokens``: ``reduce(layer, stats)`` for every layer, in layer order.
+
+    Inside :func:`stats_progress`, reports each finished layer (long contexts take minutes per forward).
+    """
+    report = _progress.get()
+
+    def reduce_and_report(layer: int, stats: AttentionStats) -> T:
+        value = reduce(layer, stats)
+        if report is not None:
+            report(layer + 1, model.cfg.n_layers)
+        return value
+
+    with torch.no_grad(), model.collect_attention_stats(config, backend=backend, reduce=reduce_and_report) as collected:
         model(tokens, logits_to_keep=1)  # statistics only: skip the [batch, pos, vocab] logits
     return [collected[layer] for layer in range(model.cfg.n_layers)]
+
+
+_progress: ContextVar[Callable[[int, int], None] | None] = ContextVar("interp_stats_progress", default=None)
+
+
+@contextmanager
+def stats_progress(callback: Callable[[int, int], None] | None) -> Iterator[None]:
+    """Inside the block, every statistics forward calls ``callback(layers_done, n_layers)`` as layers finish."""
+    token = _progress.set(callback)
+    try:
+        yield
+    finally:
+        _progress.reset(token)
 
 
 def head_frame(model: HookedModel, columns: dict[str, torch.Tensor]) -> pd.DataFrame:
