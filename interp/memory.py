@@ -11,6 +11,7 @@ materializes one layer's pattern) uses a fixed-length prompt.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ import torch
 from interp.analyses.context import ScanSettings
 from interp.errors import InterpError
 from interp.hooks import HookedModel
-from interp.kernels.chunked import DEFAULT_CHUNK_BUDGET_BYTES, default_chunk_size
+from interp.kernels.chunked import MIN_CHUNK, default_chunk_size
 
 # The chunked kernel keeps two score blocks (scores, pattern) plus about one block of temporaries.
 KERNEL_BLOCKS = 3
@@ -120,6 +121,12 @@ def plan_scan(model: HookedModel, settings: ScanSettings, *, max_bytes: int | No
         n = max(settings.context_length, 2 * settings.streaming_window)
         one_row = settings.batch * model.cfg.n_heads * n * 4
         chunk_bytes = max(one_row, headroom // KERNEL_BLOCKS // one_row * one_row)
+        if chunk_bytes < MIN_CHUNK * one_row:
+            warnings.warn(
+                f"memory is tight: attention statistics run {chunk_bytes // one_row} queries per block "
+                f"(normally at least {MIN_CHUNK}), so the scan will be slower; raise --max-memory to avoid it",
+                stacklevel=2,
+            )
     plan = MemoryPlan(limit, estimate_scan_bytes(model, settings, chunk_bytes=chunk_bytes), chunk_bytes)
     if plan.peak_bytes > limit:
         raise InterpError(

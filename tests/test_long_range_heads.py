@@ -106,6 +106,25 @@ def test_streaming_scores_reusing_the_prefix_cache_equal_full_forwards(architect
     assert full[1].abs().max() > 1e-3  # the restriction does change the loss, so equality means something
 
 
+@torch.no_grad()
+def test_streaming_scores_under_a_positional_hook_do_not_reuse_the_prefix():
+    """A hook that edits position 2 must act on position 2: suffix-only forwards would shift it."""
+    model = HookedModel(tiny_model("llama"))
+    tokens = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(2))
+    sample = NeedleSample(tokens=tokens, answer_ids=[7, 8], answer_span=(2, 4), context_length=20, depth=0.1, answer="")
+
+    def zero_position_2(resid, hook):
+        resid = resid.clone()
+        resid[:, 2] = 0
+        return resid
+
+    with model.hooks([("blocks.1.hook_resid_pre", zero_position_2)]):
+        hooked = streaming_scores(model, [sample], n_sink=1, window=4, reuse_prefix=True)
+        full = streaming_scores(model, [sample], n_sink=1, window=4, reuse_prefix=False)
+    for a, b in zip(hooked, full):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 def test_streaming_head_mask_streams_the_lowest_scores():
     frame = pd.DataFrame({
         "layer": [0, 0, 0, 0, 1, 1, 1, 1], "head": [0, 1, 2, 3] * 2, "kv_head": [0, 0, 1, 1] * 2,

@@ -122,7 +122,8 @@ def streaming_scores(
     ``per_head=False`` skips the per-query-head pass (its result is then NaN): the KV-group pass costs
     ``n_kv_heads`` rows per layer, the per-head pass ``n_heads``. Layers not in ``layers`` stay NaN.
     ``reuse_prefix`` runs the first ``n_sink + window`` positions once and continues every restricted
-    forward from their cache (same result, about half the work at the default 2 x window prompt).
+    forward from their cache (same result, about half the work at the default 2 x window prompt). It
+    is skipped while other hooks or knockouts are active: they would see suffix-only positions.
     """
     cfg = model.cfg
     head_scores = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
@@ -134,7 +135,8 @@ def streaming_scores(
     for sample in samples:
         n = sample.tokens.shape[1] + len(sample.answer_ids)
         drop = lambda_blocked(n, n_sink=n_sink, window=window, device=model.device)
-        prefix = _shared_prefix(model, sample, n_sink=n_sink, window=window) if reuse_prefix else None
+        shared = reuse_prefix and not model.intervening()
+        prefix = _shared_prefix(model, sample, n_sink=n_sink, window=window) if shared else None
         baseline = _answer_losses(model, sample, 1, prefix)[0]
         head_edges = torch.zeros(cfg.n_heads, cfg.n_heads, n, n, dtype=torch.bool, device=model.device)
         group_edges = torch.zeros(cfg.n_kv_heads, cfg.n_heads, n, n, dtype=torch.bool, device=model.device)

@@ -227,8 +227,13 @@ def key_padding_only_masks(model: torch.nn.Module) -> Iterator[None]:
 
 def _mask_function(original: Callable) -> Callable:
     def build_mask(*, config: Any = None, allow_is_causal_skip: bool = True, **kwargs: Any) -> torch.Tensor | None:
-        # allow_is_causal_skip is False exactly when the mask has structure beyond causal / window / padding.
-        if allow_is_causal_skip and id(config) in _PADDING_ONLY_CONFIGS:
+        # allow_is_causal_skip is False when the mask has structure beyond causal / window / padding
+        # (packing, overlays); chunked attention (Llama 4) keeps it True, so it is excluded by name.
+        if (
+            allow_is_causal_skip
+            and id(config) in _PADDING_ONLY_CONFIGS
+            and getattr(config, "attention_chunk_size", None) is None
+        ):
             return flash_attention_mask(**kwargs)  # [batch, key] padding, or None when nothing is padded
         return original(config=config, allow_is_causal_skip=allow_is_causal_skip, **kwargs)
 

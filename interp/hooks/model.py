@@ -27,7 +27,7 @@ from interp.hooks.attention import (
 from interp.hooks.interventions import Index, replace_fn, scale_fn
 from interp.hooks.stats import StatsCollector
 from interp.kernels import AttentionStats, StatsConfig
-from interp.kernels.chunked import release_workspace
+from interp.kernels.chunked import reuse_workspace
 from interp.hooks.points import HookFn, HookRegistry, NamesFilter, all_hook_names, hook_name, select_names
 
 
@@ -362,6 +362,10 @@ class HookedModel:
         with self.hooks(fns):
             yield self
 
+    def intervening(self) -> bool:
+        """Whether any hook function or attention knockout is active now."""
+        return self.hooks_registry.any_active() or bool(self._knockouts)
+
     # ------------------------------------------------------------------ attention-edge knockout
     def has_knockout(self, layer: int) -> bool:
         return layer in self._knockouts
@@ -438,6 +442,9 @@ class HookedModel:
         ``with model.collect_attention_stats(StatsConfig(n_sink=4)) as stats: model(tokens)``, then
         ``stats[layer].entropy`` is ``[batch, head, query]``. Logits stay within float tolerance of
         the plain model; the attention pattern is never materialized.
+
+        With the CPU kernel all float statistics of one layer share one allocation: a ``reduce`` that
+        keeps only a slice of one should ``.clone()`` it, or it keeps the whole layer's statistics alive.
         """
         self._require_attention_hooks("collecting attention statistics")
         if self._stats_collector is not None:
@@ -448,11 +455,10 @@ class HookedModel:
         # build an [N, N] mask. GPT-Neo builds its own mask outside transformers' mask interface.
         lean = layers is None and self.spec_arch.attention_entry == "interface"
         try:
-            with key_padding_only_masks(self.model) if lean else nullcontext():
+            with key_padding_only_masks(self.model) if lean else nullcontext(), reuse_workspace():
                 yield collector
         finally:
             self._stats_collector = None
-            release_workspace()  # the CPU kernel's score buffers live for the block, not the process
 
     def __repr__(self) -> str:
         c = self.cfg

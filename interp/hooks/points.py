@@ -111,6 +111,10 @@ class HookRegistry:
         """Whether any function is registered at ``name`` (the hot path checks this first)."""
         return name in self._fns
 
+    def any_active(self) -> bool:
+        """Whether any function is registered at any hook point."""
+        return bool(self._fns)
+
     def apply(self, name: str, activation: torch.Tensor) -> torch.Tensor:
         """Run the functions at ``name`` in registration order, each seeing the previous result."""
         fns = self._fns.get(name)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+import math
 import threading
 
 import torch
@@ -59,29 +60,41 @@ def chunk_budget(budget_bytes: int | None) -> Iterator[None]:
 
 
 _scratch = threading.local()
+_reusing: ContextVar[bool] = ContextVar("interp_reuse_workspace", default=False)
+
+
+@contextmanager
+def reuse_workspace() -> Iterator[None]:
+    """Inside the block, the chunked backend keeps its two score buffers between calls; freed on exit.
+
+    Fresh score blocks per call fragment the CPU allocator's heap, which then grows by about one block
+    per layer (several hundred MB over a 30-layer forward at 4K tokens); ``collect_attention_stats``
+    therefore reuses them for its whole block. Outside such a block every call allocates its own.
+    """
+    token = _reusing.set(True)
+    try:
+        yield
+    finally:
+        _reusing.reset(token)
+        if not _reusing.get():
+            _scratch.__dict__.pop("buffers", None)
 
 
 def _workspace(numel: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Two flat float32 buffers (scores, pattern) of at least ``numel`` elements, reused across calls.
-
-    Fresh score blocks per chunk or per layer fragment the CPU allocator's heap, which then grows by
-    about one block per layer (several hundred MB over a 30-layer forward at 4K tokens). Kept per
-    thread and device; :func:`release_workspace` frees them.
-    """
-    buffers: dict[str, tuple[Tensor, Tensor]] = _scratch.__dict__.setdefault("buffers", {})
-    held = buffers.get(str(device))
-    if held is None or held[0].numel() < numel:
-        buffers.pop(str(device), None)  # free the smaller pair before allocating the larger one
-        held = buffers[str(device)] = (
-            torch.empty(numel, dtype=torch.float32, device=device),
-            torch.empty(numel, dtype=torch.float32, device=device),
-        )
-    return held
-
-
-def release_workspace() -> None:
-    """Free the chunked backend's reusable buffers (this thread's)."""
-    _scratch.__dict__.pop("buffers", None)
+    """Two flat float32 buffers (scores, pattern) of at least ``numel`` elements."""
+    # Plain tensors even under torch.inference_mode(): a later call outside it must still write to them.
+    with torch.inference_mode(False):
+        if not _reusing.get():
+            return torch.empty(numel, dtype=torch.float32, device=device), torch.empty(numel, dtype=torch.float32, device=device)
+        buffers: dict[str, tuple[Tensor, Tensor]] = _scratch.__dict__.setdefault("buffers", {})
+        held = buffers.get(str(device))
+        if held is None or held[0].numel() < numel:
+            buffers.pop(str(device), None)  # free the smaller pair before allocating the larger one
+            held = buffers[str(device)] = (
+                torch.empty(numel, dtype=torch.float32, device=device),
+                torch.empty(numel, dtype=torch.float32, device=device),
+            )
+        return held
 
 
 def default_chunk_size(batch: int, n_heads: int, n_query: int, n_key: int, budget_bytes: int | None = None) -> int:
@@ -159,22 +172,27 @@ def attention_with_stats_chunked(
     out = torch.empty(*grouped, d_head_v, device=device, dtype=q.dtype)
     # Every float32 statistic is a view of one allocation: callers keep the statistics of each layer,
     # and a dozen small blocks per layer left between freed activations fragment the CPU heap.
-    per_query = batch * n_heads * n_query
-    sizes = [per_query] * 8 + [per_query * config.n_sink, batch * n_heads * n_key if config.received else 0]
-    kept = torch.zeros(sum(sizes), **f32).split(sizes)
-    lse, entropy, max_prob, diag_mass, prev_mass, window_mass, target_mass, sink_mass = (
-        t.view(grouped) for t in kept[:8]
-    )
-    sink_per_position = kept[8].view(*grouped, config.n_sink)
-    received = kept[9].view(batch, n_kv_heads, group, n_key) if config.received else None
+    # (Autograd cannot write into views of one buffer, so tracked calls allocate each on its own.)
+    track = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    shapes = [grouped] * 8 + [(*grouped, config.n_sink), (batch, n_kv_heads, group, n_key if config.received else 0)]
+    numels = [math.prod(shape) for shape in shapes]
+    if track:
+        kept = [torch.zeros(shape, **f32) for shape in shapes]
+    else:
+        kept = [t.view(shape) for t, shape in zip(torch.zeros(sum(numels), **f32).split(numels), shapes)]
+    lse, entropy, max_prob, diag_mass, prev_mass, window_mass, target_mass, sink_mass, sink_per_position = kept[:9]
+    received = kept[9] if config.received else None
     argmax = torch.empty(grouped, device=device, dtype=torch.int64)
 
     q_scaled = (q.float() * scale).view(batch, n_kv_heads, group, n_query, d_head)
     # Contiguous [d, key] operands make the per-kv-head matrix products markedly faster on CPU.
     k_t = k.float().transpose(-1, -2).contiguous()
     v32 = v.float()
-    max_span = n_key if sliding_window is None else min(n_key, chunk_size + sliding_window - 1)
-    scores_buffer, probs_buffer = _workspace(batch * n_heads * min(chunk_size, n_query) * max_span, device)
+    # Gradients (e.g. attribution through a statistics forward) need the allocating, out-of-place ops;
+    # without them the products and the softmax write into reused buffers.
+    if not track:
+        max_span = n_key if sliding_window is None else min(n_key, chunk_size + sliding_window - 1)
+        scores_buffer, probs_buffer = _workspace(batch * n_heads * min(chunk_size, n_query) * max_span, device)
 
     for start in range(0, n_query, chunk_size):
         stop = min(start + chunk_size, n_query)
@@ -188,13 +206,17 @@ def attention_with_stats_chunked(
 
         # One [g*c, d] @ [d, span] product per (batch, kv head): its g query heads share the keys.
         q_c = q_scaled[:, :, :, rows].reshape(batch, n_kv_heads, group * c, d_head)
-        block_shape = (batch, n_kv_heads, group * c, span)
-        scores = scores_buffer[: batch * n_heads * c * span].view(block_shape)
-        for b in range(batch):
-            for h in range(n_kv_heads):
-                torch.mm(q_c[b, h], k_t[b, h, :, key_lo:key_hi], out=scores[b, h])
-        if softcap is not None:
-            scores.div_(softcap).tanh_().mul_(softcap)
+        if track:
+            scores = torch.matmul(q_c, k_t[..., key_lo:key_hi])
+            if softcap is not None:
+                scores = softcap * torch.tanh(scores / softcap)
+        else:
+            scores = scores_buffer[: batch * n_heads * c * span].view(batch, n_kv_heads, group * c, span)
+            for b in range(batch):
+                for h in range(n_kv_heads):
+                    torch.mm(q_c[b, h], k_t[b, h, :, key_lo:key_hi], out=scores[b, h])
+            if softcap is not None:
+                scores.div_(softcap).tanh_().mul_(softcap)
         scores = scores.view(batch, n_kv_heads, group, c, span)
 
         # Causality hides keys after the query; they are all in the last c columns.
@@ -210,26 +232,33 @@ def attention_with_stats_chunked(
             scores.masked_fill_(hidden, _MASKED)
 
         row_max, row_argmax = _row_max_argmax(scores)  # [b, kv, g, c]
-        probs = probs_buffer[: scores.numel()].view(scores.shape)
-        torch._softmax(scores, -1, False, out=probs)  # torch.softmax has no out=
-        peak = probs.gather(-1, row_argmax[..., None])[..., 0]  # = 1 / sum(exp(s - max))
+        if track:
+            probs = torch.softmax(scores, dim=-1)
+        else:
+            probs = probs_buffer[: scores.numel()].view(scores.shape)
+            torch._softmax(scores, -1, False, out=probs)  # torch.softmax has no out=
         if key_padding_mask is not None:
             # A query that sees no key has every score masked, and softmax made its row uniform.
             row_ok = row_max > _MASKED / 2
-            probs.mul_(row_ok[..., None])
-            peak = peak * row_ok
-        row_lse = row_max - torch.log(peak)
+            probs = probs * row_ok[..., None] if track else probs.mul_(row_ok[..., None])
+        peak = probs.gather(-1, row_argmax[..., None])[..., 0]  # = 1 / sum(exp(s - max))
+        # Rows that see no key (peak 0) get lse = -inf below; log(1) here keeps their gradient finite.
+        row_lse = row_max - torch.log(peak if key_padding_mask is None else torch.where(row_ok, peak, 1.0))
         # sum(A * s) per row; einsum lowers it to a batched dot product (no [c, span] temporary).
         expected_score = torch.einsum("...s,...s->...", probs, scores)
 
-        out_c = torch.empty(batch, n_kv_heads, group * c, d_head_v, **f32)
         flat_probs = probs.view(batch, n_kv_heads, group * c, span)
-        for b in range(batch):
-            for h in range(n_kv_heads):
-                torch.mm(flat_probs[b, h], v32[b, h, key_lo:key_hi], out=out_c[b, h])
+        if track:
+            out_c = torch.matmul(flat_probs, v32[:, :, key_lo:key_hi])
+        else:
+            out_c = torch.empty(batch, n_kv_heads, group * c, d_head_v, **f32)
+            for b in range(batch):
+                for h in range(n_kv_heads):
+                    torch.mm(flat_probs[b, h], v32[b, h, key_lo:key_hi], out=out_c[b, h])
         out[:, :, :, rows] = out_c.view(batch, n_kv_heads, group, c, d_head_v).to(q.dtype)
         lse[..., rows] = row_lse
-        entropy[..., rows] = row_lse - expected_score
+        # lse and sum(A * s) both carry eps * |s| of rounding: keep a near-one-hot row's entropy >= 0.
+        entropy[..., rows] = (row_lse - expected_score).clamp_min(0.0)
         max_prob[..., rows] = peak
         argmax[..., rows] = row_argmax + key_lo
         if key_padding_mask is not None:
@@ -279,7 +308,7 @@ def attention_with_stats_chunked(
     )
     if config.n_sink > 0:
         stats.sink_mass_per_position = flat(sink_per_position)
-        stats.sink_mass = flat(torch.sum(sink_per_position, -1, out=sink_mass))
+        stats.sink_mass = flat(sink_per_position.sum(-1) if track else torch.sum(sink_per_position, -1, out=sink_mass))
     if config.window > 0:
         stats.window_mass = flat(window_mass)
     if config.targets is not None:

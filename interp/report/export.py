@@ -47,7 +47,7 @@ PARQUET_KEYS = {"schema_version": b"interp.schema_version", "columns": b"interp.
 class RoleRule:
     """``role`` applies to a head when ``column > threshold`` (skipped when the scan lacks ``column``).
 
-    ``only_if_inactive``: apply only to heads that carry no role besides ``sink``/``dormant``.
+    ``only_if_inactive``: apply only to heads that carry no role besides ``sink``/``dormant``/``long_range``.
     """
 
     role: str
@@ -86,7 +86,8 @@ def head_roles(heads: pd.DataFrame, *, rules: Iterable[RoleRule] = ROLE_RULES) -
         if rule.column in heads:
             for i in np.flatnonzero(heads[rule.column].to_numpy(dtype=float) > rule.threshold):
                 labels[i].append(rule.role)
-    passive = {"sink"} | {r.role for r in rules if r.only_if_inactive}
+    # long_range is decided per KV group, so it says nothing about whether this query head is active.
+    passive = {"sink", "long_range"} | {r.role for r in rules if r.only_if_inactive}
     conditional = {r.role for r in rules if r.only_if_inactive}
     for roles in labels:
         if any(r not in passive for r in roles):

@@ -134,3 +134,37 @@ def test_planned_chunk_budget_is_honoured_down_to_one_query() -> None:
         out, stats = attention_with_stats(qh, kh, vh, backend="chunked")
     torch.testing.assert_close(out, expected_out, atol=2e-5, rtol=1e-5)
     assert_stats_close(stats, expected, atol=2e-5)
+
+
+def test_chunked_backend_is_differentiable_like_the_reference() -> None:
+    """Attribution through a statistics forward needs gradients; the fast path writes into buffers, so a
+    tracked call must take the allocating path. (The reference's entropy, -xlogy(A, A), has NaN gradients
+    at masked keys, so entropy is only checked for finiteness.)"""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(*shape, requires_grad=True) for shape in [(2, 4, 9, 16), (2, 2, 11, 16), (2, 2, 11, 16)])
+    padding = torch.ones(2, 11, dtype=torch.bool)
+    padding[0, :3] = False
+    kwargs = dict(key_padding_mask=padding, softcap=5.0, sliding_window=6, config=StatsConfig(n_sink=2, window=3))
+    grads = {}
+    for backend in ("chunked", "reference"):
+        out, stats = attention_with_stats(q, k, v, backend=backend, **kwargs)
+        loss = out.square().sum() + stats.received.sum() + stats.sink_mass.sum() + stats.window_mass.sum()
+        grads[backend] = torch.autograd.grad(loss, (q, k, v))
+    for actual, expected in zip(grads["chunked"], grads["reference"]):
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
+    _, stats = attention_with_stats(q, k, v, backend="chunked", **kwargs)
+    assert all(g.isfinite().all() for g in torch.autograd.grad(stats.entropy.sum(), (q, k)))
+
+
+def test_chunked_buffers_survive_inference_mode_and_are_freed_outside_a_reuse_block() -> None:
+    from interp.kernels.chunked import _scratch, attention_with_stats_chunked, reuse_workspace
+
+    qh, kh, vh = inputs()
+    with reuse_workspace():
+        with torch.inference_mode():
+            attention_with_stats_chunked(qh, kh, vh)
+        assert _scratch.__dict__.get("buffers")  # kept between calls inside the block
+        attention_with_stats_chunked(qh, kh, vh)  # not an inference tensor: writable outside inference mode
+    assert not _scratch.__dict__.get("buffers")
+    attention_with_stats_chunked(qh, kh, vh)
+    assert not _scratch.__dict__.get("buffers")  # a direct call keeps nothing
