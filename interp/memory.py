@@ -46,27 +46,36 @@ def available_bytes(device: torch.device) -> int:
     return 2**62
 
 
-def _activation_bytes(model: HookedModel, settings: ScanSettings) -> int:
-    """One statistics forward's activations: residual stream, one layer's q/k/v/z and MLP, kept statistics."""
+def _longest_forward(settings: ScanSettings) -> int:
+    """Tokens per row of the scan's longest statistics forward (the streaming proxy runs at least 2 x window)."""
+    return max(settings.context_length, 2 * settings.streaming_window)
+
+
+def _bytes_per_token(model: HookedModel) -> int:
+    """Residual stream, one layer's q/k/v/z and MLP activations, and the statistics kept per layer."""
     cfg = model.cfg
     element = next(model.model.parameters()).element_size()
     d_ff = getattr(model.model.config, "intermediate_size", None) or 4 * cfg.d_model
     per_token = (4 * cfg.d_model + 3 * d_ff + 2 * (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.d_head) * element
-    per_token += 8 * cfg.n_heads * 4  # per-query statistics kept per layer (float32)
-    return _forward_tokens(settings) * per_token
+    return per_token + 8 * cfg.n_heads * 4  # per-query statistics kept per layer (float32)
 
 
-def _forward_tokens(settings: ScanSettings) -> int:
-    return settings.batch * max(settings.context_length, 2 * settings.streaming_window)
+def _activation_bytes(model: HookedModel, settings: ScanSettings) -> int:
+    """One statistics forward's activations."""
+    return settings.batch * _longest_forward(settings) * _bytes_per_token(model)
+
+
+def _score_row_bytes(model: HookedModel, settings: ScanSettings) -> int:
+    """One query's float32 scores over the longest forward's keys, for every head and batch row."""
+    return settings.batch * model.cfg.n_heads * _longest_forward(settings) * 4
 
 
 def default_chunk_bytes(model: HookedModel, settings: ScanSettings) -> int:
     """The score-block size the chunked kernel picks by itself at the scan's longest forward."""
-    n = max(settings.context_length, 2 * settings.streaming_window)
+    n = _longest_forward(settings)
     if n == 0:
         return 0
-    chunk = default_chunk_size(settings.batch, model.cfg.n_heads, n, n)
-    return chunk * settings.batch * model.cfg.n_heads * n * 4
+    return default_chunk_size(settings.batch, model.cfg.n_heads, n, n) * _score_row_bytes(model, settings)
 
 
 def estimate_scan_bytes(model: HookedModel, settings: ScanSettings, *, chunk_bytes: int | None = None) -> dict[str, int]:
@@ -84,8 +93,7 @@ def estimate_scan_bytes(model: HookedModel, settings: ScanSettings, *, chunk_byt
         chunk_bytes = default_chunk_bytes(model, settings)
     forward = _activation_bytes(model, settings) + KERNEL_BLOCKS * chunk_bytes
     n = 2 * settings.streaming_window + 8
-    per_token = _activation_bytes(model, settings) // max(1, _forward_tokens(settings))
-    streaming = cfg.n_heads * cfg.n_heads * n * n * (4 * 3 + 1) + n * per_token * cfg.n_heads
+    streaming = cfg.n_heads * cfg.n_heads * n * n * (4 * 3 + 1) + n * _bytes_per_token(model) * cfg.n_heads
     decode = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.d_head * settings.context_length * element
     return {"forward": forward, "streaming": streaming, "decode": decode}
 
@@ -118,8 +126,7 @@ def plan_scan(model: HookedModel, settings: ScanSettings, *, max_bytes: int | No
     chunk_bytes = default_chunk_bytes(model, settings)
     headroom = limit - _activation_bytes(model, settings)
     if KERNEL_BLOCKS * chunk_bytes > headroom:
-        n = max(settings.context_length, 2 * settings.streaming_window)
-        one_row = settings.batch * model.cfg.n_heads * n * 4
+        one_row = _score_row_bytes(model, settings)
         chunk_bytes = max(one_row, headroom // KERNEL_BLOCKS // one_row * one_row)
         if chunk_bytes < MIN_CHUNK * one_row:
             warnings.warn(
