@@ -82,19 +82,20 @@ def reuse_workspace() -> Iterator[None]:
 
 def _workspace(numel: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Two flat float32 buffers (scores, pattern) of at least ``numel`` elements."""
-    # Plain tensors even under torch.inference_mode(): a later call outside it must still write to them.
-    with torch.inference_mode(False):
-        if not _reusing.get():
+
+    def fresh() -> tuple[Tensor, Tensor]:
+        # Plain tensors even under torch.inference_mode(): a later call outside it must still write to them.
+        with torch.inference_mode(False):
             return torch.empty(numel, dtype=torch.float32, device=device), torch.empty(numel, dtype=torch.float32, device=device)
-        buffers: dict[str, tuple[Tensor, Tensor]] = _scratch.__dict__.setdefault("buffers", {})
-        held = buffers.get(str(device))
-        if held is None or held[0].numel() < numel:
-            buffers.pop(str(device), None)  # free the smaller pair before allocating the larger one
-            held = buffers[str(device)] = (
-                torch.empty(numel, dtype=torch.float32, device=device),
-                torch.empty(numel, dtype=torch.float32, device=device),
-            )
-        return held
+
+    if not _reusing.get():
+        return fresh()
+    buffers: dict[str, tuple[Tensor, Tensor]] = _scratch.__dict__.setdefault("buffers", {})
+    held = buffers.get(str(device))
+    if held is None or held[0].numel() < numel:
+        buffers.pop(str(device), None)  # free the smaller pair before allocating the larger one
+        held = buffers[str(device)] = fresh()
+    return held
 
 
 def default_chunk_size(batch: int, n_heads: int, n_query: int, n_key: int, budget_bytes: int | None = None) -> int:
