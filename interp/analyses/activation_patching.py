@@ -145,6 +145,57 @@ def resolve_metric(model: HookedModel, metric: Metric | None, answers: Any, n_pr
     return logit_diff_metric(answer_pairs(model, answers, n_prompts))
 
 
+@dataclass(frozen=True)
+class PatchingSweep:
+    """The checked inputs of a patching sweep, shared by activation and attribution patching."""
+
+    clean_tokens: torch.Tensor  # [prompt, pos]
+    corrupted_tokens: torch.Tensor  # [prompt, pos]
+    metric: Metric
+    cells: list[Cell]
+    names: list[str]  # the hook points the cells read, sorted
+
+
+def patching_sweep(
+    model: HookedModel,
+    clean: Prompts,
+    corrupted: Prompts,
+    *,
+    answers: Any,
+    metric: Metric | None,
+    sites: str | Sequence[str],
+    direction: str,
+    layers: Sequence[int] | None,
+    positions: Sequence[int] | None,
+    heads: Sequence[int] | None,
+) -> PatchingSweep:
+    """Validate the arguments both patching methods take and list the cells to patch."""
+    if direction not in DIRECTIONS:
+        raise InterpError(f"unknown direction {direction!r}; use 'denoise' (clean into corrupted) or 'noise'")
+    clean_tokens, corrupted_tokens = paired_tokens(model, clean, corrupted)
+    n_prompts, n_pos = clean_tokens.shape
+    cells = patching_cells(model, n_pos, sites=sites, layers=layers, positions=positions, heads=heads)
+    return PatchingSweep(
+        clean_tokens, corrupted_tokens, resolve_metric(model, metric, answers, n_prompts), cells,
+        sorted({cell.hook for cell in cells}),
+    )
+
+
+def finish_patching_frame(
+    frame: pd.DataFrame, model: HookedModel, sweep: PatchingSweep, *, clean_value: float, corrupted_value: float,
+    direction: str,
+) -> pd.DataFrame:
+    """Add ``normalized`` and the ``attrs`` both patching methods document."""
+    frame["normalized"] = normalize(frame["metric"], clean_value, corrupted_value)
+    frame.attrs.update(
+        clean_metric=clean_value,
+        corrupted_metric=corrupted_value,
+        direction=direction,
+        tokens=token_strings(model, sweep.clean_tokens[0]),
+    )
+    return frame
+
+
 def activation_patching(
     model: HookedModel,
     clean: Prompts,
@@ -176,13 +227,14 @@ def activation_patching(
         ``metric`` minus the unpatched base run; ``attrs`` holds ``clean_metric``, ``corrupted_metric``,
         ``direction`` and ``tokens``. ``position``/``head`` are ``<NA>`` where the site has no such axis.
     """
-    if direction not in DIRECTIONS:
-        raise InterpError(f"unknown direction {direction!r}; use 'denoise' (clean into corrupted) or 'noise'")
-    clean_tokens, corrupted_tokens = paired_tokens(model, clean, corrupted)
-    n_prompts, n_pos = clean_tokens.shape
-    metric = resolve_metric(model, metric, answers, n_prompts)
-    cells = patching_cells(model, n_pos, sites=sites, layers=layers, positions=positions, heads=heads)
-    names = sorted({cell.hook for cell in cells})
+    sweep = patching_sweep(
+        model, clean, corrupted, answers=answers, metric=metric, sites=sites, direction=direction,
+        layers=layers, positions=positions, heads=heads,
+    )
+    clean_tokens, corrupted_tokens, metric, cells, names = (
+        sweep.clean_tokens, sweep.corrupted_tokens, sweep.metric, sweep.cells, sweep.names
+    )
+    n_prompts = clean_tokens.shape[0]
     with torch.no_grad():
         clean_logits, clean_cache = model.run_with_cache(clean_tokens, names=names)
         corrupted_logits, corrupted_cache = model.run_with_cache(corrupted_tokens, names=names)
@@ -204,14 +256,9 @@ def activation_patching(
     frame = cells_frame(model, cells, clean_tokens[0])
     frame["metric"] = patched
     frame["delta"] = frame["metric"] - base_value
-    frame["normalized"] = normalize(frame["metric"], clean_value, corrupted_value)
-    frame.attrs.update(
-        clean_metric=clean_value,
-        corrupted_metric=corrupted_value,
-        direction=direction,
-        tokens=token_strings(model, clean_tokens[0]),
+    return finish_patching_frame(
+        frame, model, sweep, clean_value=clean_value, corrupted_value=corrupted_value, direction=direction
     )
-    return frame
 
 
 def normalize(values: pd.Series, clean: float, corrupted: float) -> pd.Series:

@@ -20,16 +20,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from interp.analyses.activation_patching import (
-    DIRECTIONS,
-    SITES,
-    cells_frame,
-    normalize,
-    patching_cells,
-    resolve_metric,
-)
-from interp.analyses.causal_common import Metric, Prompts, paired_tokens, token_strings
-from interp.errors import InterpError
+from interp.analyses.activation_patching import SITES, cells_frame, finish_patching_frame, patching_sweep
+from interp.analyses.causal_common import Metric, Prompts
 from interp.hooks import HookedModel
 from interp.hooks.points import HookPoint
 
@@ -53,13 +45,13 @@ def attribution_patching(
         DataFrame ``site, layer, position, head, token, metric, delta, normalized``: ``delta`` is the
         estimated effect and ``metric`` the base metric plus it. ``attrs`` as in activation patching.
     """
-    if direction not in DIRECTIONS:
-        raise InterpError(f"unknown direction {direction!r}; use 'denoise' (clean into corrupted) or 'noise'")
-    clean_tokens, corrupted_tokens = paired_tokens(model, clean, corrupted)
-    n_prompts, n_pos = clean_tokens.shape
-    metric = resolve_metric(model, metric, answers, n_prompts)
-    cells = patching_cells(model, n_pos, sites=sites, layers=layers, positions=positions, heads=heads)
-    names = sorted({cell.hook for cell in cells})
+    sweep = patching_sweep(
+        model, clean, corrupted, answers=answers, metric=metric, sites=sites, direction=direction,
+        layers=layers, positions=positions, heads=heads,
+    )
+    clean_tokens, corrupted_tokens, metric, cells, names = (
+        sweep.clean_tokens, sweep.corrupted_tokens, sweep.metric, sweep.cells, sweep.names
+    )
     base_tokens, source_tokens = (
         (corrupted_tokens, clean_tokens) if direction == "denoise" else (clean_tokens, corrupted_tokens)
     )
@@ -105,11 +97,6 @@ def attribution_patching(
     frame["delta"] = torch.stack(estimate).numpy() if estimate else []
     frame["metric"] = base_value + frame["delta"]
     frame = frame[["site", "layer", "position", "head", "token", "metric", "delta"]].copy()
-    frame["normalized"] = normalize(frame["metric"], clean_value, corrupted_value)
-    frame.attrs.update(
-        clean_metric=clean_value,
-        corrupted_metric=corrupted_value,
-        direction=direction,
-        tokens=token_strings(model, clean_tokens[0]),
+    return finish_patching_frame(
+        frame, model, sweep, clean_value=clean_value, corrupted_value=corrupted_value, direction=direction
     )
-    return frame
