@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from interp.builtin_models import DEFAULT_MODEL
-from interp.cli_common import console, fail
+from interp.cli_common import DebugOption, DtypeOption, console, fail
 from interp.errors import InterpError
 
 app = typer.Typer(
@@ -40,7 +40,7 @@ def scan(
         bool, typer.Option(help="also score streaming per query head (costs n_heads/n_kv_heads more)")
     ] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, auto, or 'map' to spread layers over GPUs (accelerate)")] = "auto",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
+    dtype: DtypeOption = "float32",
     backend: Annotated[str, typer.Option(help="attention-statistics backend: auto, triton, chunked, reference")] = "auto",
     max_memory: Annotated[
         str | None, typer.Option(help="memory the scan may use beyond the weights, e.g. 8GB [default: what is free]")
@@ -50,7 +50,7 @@ def scan(
     report: Annotated[
         bool, typer.Option("--report/--no-report", help="also write report.html and heads.parquet/heads.json")
     ] = True,
-    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Scan every head of MODEL and write heads.csv and scan.json into --out.
 
@@ -134,7 +134,7 @@ def list_analyses() -> None:
 @app.command("hooks")
 def list_hooks(
     model: Annotated[str, typer.Argument(help="model reference, as for scan")] = DEFAULT_MODEL,
-    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Print every hook point name of MODEL (shapes: see `interp.hooks.points`)."""
     import interp

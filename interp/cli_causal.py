@@ -17,8 +17,11 @@ from typing import Annotated
 import typer
 
 from interp.builtin_models import DEFAULT_MODEL
-from interp.cli_common import console, fail
+from interp.cli_common import DebugOption, DtypeOption, console, fail
 from interp.errors import InterpError
+
+DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")]
+
 
 def check_out(out: Path, *, overwrite: bool) -> None:
     """Fail before any model work if ``out`` is a file, or a non-empty folder without ``overwrite``."""
@@ -78,10 +81,10 @@ def register_commands(app: typer.Typer) -> None:
         layers: Annotated[str | None, typer.Option(help="comma-separated layers [default: all]")] = None,
         seed: Annotated[int, typer.Option(help="noise seed")] = 0,
         batch_size: Annotated[int, typer.Option(help="rows per forward pass")] = 64,
-        device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
-        dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
+        device: DeviceOption = "auto",
+        dtype: DtypeOption = "float32",
         overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
-        debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+        debug: DebugOption = False,
     ) -> None:
         """Causal tracing (ROME): corrupt the subject, restore clean states per (token, layer); writes trace.csv, trace.html, trace.json."""
         import json
@@ -129,10 +132,10 @@ def register_commands(app: typer.Typer) -> None:
         direction: Annotated[str, typer.Option(help="denoise (clean into corrupted) or noise")] = "denoise",
         layers: Annotated[str | None, typer.Option(help="comma-separated layers [default: all]")] = None,
         batch_size: Annotated[int, typer.Option(help="rows per forward pass")] = 32,
-        device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
-        dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
+        device: DeviceOption = "auto",
+        dtype: DtypeOption = "float32",
         overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
-        debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+        debug: DebugOption = False,
     ) -> None:
         """Activation patching of the logit difference; writes patching.csv + patching.html (one heatmap per site)."""
         import interp

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 from rich.console import Console
 
 from interp.errors import InterpError
 
 console = Console(stderr=True)
+
+# Options several commands take, with the same meaning and help.
+DebugOption = Annotated[bool, typer.Option(help="show tracebacks")]
+DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16 or float16")]
 
 
 def fail(error: BaseException, debug: bool) -> None:

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from interp.cli_common import DebugOption
+
 
 def register_commands(app: typer.Typer) -> None:
     """Add ``interp report`` to ``app``."""
@@ -18,7 +20,7 @@ def register_commands(app: typer.Typer) -> None:
         format: Annotated[str, typer.Option("--format", help="exports to write: comma-separated csv,parquet,json; '' for none")] = "csv,parquet,json",
         overwrite: Annotated[bool, typer.Option(help="replace an existing report.html and exports")] = False,
         device: Annotated[str, typer.Option(help="device for --model: cpu, cuda, cuda:N or auto")] = "auto",
-        debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+        debug: DebugOption = False,
     ) -> None:
         """Write FOLDER/report.html (one offline HTML file) and FOLDER/heads.{csv,parquet,json}."""
         from interp.cli_common import console, fail
