@@ -28,7 +28,7 @@ from torch import nn
 
 from interp.errors import InterpError
 from interp.hooks import HookedModel
-from interp.hooks.architectures import spec_for
+from interp.hooks.architectures import spec_for_config
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def _from_pretrained(
             f"model {str(source)!r} is neither a local path nor reachable on the Hugging Face Hub (offline, or no such "
             f"repo); pass a local folder with config.json and weights, a .gguf file, or a built-in alias (smollm2-135m)"
         ) from error
-    spec_for(type("Probe", (), {"config": config})())  # unsupported architecture: fail before loading weights
+    spec_for_config(config)  # unsupported architecture: fail before loading any weights
     if device_map is not None:  # accelerate places the layers (several GPUs, or GPU + CPU offload)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only, device_map=device_map)
     else:
@@ -184,13 +184,22 @@ def _from_pretrained(
     return model, tokenizer
 
 
+def _is_transformer_bridge(model: nn.Module) -> bool:
+    return any(cls.__name__ == "TransformerBridge" and cls.__module__.startswith("transformer_lens") for cls in type(model).__mro__)
+
+
 def _unwrap_module(model: nn.Module) -> nn.Module:
-    """The Hugging Face model inside a TransformerLens ``TransformerBridge`` (or the model itself)."""
-    for attribute in ("original_model", "hf_model", "model"):
+    """The Hugging Face model inside a TransformerLens ``TransformerBridge``; any other module as it is.
+
+    Only bridges are unwrapped: a ``*ForCausalLM`` also has a ``.model`` (its base model without the LM head).
+    """
+    if not _is_transformer_bridge(model):
+        return model
+    for attribute in ("original_model", "hf_model"):
         inner = getattr(model, attribute, None)
-        if isinstance(inner, nn.Module) and hasattr(inner, "config") and hasattr(inner.config, "model_type"):
+        if isinstance(inner, nn.Module) and hasattr(getattr(inner, "config", None), "model_type"):
             return inner
-    return model
+    raise InterpError("this TransformerBridge holds no Hugging Face model (original_model); boot it with boot_transformers")
 
 
 def load(

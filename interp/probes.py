@@ -6,6 +6,7 @@ Everything is generated offline and seeded, so the same settings give the same t
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 
@@ -59,16 +60,21 @@ def _shuffled_blocks_tokens(
     return torch.tensor(rows, device=model.device)
 
 
+def random_tokens(model: HookedModel, length: int, *, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """``[batch, length]`` tokens drawn uniformly from the vocabulary minus the special tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    special = set(getattr(model.tokenizer, "all_special_ids", []) or []) if model.tokenizer is not None else set()
+    allowed = torch.tensor([t for t in range(model.cfg.d_vocab) if t not in special])
+    return allowed[torch.randint(len(allowed), (batch, length), generator=generator)].to(model.device)
+
+
 def repeated_random_tokens(model: HookedModel, half_length: int, *, batch: int = 1, seed: int = 0) -> torch.Tensor:
     """``[batch, 2 * half_length]``: random tokens, then the same tokens again (the induction probe).
 
     Tokens are drawn uniformly from the vocabulary minus the special tokens.
     """
-    generator = torch.Generator().manual_seed(seed)
-    special = set(getattr(model.tokenizer, "all_special_ids", []) or []) if model.tokenizer is not None else set()
-    allowed = torch.tensor([t for t in range(model.cfg.d_vocab) if t not in special])
-    first_half = allowed[torch.randint(len(allowed), (batch, half_length), generator=generator)]
-    return torch.cat([first_half, first_half], dim=1).to(model.device)
+    first_half = random_tokens(model, half_length, batch=batch, seed=seed)
+    return torch.cat([first_half, first_half], dim=1)
 
 
 @dataclass
@@ -95,6 +101,23 @@ def default_probes(
             f"--context-length {context_length} exceeds the model's context window of {model.cfg.n_ctx} tokens; "
             f"use at most {model.cfg.n_ctx}, or pass --beyond-context to scan positions the model was not trained on"
         )
+    if model.tokenizer is None:
+        # A live model without a tokenizer still scans: the text probes become seeded random tokens, and say so.
+        warnings.warn("the model has no tokenizer: the natural-text and code probes are random tokens", stacklevel=2)
+        return {
+            name: Probe(
+                name,
+                random_tokens(model, context_length, batch=batch, seed=seed + offset),
+                "uniform random tokens (no tokenizer, so no text probe)",
+            )
+            for offset, name in ((101, "natural"), (202, "code"))
+        } | {
+            "repeated": Probe(
+                "repeated",
+                repeated_random_tokens(model, context_length // 2, batch=batch, seed=seed),
+                "uniform random tokens followed by an exact repeat",
+            ),
+        }
     return {
         "natural": Probe(
             "natural",

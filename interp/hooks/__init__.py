@@ -1,11 +1,12 @@
 """Hooked Hugging Face models: named hook points, activation caching and interventions."""
 
-from interp.hooks.architectures import ARCHITECTURES, ArchitectureSpec, supported_architectures
+from interp.hooks.architectures import OVERRIDES, REFUSED, ArchitectureSpec, discover, supported_architectures
 from interp.hooks.model import ActivationCache, HookedModel, ModelSpec
 from interp.hooks.points import LAYER_SITES, HookPoint, all_hook_names, hook_name
 
 __all__ = [
-    "ARCHITECTURES",
+    "OVERRIDES",
+    "REFUSED",
     "ActivationCache",
     "ArchitectureSpec",
     "HookPoint",
@@ -13,6 +14,7 @@ __all__ = [
     "LAYER_SITES",
     "ModelSpec",
     "all_hook_names",
+    "discover",
     "hook_name",
     "supported_architectures",
 ]

@@ -126,10 +126,12 @@ class AttentionSite:
         scaling: float,
         softcap: float | None,
         sliding_window: int | None,
+        sinks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Softmax attention with the pattern materialized, for ``hook_pattern`` and edge knockouts.
 
-        Returns the output ``[batch, head, query, d_head]`` in the value dtype.
+        ``sinks`` (``[head]``, gpt_oss) are learned logits that join each row's softmax and attend to no
+        value: the pattern's rows then sum to less than 1. Returns ``[batch, head, query, d_head]``.
         """
         scores = attention_scores(
             query, key, attention_mask, scaling=scaling, softcap=softcap, sliding_window=sliding_window
@@ -137,7 +139,11 @@ class AttentionSite:
         knockout = self.owner.knockout_mask(self.layer, scores.shape, scores.device)
         if knockout is not None:
             scores = scores.masked_fill(knockout, torch.finfo(scores.dtype).min)
-        pattern = torch.softmax(scores, dim=-1)
+        if sinks is None:
+            pattern = torch.softmax(scores, dim=-1)
+        else:
+            column = sinks.float().view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+            pattern = torch.softmax(torch.cat([scores, column], dim=-1), dim=-1)[..., :-1]
         pattern = self.owner.hooks_registry.apply(self.pattern_name, pattern)
         n_groups = query.shape[1] // value.shape[1]
         return torch.matmul(pattern.to(value.dtype), repeat_kv(value, n_groups))
@@ -164,16 +170,19 @@ class AttentionSite:
         query, key, value = self.hook_qkv(query, key, value)
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         softcap = kwargs.get("softcap")
-        sliding_window = kwargs.get("sliding_window")
+        sliding_window = self.owner.layer_window(self.layer, kwargs.get("sliding_window"))
+        sinks = kwargs.get("s_aux")
         weights = None
         if self.needs_explicit_pattern():
             out = self.explicit_attention(
-                query, key, value, attention_mask, scaling=scale, softcap=softcap, sliding_window=sliding_window
-            ).transpose(1, 2)
+                query, key, value, attention_mask, scaling=scale, softcap=softcap, sliding_window=sliding_window,
+                sinks=sinks,
+            ).transpose(1, 2).contiguous()
         elif self.owner.collects_stats(self.layer):
             out = self.owner.attention_with_stats(
-                self.layer, query, key, value, attention_mask, scaling=scale, softcap=softcap, sliding_window=sliding_window
-            ).transpose(1, 2)
+                self.layer, query, key, value, attention_mask, scaling=scale, softcap=softcap,
+                sliding_window=sliding_window, sinks=sinks,
+            ).transpose(1, 2).contiguous()
         else:
             assert self.original is not None
             out, weights = self.original(

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from interp.errors import InterpError
-from interp.hooks.architectures import ArchitectureSpec, spec_for
+from interp.hooks.architectures import STATISTICS_REFUSED, ArchitectureSpec, spec_for
 from interp.hooks.attention import (
     AttentionSite,
     gpt_neo_attn,
@@ -51,20 +51,31 @@ class ModelSpec:
         return self.n_heads // self.n_kv_heads
 
 
-def _model_spec(model: nn.Module, name: str) -> ModelSpec:
-    config = model.config
-    n_heads = config.num_attention_heads
-    d_model = config.hidden_size
-    head_dim = getattr(config, "head_dim", None) or d_model // n_heads
+def _model_spec(model: nn.Module, spec: ArchitectureSpec, name: str) -> ModelSpec:
+    """Sizes read from the modules interp hooks (configs name them inconsistently; MLA heads differ from d_model / n_heads)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    attention = model.get_submodule(spec.layers)[0].get_submodule(spec.attention)
+    n_heads = (
+        getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None) or getattr(config, "num_heads", None)
+    )
+    d_model = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    out_weight = getattr(attention, spec.out_proj).weight
+    z_width = out_weight.shape[0] if type(getattr(attention, spec.out_proj)).__name__ == "Conv1D" else out_weight.shape[1]
+    groups = getattr(attention, "num_key_value_groups", None)
+    n_kv_heads = n_heads // groups if isinstance(groups, int) and groups > 0 else (
+        getattr(config, "num_key_value_heads", None) or n_heads
+    )
+    if any(hasattr(attention, name) for name in ("kv_b_proj", "kv_a_proj_with_mqa")):
+        n_kv_heads = n_heads  # multi-latent attention decompresses one key and value per query head
     return ModelSpec(
         name=name,
         architecture=config.model_type,
-        n_layers=config.num_hidden_layers,
+        n_layers=len(model.get_submodule(spec.layers)),
         n_heads=n_heads,
-        n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
-        d_head=head_dim,
+        n_kv_heads=n_kv_heads,
+        d_head=int(z_width) // n_heads,
         d_model=d_model,
-        d_vocab=config.vocab_size,
+        d_vocab=model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else config.vocab_size,
         n_ctx=getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None),
     )
 
@@ -98,7 +109,7 @@ class HookedModel:
         self.spec_arch: ArchitectureSpec = spec_for(model)
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.cfg = _model_spec(model, name or getattr(model.config, "name_or_path", "") or model.config.model_type)
+        self.cfg = _model_spec(model, self.spec_arch, name or getattr(model.config, "name_or_path", "") or model.config.model_type)
         self.hooks_registry = HookRegistry(self.cfg.n_layers)
         self._knockouts: dict[int, list[tuple[torch.Tensor, list[int] | None]]] = {}
         self._stats_collector: Any = None
@@ -421,11 +432,35 @@ class HookedModel:
                 if not self._knockouts[layer]:
                     del self._knockouts[layer]
 
+    def layer_window(self, layer: int, passed: int | None) -> int | None:
+        """The sliding window of ``layer``: the config's per-layer type where it has one, else what the module passed.
+
+        Some modules pass their config's window on every layer while the mask (which HF's own attention
+        obeys) is full on global layers; ``config.layer_types`` says which layers slide.
+        """
+        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        types = getattr(config, "layer_types", None)
+        if isinstance(types, (list, tuple)) and len(types) == self.cfg.n_layers:
+            return getattr(config, "sliding_window", None) if types[layer] == "sliding_attention" else None
+        if passed is None and getattr(config, "use_sliding_window", True) is not False:
+            # e.g. PhiMoE builds a sliding-window mask for every layer but passes no window to attention.
+            return getattr(config, "sliding_window", None)
+        return passed
+
     # ------------------------------------------------------------------ attention statistics (interp.kernels)
     def collects_stats(self, layer: int) -> bool:
         return self._stats_collector is not None and self._stats_collector.wants(layer)
 
     def attention_with_stats(self, layer: int, query, key, value, attention_mask, **kwargs) -> torch.Tensor:
+        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        types = getattr(config, "layer_types", None) or ()
+        if config.model_type in STATISTICS_REFUSED:
+            raise InterpError(f"attention statistics are not available for {config.model_type}: {STATISTICS_REFUSED[config.model_type]}")
+        if layer < len(types) and types[layer] == "chunked_attention":
+            raise InterpError(
+                f"layer {layer} uses chunked attention (chunks of {config.attention_chunk_size} tokens), which the "
+                f"statistics kernels do not implement; hooks, patterns and patching are exact, statistics and scans are not available"
+            )
         return self._stats_collector.compute(layer, query, key, value, attention_mask, **kwargs)
 
     @contextmanager

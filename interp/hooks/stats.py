@@ -72,6 +72,7 @@ class StatsCollector:
         scaling: float,
         softcap: float | None,
         sliding_window: int | None,
+        sinks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attention output ``[batch, head, query, d_head]``; statistics stored under ``layer``."""
         out, stats = attention_with_stats(
@@ -84,6 +85,7 @@ class StatsCollector:
             key_padding_mask=key_padding_from_mask(attention_mask, key.shape[-2]),
             config=self.config,
             backend=self.backend,
+            sinks=sinks,
         )
         self.results[layer] = self.reduce(layer, stats) if self.reduce is not None else stats
         return out

@@ -142,6 +142,7 @@ def attention_with_stats_chunked(
     softcap: float | None = None,
     key_padding_mask: Tensor | None = None,
     config: StatsConfig | None = None,
+    sinks: Tensor | None = None,
     chunk_size: int | None = None,
     chunk_bytes: int | None = None,
 ) -> tuple[Tensor, AttentionStats]:
@@ -184,6 +185,8 @@ def attention_with_stats_chunked(
     lse, entropy, max_prob, diag_mass, prev_mass, window_mass, target_mass, sink_mass, sink_per_position = kept[:9]
     received = kept[9] if config.received else None
     argmax = torch.empty(grouped, device=device, dtype=torch.int64)
+    sink_logits = None if sinks is None else sinks.float().view(1, n_kv_heads, group, 1)
+    learned_sink = None if sinks is None else torch.zeros(grouped, **f32)
 
     q_scaled = (q.float() * scale).view(batch, n_kv_heads, group, n_query, d_head)
     # Contiguous [d, key] operands make the per-kv-head matrix products markedly faster on CPU.
@@ -247,6 +250,16 @@ def attention_with_stats_chunked(
         row_lse = row_max - torch.log(peak if key_padding_mask is None else torch.where(row_ok, peak, 1.0))
         # sum(A * s) per row; einsum lowers it to a batched dot product (no [c, span] temporary).
         expected_score = torch.einsum("...s,...s->...", probs, scores)
+        row_entropy = (row_lse - expected_score).clamp_min(0.0)
+        if sink_logits is not None:
+            # A learned sink is one more logit in the softmax denominator: every key keeps the share
+            # kept = exp(lse - lse') of its mass, and the sink takes the rest (see interp.kernels).
+            sink_lse = torch.logaddexp(row_lse, sink_logits)
+            kept = torch.exp(row_lse - sink_lse)
+            row_entropy = kept * row_entropy - torch.special.xlogy(kept, kept) - torch.special.xlogy(1 - kept, 1 - kept)
+            row_lse, peak = sink_lse, peak * kept
+            learned_sink[..., rows] = 1 - kept
+            probs = probs * kept[..., None] if track else probs.mul_(kept[..., None])
 
         flat_probs = probs.view(batch, n_kv_heads, group * c, span)
         if track:
@@ -259,7 +272,7 @@ def attention_with_stats_chunked(
         out[:, :, :, rows] = out_c.view(batch, n_kv_heads, group, c, d_head_v).to(q.dtype)
         lse[..., rows] = row_lse
         # lse and sum(A * s) both carry eps * |s| of rounding: keep a near-one-hot row's entropy >= 0.
-        entropy[..., rows] = (row_lse - expected_score).clamp_min(0.0)
+        entropy[..., rows] = row_entropy
         max_prob[..., rows] = peak
         argmax[..., rows] = row_argmax + key_lo
         if key_padding_mask is not None:
@@ -307,6 +320,8 @@ def attention_with_stats_chunked(
         diag_mass=flat(diag_mass), prev_mass=flat(prev_mass),
         received=None if received is None else flat(received),
     )
+    if learned_sink is not None:
+        stats.learned_sink_mass = flat(learned_sink)
     if config.n_sink > 0:
         stats.sink_mass_per_position = flat(sink_per_position)
         stats.sink_mass = flat(sink_per_position.sum(-1) if track else torch.sum(sink_per_position, -1, out=sink_mass))

@@ -37,6 +37,7 @@ def attention_with_stats(
     key_padding_mask: Tensor | None = None,
     config: StatsConfig | None = None,
     backend: Backend = "auto",
+    sinks: Tensor | None = None,
 ) -> tuple[Tensor, AttentionStats]:
     """Causal attention output [b, h, q, d_v] plus per-head statistics, without materializing
     the [b, h, q, k] pattern (except for backend="reference").
@@ -47,11 +48,18 @@ def attention_with_stats(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        backend = "triton" if isinstance(q, Tensor) and q.is_cuda and triton_available() else "chunked"
+        on_gpu = isinstance(q, Tensor) and q.is_cuda and triton_available()
+        backend = "triton" if on_gpu and sinks is None else "chunked"
     kwargs = dict(
         scale=scale, sliding_window=sliding_window, softcap=softcap,
         key_padding_mask=key_padding_mask, config=config,
     )
+    if sinks is not None:
+        if sinks.shape != (q.shape[1],):
+            raise ValueError(f"sinks must hold one logit per query head, shape ({q.shape[1]},), got {tuple(sinks.shape)}")
+        if backend == "triton":
+            raise ValueError("learned sinks (gpt_oss) are computed by the chunked and reference backends; use one of them")
+        kwargs["sinks"] = sinks
     if backend == "triton":
         if not triton_available():
             raise ValueError("backend='triton' requested but triton cannot be imported")

@@ -62,6 +62,7 @@ def attention_with_stats_reference(
     softcap: float | None = None,
     key_padding_mask: Tensor | None = None,
     config: StatsConfig | None = None,
+    sinks: Tensor | None = None,
 ) -> tuple[Tensor, AttentionStats]:
     """Attention output and statistics, computed the obvious way in float32."""
     config = config or StatsConfig()
@@ -76,12 +77,21 @@ def attention_with_stats_reference(
     )
     lse = torch.logsumexp(scores, dim=-1)  # -inf where a row sees no key
     row_ok = torch.isfinite(lse)
+    learned_sink = None
+    if sinks is not None:
+        # The learned sink logit joins the softmax denominator; its probability is the mass no key gets.
+        sink_logits = sinks.float().view(1, n_heads, 1).expand(batch, n_heads, n_query)
+        lse = torch.logaddexp(lse, sink_logits)
+        probs = torch.exp(scores - lse[..., None])
+        learned_sink = torch.exp(sink_logits - lse)
     query_pos = torch.arange(n_query, device=q.device) + (n_key - n_query)  # absolute positions
     qp, kp = query_pos[:, None], torch.arange(n_key, device=q.device)[None, :]
     v_full = v.float().repeat_interleave(n_heads // v.shape[1], dim=1)
     out = (probs @ v_full).to(q.dtype)
 
     entropy = -torch.special.xlogy(probs, probs).sum(-1)
+    if learned_sink is not None:
+        entropy = entropy - torch.special.xlogy(learned_sink, learned_sink)
     # Argmax over scores (= argmax of probs, but ties are decided on the unrounded scores).
     # torch.argmax returns the first maximal index, i.e. ties -> lowest key index.
     argmax = torch.where(row_ok, scores.argmax(-1), -1)
@@ -98,6 +108,7 @@ def attention_with_stats_reference(
         argmax=argmax,
         diag_mass=mass(kp == qp),
         prev_mass=mass(kp == qp - 1),
+        learned_sink_mass=learned_sink,
     )
     if config.n_sink > 0:
         per_position = torch.zeros(batch, n_heads, n_query, config.n_sink, device=q.device)

@@ -46,6 +46,7 @@ class AttentionStats:
     window_mass: Tensor | None = None  # [b, h, q]
     target_mass: Tensor | None = None  # [b, h, q]
     received: Tensor | None = None  # [b, h, k]
+    learned_sink_mass: Tensor | None = None  # [b, h, q]: probability on a learned sink logit (gpt_oss); None without one
 
     def to_dict(self) -> dict[str, Tensor]:
         """The statistics that were computed, by field name (None fields left out)."""
