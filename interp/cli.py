@@ -146,6 +146,20 @@ def list_hooks(
     print("\n".join(hooked.hook_names()))
 
 
+@app.command("architectures")
+def list_architectures(
+    status: Annotated[str | None, typer.Option(help="show only this status: tested, partial, discovered, refused, unknown")] = None,
+) -> None:
+    """Every causal-LM model type of the installed transformers: tested, partial, refused (with the reason)."""
+    from interp.hooks.coverage import architecture_table
+
+    table = architecture_table()
+    if status is not None:
+        table = table[table.status == status]
+    for row in table.itertuples():
+        print(f"{row.model_type:<28} {row.status:<10} {row.note}".rstrip())
+
+
 from interp.cli_causal import register_commands as _register_causal_commands  # noqa: E402
 from interp.cli_report import register_commands as _register_report_commands  # noqa: E402
 

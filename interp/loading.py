@@ -93,6 +93,9 @@ def _gguf_to_safetensors(gguf_path: Path, target: Path) -> None:
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the cache folder should follow the user's umask
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -105,8 +108,11 @@ def _gguf_to_safetensors(gguf_path: Path, target: Path) -> None:
 
 def gguf_as_hf_folder(gguf_path: Path) -> Path:
     """The cached HF-format folder for a GGUF file, converting it on first use."""
+    from interp.gguf_header import check_gguf
+
     target = cache_dir() / "gguf" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
     if not (target / "config.json").exists():
+        check_gguf(gguf_path)  # an unreadable, truncated or unsupported file fails here, before anything is written
         log.info("de-quantizing %s once into %s", gguf_path, target)
         _gguf_to_safetensors(gguf_path, target)
     return target
@@ -239,6 +245,8 @@ def load(
         source, local_only = _folder_model(path), True
     elif path.exists():
         raise InterpError(f"{path} is a file but not a .gguf model; pass a model folder or a .gguf file")
+    elif reference.endswith(".gguf") or reference.startswith(("/", "./", "../", "~")) or os.sep * 2 in reference:
+        raise InterpError(f"{path} does not exist; check the path (hub ids look like 'org/name')")
     else:
         source, local_only = reference, False
     hf_model, found_tokenizer = _from_pretrained(source, resolved_device, resolved_dtype, local_only, device_map)

@@ -83,6 +83,8 @@ def generic_tiny_config(model_type: str) -> PretrainedConfig:
         overrides["layer_types"] = None  # recomputed for 2 layers
     if hasattr(base, "kv_lora_rank"):
         overrides["num_key_value_heads"] = 4  # multi-latent attention: one key/value per query head (HF's eager assumes it)
+        if "head_dim" in overrides:
+            overrides["head_dim"] = overrides["qk_rope_head_dim"]  # DeepSeek-V3 configs define head_dim as the rotary part
     if getattr(base, "use_sliding_window", None) is False and hasattr(base, "sliding_window"):
         overrides["use_sliding_window"] = True
     return cls(**overrides)

@@ -17,6 +17,8 @@ else that discovery cannot place fails with one line saying what was missing.
 from __future__ import annotations
 
 import inspect
+import re
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -72,7 +74,18 @@ REFUSED: dict[str, str] = {
     "mpt": f"mpt {_INLINE} (ALiBi)",
     "gpt_bigcode": f"gpt_bigcode {_INLINE}",
     "llama4": "llama4 is a vision-language wrapper; load its text model (model_type llama4_text)",
+    "mimo_v2_flash": "its sliding and global layers have different numbers of key/value heads, which interp's "
+    "per-model head counts cannot describe",
+    "inkling_text": "its per-layer head layout differs from the config's head counts, so hook shapes would be wrong",
+    "dory": "a hooked forward fails interp's coverage checks (attention mask and key lengths disagree)",
+    "hy_v4": "its residual stream is several hyper-connection streams, not one [batch, pos, d_model] tensor",
 }
+# Audited: these compare _attn_implementation with a name, but only to pick how the mask or the weights are
+# returned, which interp's routing preserves (their coverage tests pass with a mask that matters).
+_NAME_CHECKS_AUDITED = {"gpt2"}
+_NAME_CHECK = re.compile(
+    r"_attn_implementation\s*(==|!=)\s*[\"'](sdpa|eager)[\"']|_attn_implementation\s*(not\s+)?in\s*[(\[][^)\]]*[\"'](sdpa|eager)[\"']"
+)
 
 # Hooks, patterns and patching are exact for these, but the statistics kernels would be wrong.
 STATISTICS_REFUSED: dict[str, str] = {
@@ -109,6 +122,17 @@ def _calls_attention_interface(cls: type) -> bool:
     return "ALL_ATTENTION_FUNCTIONS" in source
 
 
+@lru_cache(maxsize=None)
+def _tests_implementation_name(cls: type) -> bool:
+    """Whether the model's modeling module branches on ``_attn_implementation == "sdpa"`` (or ``"eager"``)."""
+    module = sys.modules.get(cls.__module__)
+    try:
+        source = inspect.getsource(module) if module is not None else ""
+    except (OSError, TypeError):
+        return False
+    return bool(_NAME_CHECK.search(source))
+
+
 def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
     """(in_features, out_features) of an ``nn.Linear`` or transformers' ``Conv1D``."""
     weight = getattr(module, "weight", None)
@@ -121,14 +145,14 @@ def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def _find_blocks(model: nn.Module, n_layers: int) -> str:
+def _find_blocks(model: nn.Module, n_layers: int, model_type: str) -> str:
     candidates = [
         (name, module)
         for name, module in model.named_modules()
         if isinstance(module, nn.ModuleList) and len(module) == n_layers and name
     ]
     if not candidates:
-        raise UnsupportedArchitectureError(f"no list of {n_layers} blocks found in {type(model).__name__}")
+        raise UnsupportedArchitectureError(f"{model_type}: no list of {n_layers} blocks found in {type(model).__name__}")
     # Prefer the conventional names, then the shallowest path (vision towers and MTP heads nest deeper).
     candidates.sort(key=lambda item: (item[0].rsplit(".", 1)[-1] not in _BLOCK_LIST_NAMES, item[0].count(".")))
     return candidates[0][0]
@@ -189,11 +213,16 @@ def discover(model: nn.Module) -> ArchitectureSpec:
         raise UnsupportedArchitectureError(
             f"{model_type} is an encoder-decoder model; interp hooks decoder-only causal LMs"
         )
+    if model_type not in _NAME_CHECKS_AUDITED and _tests_implementation_name(type(model)):
+        raise UnsupportedArchitectureError(
+            f"{model_type} tests _attn_implementation by name ('sdpa'/'eager') to choose what attention computes "
+            f"(e.g. sparse indices), so routing attention through interp would change its numbers"
+        )
     n_layers = n_layers_of(config)
     if n_layers is None:
         raise UnsupportedArchitectureError(f"{model_type}: the config gives no number of layers")
     d_model = getattr(_text_config(config), "hidden_size", None) or getattr(config, "n_embd", None)
-    layers = _find_blocks(model, n_layers)
+    layers = _find_blocks(model, n_layers, model_type)
     blocks = model.get_submodule(layers)
     attention_paths = [_find_attention(block) for block in blocks]
     missing = [i for i, path in enumerate(attention_paths) if path is None]
@@ -237,6 +266,8 @@ def spec_for_config(config) -> ArchitectureSpec:
     model_type = getattr(config, "model_type", None)
     if model_type in REFUSED:
         raise UnsupportedArchitectureError(f"architecture {model_type!r} is not supported: {REFUSED[model_type]}")
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedArchitectureError(f"{model_type} is an encoder-decoder model; interp hooks decoder-only causal LMs")
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
