@@ -48,12 +48,34 @@ def test_unknown_model_without_hub_is_one_clear_error():
         load("does-not-exist", device="cpu")
 
 
-def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
+def test_unsupported_architecture_in_a_folder_is_refused_before_its_weights_load(tmp_path, monkeypatch):
+    """Phi is now discovered; an OPT folder (no MLP module to hook) is refused with the reason, weights unread."""
+    from transformers import OPTConfig
+
     AutoModelForCausalLM.from_config(
-        PhiConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+        OPTConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
+                  word_embed_proj_dim=16)
     ).save_pretrained(tmp_path)
-    with pytest.raises(UnsupportedArchitectureError, match="'phi' is not supported.*gpt2.*llama"):
+    import transformers
+
+    def never(*args, **kwargs):
+        raise AssertionError("weights were loaded before the architecture check")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", never)
+    with pytest.raises(UnsupportedArchitectureError, match="opt: no MLP found"):
         load(tmp_path, device="cpu")
+
+
+def test_live_llama_is_wrapped_whole_not_its_base_model():
+    """interp.load(LlamaForCausalLM) used to take its .model (the base model) for a TransformerLens bridge."""
+    from tiny_models import tiny_model
+
+    live = tiny_model("llama")
+    hooked = load(live)
+    assert hooked.model is live
+    tokens = torch.randint(0, 90, (1, 6))
+    with torch.no_grad():
+        assert torch.equal(hooked(tokens), live(input_ids=tokens).logits)
 
 
 def test_folder_errors_name_the_problem(tmp_path):

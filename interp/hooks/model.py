@@ -134,7 +134,13 @@ class HookedModel:
         attention0 = self.attention_module(0)
         # Tools such as TransformerLens' bridge swap HF attention modules for their own components,
         # which never call the attention function interp hooks: q/k/v/pattern/z/statistics cannot fire.
-        self.attention_hookable = type(attention0).__module__.startswith("transformers.")
+        # The check walks the whole path: a bridge keeps the HF module nested inside its own component
+        # (``attn._original_component``), where it is found but never called.
+        on_path, module = [self.layers[0]], self.layers[0]
+        for part in spec.attention.split("."):
+            module = getattr(module, part)
+            on_path.append(module)
+        self.attention_hookable = all(type(m).__module__.startswith("transformers.") for m in on_path)
         if spec.attention_entry == "interface":
             self._original_implementation, original = original_attention_function(self.model, attention0)
             self.model.config._attn_implementation = register_interp_implementation(self._original_implementation)
@@ -269,7 +275,7 @@ class HookedModel:
         if not self.attention_hookable:
             raise InterpError(
                 f"{what} needs interp's attention hooks, but this model's attention modules were replaced "
-                f"({type(self.attention_module(0)).__module__}); load the same weights with interp.load(folder) instead"
+                f"(by a TransformerLens bridge or similar wrapper); load the same weights with interp.load(folder) instead"
             )
 
     @contextmanager
