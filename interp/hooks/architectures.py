@@ -54,6 +54,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
     "qwen3": _DECODER,
     "gemma": _DECODER,
     "gemma2": _DECODER,
+    "gemma3_text": _DECODER,  # text-only Gemma 3 (270M, 1B; GGUF files): QK-norm, 5 sliding : 1 global layers
     "olmo2": _DECODER,
 }
 
