@@ -43,7 +43,7 @@ def greedy_decode_with_argmax(
     def last_query_argmax(layer: int, stats: AttentionStats) -> torch.Tensor:
         return stats.argmax[0, :, -1].cpu()
 
-    out = model.model(input_ids=tokens[:, :-1], use_cache=True)
+    out = model.model(input_ids=tokens[:, :-1], use_cache=True, logits_to_keep=1)  # the prefill's logits are unused
     cache, current = out.cache, tokens[:, -1:]
     generated, argmaxes = [], []
     for _ in range(max_new_tokens):
