@@ -1,9 +1,10 @@
 """Memory and time of attention statistics versus a plain forward and versus materializing patterns.
 
-    python benchmarks/attention_stats.py [--model smollm2-135m] [--lengths 512,1024,2048,4096]
+    python benchmarks/attention_stats.py [--model smollm2-135m[,gemma3-270m]] [--lengths 512,1024,2048,4096]
 
-For each sequence length, each mode runs in its own subprocess (peak RSS is per process) on the same
-model and the same tokens:
+For each model (comma-separated: compared in the same run, so they share the machine's load) and
+sequence length, each mode runs in its own subprocess (peak RSS is per process) on the same model and
+the same tokens:
 
   plain   model forward with its own SDPA attention                    (baseline a)
   stats   interp forward collecting every statistic (chunked/triton)   (b)
@@ -114,7 +115,7 @@ def gpu_kernel_timing() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default="smollm2-135m", help="model, or comma-separated models, to load")
     parser.add_argument("--lengths", default="512,1024,2048,4096")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--backend", default="auto")
@@ -125,14 +126,15 @@ def main() -> None:
         print(json.dumps(child(args.model, args.child, lengths[0], args.backend)))
         return
     modes = args.modes.split(",")
-    print(f"model {args.model}, CPU: {platform.processor() or platform.machine()}, batch 1, fp32, backend {args.backend}")
-    print(f"{'length':>7} {'mode':>6} {'time s':>8} {'x plain':>8} {'mem MB':>8} {'x plain':>8} {'eager/stats mem':>16}")
-    for length in lengths:
-        rows = {mode: run_child(args.model, mode, length, args.backend) for mode in modes}
+    models = args.model.split(",")
+    print(f"models {', '.join(models)}, CPU: {platform.processor() or platform.machine()}, batch 1, fp32, backend {args.backend}")
+    print(f"{'model':>14} {'length':>7} {'mode':>6} {'time s':>8} {'x plain':>8} {'mem MB':>8} {'x plain':>8} {'eager/stats mem':>16}")
+    for model, length in ((model, length) for length in lengths for model in models):
+        rows = {mode: run_child(model, mode, length, args.backend) for mode in modes}
         base = rows.get("plain")
         for mode, row in rows.items():
             if "error" in row:
-                print(f"{length:>7} {mode:>6} {row['error']}")
+                print(f"{model:>14} {length:>7} {mode:>6} {row['error']}")
                 continue
             extra = row["peak_mb"] - row["loaded_mb"]
             t_ratio = row["seconds"] / base["seconds"] if base and "error" not in base else float("nan")
@@ -140,7 +142,7 @@ def main() -> None:
             versus = ""
             if mode == "eager" and "stats" in rows and "error" not in rows["stats"]:
                 versus = f"{extra / (rows['stats']['peak_mb'] - rows['stats']['loaded_mb']):.1f}"
-            print(f"{length:>7} {mode:>6} {row['seconds']:>8.2f} {t_ratio:>8.2f} {extra:>8.0f} {m_ratio:>8.2f} {versus:>16}")
+            print(f"{model:>14} {length:>7} {mode:>6} {row['seconds']:>8.2f} {t_ratio:>8.2f} {extra:>8.0f} {m_ratio:>8.2f} {versus:>16}")
     gpu_kernel_timing()
 
 

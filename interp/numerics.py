@@ -29,7 +29,7 @@ def first_nonfinite(model: HookedModel, tokens: torch.Tensor) -> str | None:
         for site in ("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
     ]
     with model.hooks([(name, check) for name in order]):
-        model(tokens)
+        model(tokens, logits_to_keep=1)  # activations are checked, not the [batch, pos, vocab] logits
     return found[0] if found else None
 
 

@@ -71,7 +71,7 @@ def test_forward_statistics_match_the_eager_pattern_and_keep_logits(architecture
         assert_matches_pattern(stats[layer], patterns[layer], torch.ones(2, 14, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("architecture", ["llama", "mistral", "gemma2"])
+@pytest.mark.parametrize("architecture", ["llama", "mistral", "gemma2", "gemma3_text"])
 @torch.no_grad()
 def test_left_padding_is_masked_like_the_model_masks_it(architecture):
     """Row 0 has 3 padding tokens in front; mistral and gemma2 also have a sliding window of 6 keys."""
@@ -91,7 +91,7 @@ def test_left_padding_is_masked_like_the_model_masks_it(architecture):
         assert (stats[layer].argmax[0, :, :3] == -1).all()  # padding queries see no key
 
 
-@pytest.mark.parametrize("architecture", ["mistral", "gemma2"])
+@pytest.mark.parametrize("architecture", ["mistral", "gemma2", "gemma3_text"])
 @torch.no_grad()
 def test_statistics_forward_builds_no_square_mask(architecture, monkeypatch):
     """Sliding-window models would get a [batch, 1, N, N] mask from transformers; the kernel needs padding only."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
-from transformers import GemmaConfig, Gemma2Config, GPT2Config, GPTNeoConfig, GPTNeoXConfig, LlamaConfig
+from transformers import GemmaConfig, Gemma2Config, Gemma3TextConfig, GPT2Config, GPTNeoConfig, GPTNeoXConfig, LlamaConfig
 from transformers import MistralConfig, Olmo2Config, Qwen2Config, Qwen3Config
 
 VOCAB = 97
@@ -30,6 +30,7 @@ def tiny_config(architecture: str) -> PretrainedConfig:
         "qwen3": Qwen3Config,
         "gemma": GemmaConfig,
         "gemma2": Gemma2Config,
+        "gemma3_text": Gemma3TextConfig,
         "olmo2": Olmo2Config,
     }
     extra = {}
@@ -37,6 +38,8 @@ def tiny_config(architecture: str) -> PretrainedConfig:
         extra = dict(sliding_window=6)
     if architecture == "gemma2":
         extra = dict(sliding_window=6, attn_logit_softcapping=5.0, final_logit_softcapping=None)
+    if architecture == "gemma3_text":  # one sliding-window layer, one global; QK-norm is built in
+        extra = dict(sliding_window=6, layer_types=["sliding_attention", "full_attention"])
     return configs[architecture](**decoder, **extra)
 
 
@@ -45,7 +48,7 @@ def tiny_model(architecture: str, seed: int = 0) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(tiny_config(architecture)).eval()
 
 
-ARCHITECTURE_NAMES = ["gpt2", "gpt_neox", "gpt_neo", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo2"]
+ARCHITECTURE_NAMES = ["gpt2", "gpt_neox", "gpt_neo", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2"]
 
 
 # ---------------------------------------------------------------------------------------- coverage matrix

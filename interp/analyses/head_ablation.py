@@ -34,6 +34,9 @@ from interp.errors import InterpError
 from interp.hooks import HookedModel, hook_name
 
 METHODS = ("mean", "zero", "resample")
+# Most logits one ablation forward may hold (float32 bytes): the metric needs every position's logits,
+# and a 262K-token vocabulary (Gemma 3) makes 16 rows x 64 tokens 1 GB. SmolLM2's 49K fit 16 rows.
+LOGITS_BUDGET_BYTES = 256 * 2**20
 
 
 def _replacements(
@@ -46,7 +49,7 @@ def _replacements(
         shape = (model.cfg.n_heads, model.cfg.d_head)
         return {layer: torch.zeros(shape, device=model.device) for layer in layers}
     if method == "mean":
-        _, cache = model.run_with_cache(tokens if reference is None else reference, names=names)
+        _, cache = model.run_with_cache(tokens if reference is None else reference, names=names, logits_to_keep=1)
         return {layer: cache[name].mean(dim=(0, 1)) for layer, name in zip(layers, names)}
     if method == "resample":
         if reference is None:
@@ -58,7 +61,7 @@ def _replacements(
                 f"resample ablation needs reference tokens of the same shape as the input {tuple(tokens.shape)}, "
                 f"got {tuple(reference.shape)}"
             )
-        _, cache = model.run_with_cache(reference, names=names)
+        _, cache = model.run_with_cache(reference, names=names, logits_to_keep=1)
         return {layer: cache[name] for layer, name in zip(layers, names)}
     raise InterpError(f"unknown ablation method {method!r}; use one of {', '.join(METHODS)}")
 
@@ -77,10 +80,15 @@ def _ablated_metrics(
     metric: Metric,
     batch_size: int,
 ) -> torch.Tensor:
-    """``[groups]``: the metric with every head of each group ablated, one group of rows per entry."""
+    """``[groups]``: the metric with every head of each group ablated, one group of rows per entry.
+
+    Up to ``batch_size`` rows per forward, fewer when their logits would pass ``LOGITS_BUDGET_BYTES``.
+    """
     n_rows = tokens.shape[0]
+    logits_per_row = tokens.shape[1] * model.cfg.d_vocab * 4
+    rows_per_forward = max(1, min(batch_size, LOGITS_BUDGET_BYTES // logits_per_row))
     out = []
-    for chunk in chunks(len(groups), max(1, batch_size // n_rows)):
+    for chunk in chunks(len(groups), max(1, rows_per_forward // n_rows)):
         patches: dict[str, list[RowPatch]] = {}
         for row, i in enumerate(chunk):
             rows = slice(row * n_rows, (row + 1) * n_rows)

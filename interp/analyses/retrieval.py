@@ -37,22 +37,27 @@ def greedy_decode_with_argmax(
     the argmax key of the query that produced it: ``[step, layer, head]``.
 
     The prompt minus its last token is prefilled with the model's own attention; every step after
-    runs one query through the statistics kernel against the KV cache.
+    runs one query through the statistics kernel against the KV cache. Keys are absolute prompt
+    positions: a sliding-window layer's cache keeps only its last ``window - 1`` keys, so the kernel's
+    argmax (an index into the keys it was given) is shifted by the keys dropped before them.
     """
 
     def last_query_argmax(layer: int, stats: AttentionStats) -> torch.Tensor:
         return stats.argmax[0, :, -1].cpu()
 
-    out = model.model(input_ids=tokens[:, :-1], use_cache=True)
+    out = model.model(input_ids=tokens[:, :-1], use_cache=True, logits_to_keep=1)  # the prefill's logits are unused
     cache, current = out.cache, tokens[:, -1:]
     generated, argmaxes = [], []
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
+        position = tokens.shape[1] - 1 + step  # of the query; it sees its cached keys plus itself
+        dropped = torch.tensor([position - cache.layers[layer].keys.shape[-2] for layer in range(model.cfg.n_layers)])
         with model.collect_attention_stats(_ARGMAX_ONLY, reduce=last_query_argmax) as stats:
             out = model.model(input_ids=current, cache=cache, use_cache=True)
         cache = out.cache
         next_id = int(out.logits[0, -1].argmax())
         generated.append(next_id)
-        argmaxes.append(torch.stack([stats[layer] for layer in range(model.cfg.n_layers)]))
+        argmax = torch.stack([stats[layer] for layer in range(model.cfg.n_layers)])
+        argmaxes.append(torch.where(argmax >= 0, argmax + dropped[:, None], argmax))
         current = torch.tensor([[next_id]], device=tokens.device)
     return generated, torch.stack(argmaxes)
 

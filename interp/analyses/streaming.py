@@ -80,7 +80,7 @@ def _shared_prefix(model: HookedModel, sample: NeedleSample, *, n_sink: int, win
     # A sliding-window cache keeps only its last keys, and knockout edges are aligned to absolute positions.
     if length < 1 or (sliding is not None and sliding < sample.tokens.shape[1] + len(sample.answer_ids)):
         return None
-    out = model.model(input_ids=sample.tokens[:, :length], use_cache=True)
+    out = model.model(input_ids=sample.tokens[:, :length], use_cache=True, logits_to_keep=1)  # only the cache is used
     return _Prefix(out.cache, length)
 
 

@@ -141,7 +141,7 @@ class CircuitReport:
                 continue
             tokens = probes[name].tokens[:, :length]
             with torch.no_grad():
-                _, cache = self.model.run_with_cache(tokens, names=names)
+                _, cache = self.model.run_with_cache(tokens, names=names, logits_to_keep=1)
             patterns = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][0, h] for l, h in heads]).float().cpu()
             strings = [self.model.tokenizer.decode([t]) if self.model.tokenizer else str(t) for t in tokens[0].tolist()]
             out[name] = (strings, patterns, heads)

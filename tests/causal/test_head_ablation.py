@@ -34,6 +34,22 @@ def test_batched_equals_ablate_heads_loop(architecture, method):
             assert row.delta == pytest.approx(expected - baseline, abs=1e-5)
 
 
+def test_logits_budget_splits_forwards_without_changing_scores(monkeypatch):
+    """A big vocabulary (Gemma 3: 262K) caps the rows per forward so their logits fit the budget."""
+    from interp.analyses import head_ablation as module
+
+    model = HookedModel(tiny_model("llama"))
+    tokens = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(4))
+    default = head_ablation(model, tokens, method="zero", batch_size=16)
+    rows = []
+    forward = HookedModel.run_with_hooks
+    monkeypatch.setattr(HookedModel, "run_with_hooks", lambda self, t, **kw: rows.append(t.shape[0]) or forward(self, t, **kw))
+    monkeypatch.setattr(module, "LOGITS_BUDGET_BYTES", 5 * 10 * 97 * 4)  # 5 rows of [10, vocab] float32
+    capped = head_ablation(model, tokens, method="zero", batch_size=16)
+    assert rows == [4, 4, 4, 4] and sum(rows) == 8 * 2  # 2 heads x 2 rows per forward (5 // 2 = 2 heads)
+    assert capped["metric"].tolist() == pytest.approx(default["metric"].tolist(), abs=1e-6)
+
+
 def test_resample_and_joint_ablation():
     model = HookedModel(tiny_model("llama"))
     tokens = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(4))
