@@ -262,7 +262,7 @@ def activation_patching(
         needs = [(cell.layer, cell.position if cell.position is not None else 0) for cell in cells]
         plan = plan_batches(recording, needs, rows_per_cell=n_prompts, max_rows=batch_size, last_only=last_only)
         patched_values = torch.zeros(len(cells), dtype=torch.float64)
-        for batch in plan:
+        for batch in recording.batches(plan):
             patches: dict[str, list[RowPatch]] = {}
             for row, i in enumerate(batch.cells):
                 cell = cells[i]

@@ -135,7 +135,7 @@ def subject_knockout_sweep(
             recording, [(w[0], query) for w in windows], rows_per_cell=n_rows, max_rows=batch_size, last_only=last_only
         )
         with torch.no_grad():
-            for batch in plan:
+            for batch in recording.batches(plan):
                 with ExitStack() as stack:
                     for row, i in enumerate(batch.cells):
                         # One knockout per window, on its own rows only ([batch, query, key] edges).

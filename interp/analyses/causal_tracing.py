@@ -170,7 +170,7 @@ def causal_trace(
         ]
         plan = plan_batches(recording, needs, rows_per_cell=samples, max_rows=batch_size, last_only=True)
         probs = torch.zeros(len(cells), dtype=torch.float64)
-        for batch in plan:
+        for batch in recording.batches(plan):
             patches: dict[str, list[RowPatch]] = {}
             for row, i in enumerate(batch.cells):
                 kind, layer, pos = cells[i]

@@ -95,7 +95,7 @@ def _ablated_metrics(
     needs = [(min(layer for layer, _ in group), 0) for group in groups]
     plan = plan_batches(recording, needs, rows_per_cell=n_rows, max_rows=batch_size, last_only=last_only)
     out = torch.zeros(len(groups), dtype=torch.float64)
-    for batch in plan:
+    for batch in recording.batches(plan):
         patches: dict[str, list[RowPatch]] = {}
         for row, i in enumerate(batch.cells):
             rows = slice(row * n_rows, (row + 1) * n_rows)

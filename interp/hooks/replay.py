@@ -45,9 +45,12 @@ if TYPE_CHECKING:
 REUSE_MODES = ("auto", "layers", "none")
 
 # Planner costs, in units of "one token row through one block": the fixed Python/dispatch cost of
-# running a block once, and of one model forward besides its blocks.
-BLOCK_CALL_COST = 8.0
-FORWARD_COST = 32.0
+# running a block once, and of one model forward besides its blocks. Measured for SmolLM2-135M on a
+# loaded 2-core CPU (a 1-token block call costs about as much as 30 token rows in a large batch).
+BLOCK_CALL_COST = 32.0
+FORWARD_COST = 64.0
+# While adapting threads (see Recording.batches): re-try the other thread count every this many batches.
+THREAD_PROBE_EVERY = 8
 
 
 def check_reuse(reuse: str) -> str:
@@ -92,6 +95,7 @@ class Batch:
     cells: list[int]
     start: int
     prefix: int
+    cost: float = 1.0  # the planner's estimate of its work (token rows x blocks, plus overheads)
 
 
 @dataclass
@@ -130,6 +134,43 @@ class Recording:
         return max(0, min(start, self.model.cfg.n_layers)), (min(max(0, prefix), self.n_pos - 1) if self.prefix_ok else 0)
 
     # ------------------------------------------------------------------ running
+    def batches(self, plan: Sequence[Batch], *, adapt_threads: bool | None = None) -> Iterator[Batch]:
+        """Iterate over ``plan``, choosing torch's thread count between batches.
+
+        On a shared CPU, torch's default (one thread per core) can be several times slower than one
+        thread when another process holds a core, because every op waits for its slowest thread. With
+        ``adapt_threads`` (default: unless ``reuse="none"``, and only with more than one thread) the
+        first batches run with the default and with one thread, the faster per estimated unit of work
+        is kept, and the other is re-tried every ``THREAD_PROBE_EVERY`` batches. The thread count is
+        restored at the end.
+        """
+        import time
+
+        default = torch.get_num_threads()
+        adapt = (self.reuse != "none" if adapt_threads is None else adapt_threads) and default > 1 and len(plan) > 2
+        choices = (default, 1)
+        rate = {default: None, 1: None}  # seconds per unit of estimated cost
+        best = default
+        try:
+            for i, batch in enumerate(plan):
+                threads = best
+                if adapt:
+                    if i < 2:
+                        threads = choices[i]
+                    elif i % THREAD_PROBE_EVERY == 0:
+                        threads = choices[1] if best == choices[0] else choices[0]
+                    torch.set_num_threads(threads)
+                began = time.perf_counter()
+                yield batch
+                if adapt:
+                    seconds = (time.perf_counter() - began) / max(batch.cost, 1e-9)
+                    previous = rate[threads]
+                    rate[threads] = seconds if previous is None else 0.5 * (previous + seconds)
+                    known = [(r, t) for t, r in rate.items() if r is not None]
+                    best = min(known)[1]
+        finally:
+            torch.set_num_threads(default)
+
     def run(
         self,
         groups: int,
@@ -325,7 +366,7 @@ def plan_batches(
     per_batch = max(1, max_rows // max(1, rows_per_cell))
     n = len(needs)
     if recording.reuse == "none":
-        return [Batch(list(range(i, min(n, i + per_batch))), 0, 0) for i in range(0, n, per_batch)]
+        return [Batch(list(range(i, min(n, i + per_batch))), 0, 0, float(min(n, i + per_batch) - i)) for i in range(0, n, per_batch)]
     clamped = [recording.clamp(s, p) for s, p in needs]
     n_layers, n_pos = recording.model.cfg.n_layers, recording.n_pos
     head = block_cost_ratio(recording.model)
@@ -355,9 +396,8 @@ def plan_batches(
             while end > 0:
                 begin = cut[end]
                 cells = [order[i] for i in range(begin, end)]
-                plan.append(
-                    Batch(cells, min(clamped[i][0] for i in cells), min(clamped[i][1] for i in cells))
-                )
+                start, prefix = min(clamped[i][0] for i in cells), min(clamped[i][1] for i in cells)
+                plan.append(Batch(cells, start, prefix, cost(len(cells), start, prefix)))
                 end = begin
             best_plan, best_cost = plan[::-1], total[n]
     return best_plan or []
