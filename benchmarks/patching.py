@@ -139,6 +139,17 @@ def nnsight_patching(lm, clean: torch.Tensor, corrupted: torch.Tensor, ids: list
     return torch.stack([results[layer, index].reshape(-1)[0] for layer in range(n_layers) for index in range(n_cells)])
 
 
+def warm_up(model, lm) -> None:
+    """One small call of every method, so one-time allocations (thread pools, lazy imports) are not measured."""
+    clean, corrupted = model.to_tokens(CLEAN), model.to_tokens(CORRUPTED)
+    ids = [model.tokenizer(a, add_special_tokens=False)["input_ids"][0] for a in ANSWERS]
+    for reuse in ("auto", "none"):
+        activation_patching(model, clean, corrupted, answers=ANSWERS, layers=[28, 29], positions=[12, 13], reuse=reuse)
+        causal_trace(model, **TRACE, layers=[29], positions=[9], kinds=["resid", "mlp"], samples=2, reuse=reuse)
+    if lm is not None:
+        nnsight_patching(lm, clean, corrupted, ids, "resid_pre", 1, model.cfg.n_heads, model.cfg.d_head)
+
+
 def run_rounds(model, lm, rounds: int, workloads: list[str], label: str) -> dict[tuple[str, str], list[tuple[float, int]]]:
     clean, corrupted = model.to_tokens(CLEAN), model.to_tokens(CORRUPTED)
     ids = [model.tokenizer(a, add_special_tokens=False)["input_ids"][0] for a in ANSWERS]
@@ -212,6 +223,7 @@ def main() -> None:
     load = os.getloadavg()
     print(f"model {model.cfg.name}: {model.cfg.n_layers} layers; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, load average at start {load[0]:.1f} (other processes share this machine)")
+    warm_up(model, lm)
     idle = run_rounds(model, lm, args.rounds, workloads, "idle")
     print(table(idle, "interp reuse=none", "idle (no benchmark-made load)"))
     if args.contended:
