@@ -42,7 +42,7 @@ CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When John and Mary went to the store, Mary gave a drink to"
 ANSWERS = (" Mary", " John")
 TRACE = dict(prompt="The Eiffel Tower is located in the city of", subject="The Eiffel Tower", answer=" Paris")
-WORKLOADS = ("ioi_resid_pre", "ioi_head_out", "trace")
+WORKLOADS = ("ioi_resid_pre", "trace", "ioi_head_out")
 
 BUSY = """
 import os, sys, time, torch
@@ -178,13 +178,12 @@ def run_rounds(model, lm, rounds: int, workloads: list[str], label: str) -> dict
                 times.setdefault((workload, name), []).append((seconds, peak))
                 values[(workload, name)] = result
                 print(f"[{label} round {round_ + 1}/{rounds}] {workload:14s} {name:18s} {seconds:7.2f} s  "
-                      f"peak +{peak / 2**20:7.0f} MB", flush=True)
-    for workload in workloads:
-        reference = values.get((workload, "interp reuse=none"))
-        for (w, name), value in values.items():
-            if w == workload and name != "interp reuse=none" and reference is not None:
-                diff = (value.double() - reference.double()).abs().max().item()
-                print(f"{workload}: max |{name} - interp reuse=none| = {diff:.2e}")
+                      f"peak +{peak / 2**20:7.0f} MB  (load average {os.getloadavg()[0]:.1f})", flush=True)
+            reference = values[(workload, "interp reuse=none")]
+            for name in methods:
+                if name != "interp reuse=none":
+                    diff = (values[(workload, name)].double() - reference.double()).abs().max().item()
+                    print(f"{workload}: max |{name} - interp reuse=none| = {diff:.2e}", flush=True)
     return times
 
 

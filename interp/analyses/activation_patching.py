@@ -8,8 +8,10 @@ prompt with one corrupted activation patched in ("noise"), and measure a metric 
 
 in both directions. The sweep is batched: the base input is replicated along the batch axis, one
 group of rows per cell (a group holds every prompt), and one hook per layer writes each cell's
-source slice into its own rows, so a sweep of C cells over P prompts costs ``ceil(C * P / batch_size)``
-forward passes plus the two cached runs (Meng et al. 2022; Wang et al. 2022; Heimersheim & Nanda 2024).
+source slice into its own rows. The base run is recorded once and each forward starts at its cells'
+first patched layer and position (``reuse="auto"``, :mod:`interp.hooks.replay`): a patch cannot change
+earlier layers, nor, under causal attention, earlier positions (Meng et al. 2022; Wang et al. 2022;
+Heimersheim & Nanda 2024).
 
 Sites (``site`` column; ``head`` is the query head, or the key/value head for ``head_k``/``head_v``):
 
