@@ -1,10 +1,10 @@
 """Replay a recorded forward from a later block and position: the machinery of fast causal sweeps.
 
 A patch at block ``l`` cannot change what blocks ``< l`` compute, and under causal attention a patch at
-position ``p`` cannot change positions ``< p``. :func:`record` runs the base input once and keeps every
-block's input and output residual stream, its logits and (where that is exact) every layer's keys and
-values. :meth:`Recording.run` then evaluates ``groups`` patched copies of the base in one forward of the
-model's own modules, starting at block ``start`` and position ``prefix``:
+position ``p`` cannot change positions ``< p``. :func:`record` runs the base input once and keeps block
+0's input, every block's output residual stream, the logits and (where that is exact) every layer's
+keys and values. :meth:`Recording.run` then evaluates ``groups`` patched copies of the base in one
+forward of the model's own modules, starting at block ``start`` and position ``prefix``:
 
 - blocks ``< start`` are replaced, for the call, by a replay of their recorded outputs (their forward
   is not run, their output hooks still fire); with ``start == 0`` block 0 receives the recorded
@@ -106,7 +106,7 @@ class Recording:
     tokens: torch.Tensor  # [rows, pos]
     base_hooks: list[tuple[str, HookFn]]
     reuse: str
-    inputs: list[torch.Tensor]  # per block: residual stream entering it [rows, pos, d_model]
+    inputs: list[torch.Tensor | None]  # residual stream entering block 0 [rows, pos, d_model] (later: None, see outputs)
     outputs: list[torch.Tensor]  # per block: residual stream leaving it
     tuple_outputs: list[int]  # per block: 0 if it returns a tensor, else the tuple's length
     logits: torch.Tensor  # [rows, pos, vocab]
@@ -313,8 +313,9 @@ def record(
     handles = []
     try:
         if reuse != "none":
+            # Block l > 0 enters with block l - 1's output: only block 0's input is kept.
+            handles.append(model.layers[0].register_forward_pre_hook(enter(0), with_kwargs=True))
             for layer, block in enumerate(model.layers):
-                handles.append(block.register_forward_pre_hook(enter(layer), with_kwargs=True))
                 handles.append(block.register_forward_hook(leave(layer)))
         with torch.no_grad(), model.hooks(base_hooks + [(name, save) for name in names]):
             out = model.model(input_ids=tokens, cache=cache, use_cache=cache is not None)
