@@ -21,6 +21,23 @@ from interp.cli_common import DebugOption, DtypeOption, console, fail
 from interp.errors import InterpError
 
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")]
+ReuseOption = Annotated[
+    str, typer.Option(help="auto: start each cell at its patched layer and token; layers: layer only; none: full forwards")
+]
+MaxMemoryOption = Annotated[
+    str | None, typer.Option(help="memory for the sweep beyond the weights, e.g. 4GB; sizes the batches [default: free memory]")
+]
+BatchOption = Annotated[int | None, typer.Option(help="rows per forward pass [default: as many as --max-memory allows, up to 256]")]
+
+
+def _batch_rows(hooked, n_pos: int, batch_size: int | None, max_memory: str | None) -> int:
+    from interp.memory import parse_size, sweep_batch_rows
+
+    if batch_size is not None:
+        if batch_size < 1:
+            raise InterpError(f"--batch-size must be at least 1, got {batch_size}")
+        return batch_size
+    return sweep_batch_rows(hooked, n_pos, max_bytes=parse_size(max_memory) if max_memory else None)
 
 
 def check_out(out: Path, *, overwrite: bool) -> None:
@@ -80,7 +97,9 @@ def register_commands(app: typer.Typer) -> None:
         kinds: Annotated[str, typer.Option(help="comma-separated: resid, attn, mlp")] = "resid,attn,mlp",
         layers: Annotated[str | None, typer.Option(help="comma-separated layers [default: all]")] = None,
         seed: Annotated[int, typer.Option(help="noise seed")] = 0,
-        batch_size: Annotated[int, typer.Option(help="rows per forward pass")] = 64,
+        batch_size: BatchOption = None,
+        max_memory: MaxMemoryOption = None,
+        reuse: ReuseOption = "auto",
         device: DeviceOption = "auto",
         dtype: DtypeOption = "float32",
         overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
@@ -95,10 +114,11 @@ def register_commands(app: typer.Typer) -> None:
         try:
             check_out(out, overwrite=overwrite)
             hooked = interp.load(model, device=device, dtype=dtype)
+            rows = _batch_rows(hooked, hooked.to_tokens(prompt).shape[1], batch_size, max_memory)
             frame = causal_trace(
                 hooked, prompt, subject, answer, samples=samples, noise=noise, seed=seed, window=window,
                 kinds=[k.strip() for k in kinds.split(",") if k.strip()], layers=_ints(layers, "layers"),
-                batch_size=batch_size,
+                batch_size=max(rows, samples), reuse=reuse,
             )
             figure = plot_causal_trace(frame)
 
@@ -131,7 +151,9 @@ def register_commands(app: typer.Typer) -> None:
         sites: Annotated[str, typer.Option(help="comma-separated sites: resid_pre, attn_out, mlp_out, head_out, head_out_pos, head_q, head_k, head_v")] = "resid_pre",
         direction: Annotated[str, typer.Option(help="denoise (clean into corrupted) or noise")] = "denoise",
         layers: Annotated[str | None, typer.Option(help="comma-separated layers [default: all]")] = None,
-        batch_size: Annotated[int, typer.Option(help="rows per forward pass")] = 32,
+        batch_size: BatchOption = None,
+        max_memory: MaxMemoryOption = None,
+        reuse: ReuseOption = "auto",
         device: DeviceOption = "auto",
         dtype: DtypeOption = "float32",
         overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
@@ -151,9 +173,10 @@ def register_commands(app: typer.Typer) -> None:
                 pairs.append((parts[0], parts[1]))
             chosen_sites = check_sites(sites)
             hooked = interp.load(model, device=device, dtype=dtype)
+            rows = _batch_rows(hooked, hooked.to_tokens(clean[0]).shape[1], batch_size, max_memory)
             frame = activation_patching(
                 hooked, clean, corrupt, answers=pairs if len(pairs) > 1 else pairs[0], sites=chosen_sites,
-                direction=direction, layers=_ints(layers, "layers"), batch_size=batch_size,
+                direction=direction, layers=_ints(layers, "layers"), batch_size=max(rows, len(clean)), reuse=reuse,
             )
             figures = [plot_patching(frame, site=site) for site in chosen_sites]
 

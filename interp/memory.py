@@ -147,3 +147,26 @@ def plan_scan(model: HookedModel, settings: ScanSettings, *, max_bytes: int | No
 def check_scan_fits(model: HookedModel, settings: ScanSettings, *, max_bytes: int | None = None) -> int:
     """Raise a one-line :class:`InterpError` when the scan cannot fit ``max_bytes``; returns the estimated peak."""
     return plan_scan(model, settings, max_bytes=max_bytes).peak_bytes
+
+
+# Causal sweeps: most rows per forward, however much memory is free (fewer, larger calls amortize the
+# per-call overhead; beyond this the gain is small and one call's latency grows).
+SWEEP_MAX_ROWS = 256
+
+
+def sweep_batch_rows(
+    model: HookedModel, n_pos: int, *, max_bytes: int | None = None, last_only: bool = True, cap: int = SWEEP_MAX_ROWS
+) -> int:
+    """Rows per forward pass for a causal sweep over ``n_pos``-token prompts that fit ``max_bytes`` beyond the
+    weights (default: free memory): each row holds one layer's activations per token and its logits
+    (the last position only when ``last_only``) with their softmax. Raises a one-line error if not even one row fits.
+    """
+    limit = available_bytes(model.device) if max_bytes is None else max_bytes
+    per_row = n_pos * _bytes_per_token(model) + (1 if last_only else n_pos) * model.cfg.d_vocab * 4 * 3
+    rows = int(limit // max(1, per_row))
+    if rows < 1:
+        raise InterpError(
+            f"one row of this sweep needs about {per_row / 2**20:.0f} MiB but only {limit / 2**20:.0f} MiB is allowed; "
+            "shorten the prompt or raise --max-memory"
+        )
+    return min(cap, rows)

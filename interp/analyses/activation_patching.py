@@ -8,8 +8,10 @@ prompt with one corrupted activation patched in ("noise"), and measure a metric 
 
 in both directions. The sweep is batched: the base input is replicated along the batch axis, one
 group of rows per cell (a group holds every prompt), and one hook per layer writes each cell's
-source slice into its own rows, so a sweep of C cells over P prompts costs ``ceil(C * P / batch_size)``
-forward passes plus the two cached runs (Meng et al. 2022; Wang et al. 2022; Heimersheim & Nanda 2024).
+source slice into its own rows. The base run is recorded once and each forward starts at its cells'
+first patched layer and position (``reuse="auto"``, :mod:`interp.hooks.replay`): a patch cannot change
+earlier layers, nor, under causal attention, earlier positions (Meng et al. 2022; Wang et al. 2022;
+Heimersheim & Nanda 2024).
 
 Sites (``site`` column; ``head`` is the query head, or the key/value head for ``head_k``/``head_v``):
 
@@ -46,8 +48,8 @@ from interp.analyses.causal_common import (
     answer_pairs,
     check_layers,
     check_positions,
-    chunks,
     grouped_metric,
+    last_position_only,
     logit_diff_metric,
     paired_tokens,
     row_patch_hook,
@@ -55,6 +57,7 @@ from interp.analyses.causal_common import (
 )
 from interp.errors import InterpError
 from interp.hooks import HookedModel, hook_name
+from interp.hooks.replay import check_reuse, plan_batches, record
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,13 @@ class Cell:
         if self.head is None:
             return (self.position,)
         return (slice(None) if self.position is None else self.position, self.head)
+
+    def shifted_index(self, prefix: int) -> tuple:
+        """:attr:`index` in a run that starts at position ``prefix`` (cells without a position need ``prefix == 0``)."""
+        if self.position is None:
+            assert prefix == 0, "a cell over all positions cannot skip a prefix"
+            return self.index
+        return (self.position - prefix,) if self.head is None else (self.position - prefix, self.head)
 
 
 def check_sites(sites: str | Sequence[str]) -> list[str]:
@@ -209,6 +219,7 @@ def activation_patching(
     positions: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     batch_size: int = 32,
+    reuse: str = "auto",
 ) -> pd.DataFrame:
     """Patch every cell of ``sites`` and measure ``metric``; one row per cell.
 
@@ -221,12 +232,18 @@ def activation_patching(
         direction: ``"denoise"`` (clean into corrupted run) or ``"noise"`` (corrupted into clean run).
         layers, positions, heads: restrict the sweep (default: all).
         batch_size: rows per forward pass (each cell takes one row per prompt).
+        reuse: ``"auto"`` (default) starts each cell at its patched layer and, where attention is
+            causal without a shorter window, skips the positions before the patch (their keys and
+            values come from the base run); ``"layers"`` reuses layers only; ``"none"`` runs one full
+            forward per batch of cells (the plain path). Results agree to float rounding
+            (:mod:`interp.hooks.replay`).
 
     Returns:
         DataFrame ``site, layer, position, head, token, metric, delta, normalized`` where ``delta`` is
         ``metric`` minus the unpatched base run; ``attrs`` holds ``clean_metric``, ``corrupted_metric``,
         ``direction`` and ``tokens``. ``position``/``head`` are ``<NA>`` where the site has no such axis.
     """
+    reuse = check_reuse(reuse)
     sweep = patching_sweep(
         model, clean, corrupted, answers=answers, metric=metric, sites=sites, direction=direction,
         layers=layers, positions=positions, heads=heads,
@@ -235,26 +252,32 @@ def activation_patching(
         sweep.clean_tokens, sweep.corrupted_tokens, sweep.metric, sweep.cells, sweep.names
     )
     n_prompts = clean_tokens.shape[0]
+    base_tokens, source_tokens = (corrupted_tokens, clean_tokens) if direction == "denoise" else (clean_tokens, corrupted_tokens)
+    last_only = last_position_only(metric)
     with torch.no_grad():
-        clean_logits, clean_cache = model.run_with_cache(clean_tokens, names=names)
-        corrupted_logits, corrupted_cache = model.run_with_cache(corrupted_tokens, names=names)
-        clean_value = float(metric(clean_logits).float().mean())
-        corrupted_value = float(metric(corrupted_logits).float().mean())
-        base, source = (corrupted_tokens, clean_cache) if direction == "denoise" else (clean_tokens, corrupted_cache)
-        values = []
-        for chunk in chunks(len(cells), max(1, batch_size // n_prompts)):
+        source_logits, source = model.run_with_cache(source_tokens, names=names)
+        recording, _ = record(model, base_tokens, reuse=reuse)
+        source_value = float(metric(source_logits).float().mean())
+        base_value = float(metric(recording.logits).float().mean())
+        clean_value, corrupted_value = (source_value, base_value) if direction == "denoise" else (base_value, source_value)
+        # A patch at (layer, position) leaves blocks < layer and positions < position as in the base run.
+        needs = [(cell.layer, cell.position if cell.position is not None else 0) for cell in cells]
+        plan = plan_batches(recording, needs, rows_per_cell=n_prompts, max_rows=batch_size, last_only=last_only)
+        patched_values = torch.zeros(len(cells), dtype=torch.float64)
+        for batch in recording.batches(plan):
             patches: dict[str, list[RowPatch]] = {}
-            for row, cell in enumerate(cells[i] for i in chunk):
+            for row, i in enumerate(batch.cells):
+                cell = cells[i]
                 rows = slice(row * n_prompts, (row + 1) * n_prompts)
-                patches.setdefault(cell.hook, []).append((rows, cell.index, source[cell.hook][(slice(None), *cell.index)]))
-            logits = model.run_with_hooks(
-                base.repeat(len(chunk), 1), fwd_hooks=[(name, row_patch_hook(p)) for name, p in patches.items()]
+                value = source[cell.hook][(slice(None), *cell.index)]
+                patches.setdefault(cell.hook, []).append((rows, cell.shifted_index(batch.prefix), value))
+            logits = recording.run(
+                len(batch.cells), start=batch.start, prefix=batch.prefix, last_only=last_only,
+                fwd_hooks=[(name, row_patch_hook(p)) for name, p in patches.items()],
             )
-            values.append(grouped_metric(metric, logits, n_prompts).cpu())
-    patched = torch.cat(values).double().numpy() if values else []
-    base_value = corrupted_value if direction == "denoise" else clean_value
+            patched_values[batch.cells] = grouped_metric(metric, logits, n_prompts).cpu().double()
     frame = cells_frame(model, cells, clean_tokens[0])
-    frame["metric"] = patched
+    frame["metric"] = patched_values.numpy()
     frame["delta"] = frame["metric"] - base_value
     return finish_patching_frame(
         frame, model, sweep, clean_value=clean_value, corrupted_value=corrupted_value, direction=direction

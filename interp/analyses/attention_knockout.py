@@ -4,13 +4,14 @@
 Edges are blocked before the softmax with :meth:`HookedModel.knockout` (``edges[query, key] = True``
 removes that edge; the rest of the row renormalizes). :func:`subject_knockout_sweep` blocks the last
 token from attending to the subject's tokens in a window of ``window`` layers starting at each layer
-``l`` (``l .. min(l + window, n_layers) - 1``), one forward pass per window: the knockout mask is
-shared by every row of a batch, so windows cannot share a forward pass.
+``l`` (``l .. min(l + window, n_layers) - 1``). Windows share forward passes, each knocking out
+edges in its own rows only; a forward starts at its first window's layer and at the query token.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import pandas as pd
@@ -22,12 +23,15 @@ from interp.analyses.causal_common import (
     answer_prob_metric,
     answer_token,
     check_layers,
+    grouped_metric,
+    last_position_only,
     prompt_tokens,
     token_strings,
 )
 from interp.analyses.causal_tracing import find_subject
 from interp.errors import InterpError
 from interp.hooks import HookedModel
+from interp.hooks.replay import check_reuse, plan_batches, record
 
 
 def _default_metric(model: HookedModel, tokens: torch.Tensor, answer: str | int | None) -> tuple[Metric, int | None]:
@@ -95,13 +99,20 @@ def subject_knockout_sweep(
     query: int = -1,
     heads: Sequence[int] | None = None,
     metric: Metric | None = None,
+    batch_size: int = 32,
+    reuse: str = "auto",
 ) -> pd.DataFrame:
     """Block ``query`` (default: the last token) from attending to the subject in layers ``l .. l + window - 1``, for every ``l``.
 
     Returns one row per start layer: ``start_layer, end_layer`` (inclusive, clipped at the last
     layer), ``metric``, ``baseline`` (nothing blocked), ``delta``, ``relative_change``. ``attrs`` has
     ``subject_range``, ``answer`` and ``tokens``. Default metric: P(answer) at the last position.
+
+    Windows are batched (``batch_size`` rows per forward, one knockout per window on its own rows),
+    and each forward starts at its windows' first layer and at the query token (``reuse="auto"``;
+    ``"layers"``: first layer only; ``"none"``: full forwards; see :mod:`interp.hooks.replay`).
     """
+    reuse = check_reuse(reuse)
     if window < 1:
         raise InterpError(f"window must be at least 1 layer, got {window}")
     tokens = prompt_tokens(model, prompt if isinstance(prompt, torch.Tensor) else [prompt])
@@ -113,14 +124,27 @@ def subject_knockout_sweep(
     answer_id = None
     if metric is None:
         metric, answer_id = _default_metric(model, tokens, answer)
-    edges = torch.zeros(n_pos, n_pos, dtype=torch.bool, device=model.device)
-    edges[query, start:end] = True
-    baseline = _run(model, tokens, metric, edges & False, [], heads)
-    rows = []
-    for layer in range(n_layers):
-        chosen = list(range(layer, min(n_layers, layer + window)))
-        value = _run(model, tokens, metric, edges, chosen, heads)
-        rows.append(dict(start_layer=layer, end_layer=chosen[-1], metric=value))
+    recording, _ = record(model, tokens, reuse=reuse)
+    baseline = float(metric(recording.logits).float().mean())
+    windows = [list(range(layer, min(n_layers, layer + window))) for layer in range(n_layers)]
+    values = torch.full((n_layers,), baseline, dtype=torch.float64)
+    if heads is None or len(heads) > 0:
+        n_rows, last_only = tokens.shape[0], last_position_only(metric)
+        # Blocking query -> subject in layers l.. leaves blocks < l and positions < query as they were.
+        plan = plan_batches(
+            recording, [(w[0], query) for w in windows], rows_per_cell=n_rows, max_rows=batch_size, last_only=last_only
+        )
+        with torch.no_grad():
+            for batch in recording.batches(plan):
+                with ExitStack() as stack:
+                    for row, i in enumerate(batch.cells):
+                        # One knockout per window, on its own rows only ([batch, query, key] edges).
+                        edges = torch.zeros(len(batch.cells) * n_rows, n_pos, n_pos, dtype=torch.bool, device=model.device)
+                        edges[row * n_rows : (row + 1) * n_rows, query, start:end] = True
+                        stack.enter_context(model.knockout(edges, layers=windows[i], heads=heads))
+                    logits = recording.run(len(batch.cells), start=batch.start, prefix=batch.prefix, last_only=last_only)
+                values[batch.cells] = grouped_metric(metric, logits, n_rows).cpu().double()
+    rows = [dict(start_layer=w[0], end_layer=w[-1], metric=float(v)) for w, v in zip(windows, values)]
     frame = pd.DataFrame(rows)
     frame["baseline"] = baseline
     frame["delta"] = frame["metric"] - baseline

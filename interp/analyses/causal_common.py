@@ -109,7 +109,7 @@ def logit_diff_metric(answer_ids: torch.Tensor, *, position: int = -1) -> Metric
         rows = torch.arange(last.shape[0], device=logits.device)
         return last[rows, ids[:, 0]] - last[rows, ids[:, 1]]
 
-    return metric
+    return reads_last_position(metric) if position == -1 else metric
 
 
 def answer_prob_metric(answer_ids: torch.Tensor | int, *, position: int = -1) -> Metric:
@@ -120,7 +120,7 @@ def answer_prob_metric(answer_ids: torch.Tensor | int, *, position: int = -1) ->
         ids = torch.as_tensor(answer_ids, device=logits.device).expand(probs.shape[0])
         return probs[torch.arange(probs.shape[0], device=logits.device), ids]
 
-    return metric
+    return reads_last_position(metric) if position == -1 else metric
 
 
 def next_token_loss(tokens: torch.Tensor) -> Metric:
@@ -134,6 +134,17 @@ def next_token_loss(tokens: torch.Tensor) -> Metric:
         return loss.mean(dim=1)
 
     return metric
+
+
+def reads_last_position(metric: Metric) -> Metric:
+    """Mark ``metric`` as reading only ``logits[:, -1]``: sweeps then unembed the last position alone."""
+    metric.last_position_only = True  # type: ignore[attr-defined]
+    return metric
+
+
+def last_position_only(metric: Metric) -> bool:
+    """Whether ``metric`` was marked by :func:`reads_last_position` (then it gets ``[batch, 1, vocab]`` logits)."""
+    return bool(getattr(metric, "last_position_only", False))
 
 
 def grouped_metric(metric: Metric, logits: torch.Tensor, group: int) -> torch.Tensor:

@@ -12,7 +12,8 @@ embedding matrix, seeded). Then, per cell, the clean activation is restored in e
 ``prob`` is P(answer) at the last position averaged over the corrupted runs, ``corrupted_prob``
 the same with nothing restored (ROME's ``low_score``), ``clean_prob`` the clean run's probability
 (``high_score``), and ``indirect_effect = prob - corrupted_prob``. Every corrupted run uses the same
-noise samples in every cell, as in ROME. Cells are batched: ``samples`` rows per cell.
+noise samples in every cell, as in ROME. Cells are batched: ``samples`` rows per cell, grouped so a
+forward starts at its cells' first restored block and token (:mod:`interp.hooks.replay`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from interp.analyses.causal_common import (
     answer_token,
     check_layers,
     check_positions,
-    chunks,
     prompt_tokens,
     row_patch_hook,
     token_strings,
@@ -39,6 +39,7 @@ from interp.analyses.causal_common import (
 from interp.errors import InterpError
 from interp.hooks import HookedModel, hook_name
 from interp.hooks.points import HookPoint
+from interp.hooks.replay import check_reuse, plan_batches, record
 
 KINDS = ("resid", "attn", "mlp")
 _KIND_SITE = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
@@ -91,6 +92,7 @@ def causal_trace(
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
     batch_size: int = 64,
+    reuse: str = "auto",
 ) -> pd.DataFrame:
     """Trace where the clean computation of ``answer`` can be restored, per (kind, position, layer).
 
@@ -105,6 +107,10 @@ def causal_trace(
         kinds: any of ``resid``, ``attn``, ``mlp``.
         layers, positions: restrict the sweep (default: all).
         batch_size: rows per forward pass (each cell takes ``samples`` rows).
+        reuse: ``"auto"`` (default): each cell starts from the recorded noised runs at its first
+            restored block and token (positions before it keep their keys and values); ``"layers"``:
+            blocks only; ``"none"``: one full forward per batch (the plain path). See
+            :mod:`interp.hooks.replay`.
 
     Returns:
         DataFrame ``kind, layer, position, token, subject, prob, indirect_effect, corrupted_prob,
@@ -116,6 +122,7 @@ def causal_trace(
         raise InterpError(f"unknown trace kind(s) {unknown or list(kinds)}; choose from: {', '.join(KINDS)}")
     if samples < 1:
         raise InterpError(f"samples must be at least 1, got {samples}")
+    reuse = check_reuse(reuse)
     tokens = prompt_tokens(model, prompt if isinstance(prompt, torch.Tensor) else [prompt])
     if tokens.shape[0] != 1:
         raise InterpError(f"causal tracing takes one prompt, got {tokens.shape[0]}")
@@ -150,20 +157,32 @@ def causal_trace(
             probs = torch.softmax(logits[:, -1].float(), dim=-1)[:, answer_id]
             return probs.reshape(-1, samples).mean(dim=1)
 
-        low = float(answer_prob(model.run_with_hooks(tokens.repeat(samples, 1), fwd_hooks=[("hook_embed", corrupt)]))[0])
+        # The noised runs, recorded once: every cell replays them from its first restored block and token.
+        recording, _ = record(model, tokens.repeat(samples, 1), fwd_hooks=[("hook_embed", corrupt)], reuse=reuse)
+        low = float(answer_prob(recording.logits)[0])
         cells = [(kind, layer, pos) for kind in kinds for pos in chosen_positions for layer in chosen_layers]
-        probs = []
-        for chunk in chunks(len(cells), max(1, batch_size // samples)):
+        restored = [
+            [layer] if kind == "resid" else window_layers(layer, window, n_layers) for kind, layer, _ in cells
+        ]
+        # Restoring the output of block l (resid) starts at block l + 1; a window starts at its first layer.
+        needs = [
+            (layers_here[0] + (1 if kind == "resid" else 0), pos) for (kind, _, pos), layers_here in zip(cells, restored)
+        ]
+        plan = plan_batches(recording, needs, rows_per_cell=samples, max_rows=batch_size, last_only=True)
+        probs = torch.zeros(len(cells), dtype=torch.float64)
+        for batch in recording.batches(plan):
             patches: dict[str, list[RowPatch]] = {}
-            for row, i in enumerate(chunk):
+            for row, i in enumerate(batch.cells):
                 kind, layer, pos = cells[i]
                 rows = slice(row * samples, (row + 1) * samples)
-                restored = [layer] if kind == "resid" else window_layers(layer, window, n_layers)
-                for l_restore in restored:
+                for l_restore in restored[i]:
                     name = hook_name(l_restore, _KIND_SITE[kind])
-                    patches.setdefault(name, []).append((rows, (pos,), clean_cache[name][0, pos]))
-            hooks = [("hook_embed", corrupt)] + [(name, row_patch_hook(p)) for name, p in patches.items()]
-            probs.append(answer_prob(model.run_with_hooks(tokens.repeat(len(chunk) * samples, 1), fwd_hooks=hooks)).cpu())
+                    patches.setdefault(name, []).append((rows, (pos - batch.prefix,), clean_cache[name][0, pos]))
+            logits = recording.run(
+                len(batch.cells), start=batch.start, prefix=batch.prefix, last_only=True,
+                fwd_hooks=[(name, row_patch_hook(p)) for name, p in patches.items()],
+            )
+            probs[batch.cells] = answer_prob(logits).cpu().double()
     texts = token_strings(model, tokens[0])
     frame = pd.DataFrame(
         {
@@ -172,7 +191,7 @@ def causal_trace(
             "position": [c[2] for c in cells],
             "token": [texts[c[2]] for c in cells],
             "subject": [start <= c[2] < end for c in cells],
-            "prob": torch.cat(probs).double().numpy() if probs else [],
+            "prob": probs.numpy(),
         }
     )
     frame["indirect_effect"] = frame["prob"] - low

@@ -11,7 +11,8 @@ Each head's output (``attn.hook_z``, all positions) is replaced by
 Mean ablation is the default because zero is off-distribution for heads whose output has a large
 constant part (e.g. attention sinks), which inflates their importance. The metric defaults to the mean
 next-token cross-entropy on natural text, so ``delta`` is the loss increase in nats. Heads are
-batched: one group of rows per ablated head, ``batch_size`` rows per forward pass.
+batched: one group of rows per ablated head, ``batch_size`` rows per forward pass, each forward
+starting at its first ablated layer from one recorded unablated run (:mod:`interp.hooks.replay`).
 
 Scan entry ``head_ablation`` adds ``head_ablation_loss_delta`` (mean ablation) on the first
 ``ScanSettings.ablation_tokens`` (default 64) tokens of ``ScanSettings.ablation_batch`` (default 1)
@@ -28,10 +29,18 @@ import plotly.express as px
 import plotly.graph_objects as go
 import torch
 
-from interp.analyses.causal_common import Metric, RowPatch, chunks, grouped_metric, next_token_loss, row_patch_hook
+from interp.analyses.causal_common import (
+    Metric,
+    RowPatch,
+    grouped_metric,
+    last_position_only,
+    next_token_loss,
+    row_patch_hook,
+)
 from interp.analyses.registry import register
 from interp.errors import InterpError
 from interp.hooks import HookedModel, hook_name
+from interp.hooks.replay import Recording, check_reuse, plan_batches, record
 
 METHODS = ("mean", "zero", "resample")
 # Most logits one ablation forward may hold (float32 bytes): the metric needs every position's logits,
@@ -74,7 +83,7 @@ def _patch(value: torch.Tensor, rows: slice, head: int) -> RowPatch:
 
 def _ablated_metrics(
     model: HookedModel,
-    tokens: torch.Tensor,
+    recording: Recording,
     groups: list[list[tuple[int, int]]],
     values: dict[int, torch.Tensor],
     metric: Metric,
@@ -82,23 +91,28 @@ def _ablated_metrics(
 ) -> torch.Tensor:
     """``[groups]``: the metric with every head of each group ablated, one group of rows per entry.
 
+    A group starts at its first ablated layer: the blocks before it are replayed from ``recording``.
     Up to ``batch_size`` rows per forward, fewer when their logits would pass ``LOGITS_BUDGET_BYTES``.
     """
-    n_rows = tokens.shape[0]
-    logits_per_row = tokens.shape[1] * model.cfg.d_vocab * 4
-    rows_per_forward = max(1, min(batch_size, LOGITS_BUDGET_BYTES // logits_per_row))
-    out = []
-    for chunk in chunks(len(groups), max(1, rows_per_forward // n_rows)):
+    n_rows = recording.n_rows
+    last_only = last_position_only(metric)
+    needs = [(min(layer for layer, _ in group), 0) for group in groups]
+    logits_per_row = (1 if last_only else recording.n_pos) * model.cfg.d_vocab * 4
+    rows_per_forward = max(n_rows, min(batch_size, LOGITS_BUDGET_BYTES // logits_per_row))
+    plan = plan_batches(recording, needs, rows_per_cell=n_rows, max_rows=rows_per_forward, last_only=last_only)
+    out = torch.zeros(len(groups), dtype=torch.float64)
+    for batch in recording.batches(plan):
         patches: dict[str, list[RowPatch]] = {}
-        for row, i in enumerate(chunk):
+        for row, i in enumerate(batch.cells):
             rows = slice(row * n_rows, (row + 1) * n_rows)
             for layer, head in groups[i]:
                 patches.setdefault(hook_name(layer, "attn.hook_z"), []).append(_patch(values[layer], rows, head))
-        logits = model.run_with_hooks(
-            tokens.repeat(len(chunk), 1), fwd_hooks=[(name, row_patch_hook(p)) for name, p in patches.items()]
+        logits = recording.run(
+            len(batch.cells), start=batch.start, prefix=batch.prefix, last_only=last_only,
+            fwd_hooks=[(name, row_patch_hook(p)) for name, p in patches.items()],
         )
-        out.append(grouped_metric(metric, logits, n_rows).cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+        out[batch.cells] = grouped_metric(metric, logits, n_rows).cpu().double()
+    return out
 
 
 def _check_heads(model: HookedModel, heads: Iterable[tuple[int, int]] | None) -> list[tuple[int, int]]:
@@ -133,6 +147,7 @@ def head_ablation(
     n_tokens: int = 64,
     batch_size: int = 16,
     seed: int = 0,
+    reuse: str = "auto",
 ) -> pd.DataFrame:
     """Ablate each head alone and measure ``metric``; one row per head.
 
@@ -145,17 +160,21 @@ def head_ablation(
             as ``tokens``; default natural text with seed ``seed + 1``).
         heads: ``(layer, head)`` pairs (default all).
         batch_size: rows per forward pass (each head takes one row per input row).
+        reuse: ``"auto"``/``"layers"``: each batch starts at its first ablated layer, replaying the
+            blocks before it from one recorded run; ``"none"``: full forwards (:mod:`interp.hooks.replay`).
 
     Returns:
         DataFrame ``layer, head, kv_head, metric, baseline, delta`` (delta = metric - baseline, so a
         positive delta is a loss increase); ``attrs`` has ``method`` and ``baseline``.
     """
+    reuse = check_reuse(reuse)
     chosen = _check_heads(model, heads)
     tokens, metric = _inputs(model, tokens, n_tokens, metric)
     with torch.no_grad():
-        baseline = float(metric(model(tokens)).float().mean())
+        recording, _ = record(model, tokens, reuse=reuse)
+        baseline = float(metric(recording.logits).float().mean())
         values = _replacements(model, method, tokens, reference, (layer for layer, _ in chosen), seed)
-        ablated = _ablated_metrics(model, tokens, [[h] for h in chosen], values, metric, batch_size)
+        ablated = _ablated_metrics(model, recording, [[h] for h in chosen], values, metric, batch_size)
     frame = pd.DataFrame(
         {
             "layer": [layer for layer, _ in chosen],
@@ -182,6 +201,7 @@ def joint_ablation(
     n_tokens: int = 64,
     batch_size: int = 16,
     seed: int = 0,
+    reuse: str = "auto",
 ) -> pd.DataFrame:
     """Ablate the top 1, 2, ..., ``top_k`` heads together (ranked by ``delta`` of a ``head_ablation`` frame, or in the given order).
 
@@ -195,10 +215,12 @@ def joint_ablation(
     ranked = _check_heads(model, ranked[:top_k])
     tokens, metric = _inputs(model, tokens, n_tokens, metric)
     groups = [ranked[: k + 1] for k in range(len(ranked))]
+    reuse = check_reuse(reuse)
     with torch.no_grad():
-        baseline = float(metric(model(tokens)).float().mean())
+        recording, _ = record(model, tokens, reuse=reuse)
+        baseline = float(metric(recording.logits).float().mean())
         values = _replacements(model, method, tokens, reference, (layer for layer, _ in ranked), seed)
-        ablated = _ablated_metrics(model, tokens, groups, values, metric, batch_size)
+        ablated = _ablated_metrics(model, recording, groups, values, metric, batch_size)
     frame = pd.DataFrame(
         {
             "k": [len(g) for g in groups],

@@ -53,7 +53,7 @@ class ArchitectureSpec:
 
 
 # Discovery finds the blocks, MLP and norms of these, but GPT-Neo's attention has no attention
-# interface: interp wraps its eager ``_attn`` method (tests/test_architectures.py shows discovery refuses it).
+# interface: interp wraps its eager ``_attn`` method (tests/test_architecture_matrix.py shows discovery refuses it).
 OVERRIDES: dict[str, ArchitectureSpec] = {
     "gpt_neo": ArchitectureSpec(
         layers="transformer.h",

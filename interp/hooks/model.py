@@ -398,6 +398,9 @@ class HookedModel:
             edges = edges.to(device)[..., -shape[2] :, : shape[3]]
             if edges.ndim == 3:  # [batch, query, key]: the same for every selected head
                 edges = edges[:, None]
+                if heads is not None:
+                    blocked[:, heads] |= edges
+                    continue
             if edges.ndim == 4:  # [batch, head, query, key]
                 blocked |= edges
             elif heads is None:

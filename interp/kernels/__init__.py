@@ -45,6 +45,11 @@ target_mass    sum of A[p, j] over the SET of indices in targets[b, i, :]: -1 pa
 received       [b, h, n_key]: column sums sum_i A[p_i, j] over all queries (fully masked
                rows contribute 0). Not normalized: divide by the number of queries that
                can see j if you want a mean.
+learned_sink_mass  only with `sinks` ([n_heads] logits, gpt_oss / GraniteSWA): each head's learned
+               sink logit joins every row's softmax denominator and attends to no value, so
+               A[p, j] = exp(s_pj - lse'_p) with lse' = log(exp(lse) + exp(sink)); lse, entropy (which
+               counts the sink's own term) and every mass above use that distribution, and
+               learned_sink_mass = exp(sink - lse') = 1 - sum_j A[p, j]. chunked and reference only.
 A field is None when not requested: sink_* when n_sink == 0, window_mass when window == 0,
 target_mass when targets is None, received when received is False.
 

@@ -67,6 +67,13 @@ def test_patch_writes_csv_and_html(app, tiny_folder, tmp_path):
     assert set(frame["site"]) == {"resid_pre", "head_out"}
     assert {"metric", "normalized", "layer", "position", "head"} <= set(frame.columns)
     assert "plotly" in (out / "patching.html").read_text()
+    plain = tmp_path / "patch-plain"
+    result = runner.invoke(app, ["patch", tiny_folder, "--clean", "When Mary and John went out, John thanked",
+                                 "--corrupt", "When John and Mary went out, Mary thanked", "--answers", " Mary, John",
+                                 "--sites", "resid_pre,head_out", "--out", str(plain), "--device", "cpu", "--reuse", "none",
+                                 "--max-memory", "64MB"])
+    assert result.exit_code == 0, result.output
+    assert (pd.read_csv(plain / "patching.csv")["metric"] - frame["metric"]).abs().max() < 1e-5
 
 
 def test_patch_length_mismatch_is_one_error_line(app, tiny_folder, tmp_path):
