@@ -49,20 +49,17 @@ def test_unknown_model_without_hub_is_one_clear_error():
 
 
 def test_unsupported_architecture_in_a_folder_is_refused_before_its_weights_load(tmp_path, monkeypatch):
-    """Phi is now discovered; an OPT folder (no MLP module to hook) is refused with the reason, weights unread."""
-    from transformers import OPTConfig
+    """Phi is now discovered; a BLOOM folder (ALiBi, attention computed inline) is refused, weights unread."""
+    from transformers import BloomConfig
 
-    AutoModelForCausalLM.from_config(
-        OPTConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
-                  word_embed_proj_dim=16)
-    ).save_pretrained(tmp_path)
+    AutoModelForCausalLM.from_config(BloomConfig(vocab_size=50, hidden_size=16, n_layer=1, n_head=2)).save_pretrained(tmp_path)
     import transformers
 
     def never(*args, **kwargs):
         raise AssertionError("weights were loaded before the architecture check")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", never)
-    with pytest.raises(UnsupportedArchitectureError, match="opt: no MLP found"):
+    with pytest.raises(UnsupportedArchitectureError, match="bloom.*not supported.*ALiBi"):
         load(tmp_path, device="cpu")
 
 

@@ -185,6 +185,9 @@ def _find_mlp(block: nn.Module, attention_top: str) -> str | None:
         label = type(child).__name__.lower()
         if name != attention_top and any(word in label for word in ("mlp", "moe", "feedforward", "experts")):
             return name
+    # OPT-style blocks hold the MLP's two linear layers directly: its output is the second one's.
+    if "fc1" in children and "fc2" in children:
+        return "fc2"
     return None
 
 
