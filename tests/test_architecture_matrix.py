@@ -95,6 +95,6 @@ def test_architecture_table_lists_every_installed_model_type_with_a_status():
     assert set(table.status) <= {"tested", "partial", "discovered", "refused", "unknown"}
     statuses = dict(zip(table.model_type, table.status))
     assert all(statuses[t] == "tested" for t in TESTED + OVERRIDE_TESTED)
-    assert statuses["falcon"] == "refused" and statuses["llama4_text"] == "partial"
+    assert statuses["falcon"] == "refused" and statuses["doge"] == "partial"
     refused_notes = table[table.status == "refused"].note
     assert (refused_notes.str.len() > 0).all() and not refused_notes.str.contains("\n").any()

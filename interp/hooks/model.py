@@ -466,10 +466,7 @@ class HookedModel:
         if config.model_type in STATISTICS_REFUSED:
             raise InterpError(f"attention statistics are not available for {config.model_type}: {STATISTICS_REFUSED[config.model_type]}")
         if layer < len(types) and types[layer] == "chunked_attention":
-            raise InterpError(
-                f"layer {layer} uses chunked attention (chunks of {config.attention_chunk_size} tokens), which the "
-                f"statistics kernels do not implement; hooks, patterns and patching are exact, statistics and scans are not available"
-            )
+            kwargs["attention_chunk"] = config.attention_chunk_size  # the sliding window passed is None here
         return self._stats_collector.compute(layer, query, key, value, attention_mask, **kwargs)
 
     @contextmanager

@@ -73,6 +73,7 @@ class StatsCollector:
         softcap: float | None,
         sliding_window: int | None,
         sinks: torch.Tensor | None = None,
+        attention_chunk: int | None = None,
     ) -> torch.Tensor:
         """Attention output ``[batch, head, query, d_head]``; statistics stored under ``layer``."""
         out, stats = attention_with_stats(
@@ -86,6 +87,7 @@ class StatsCollector:
             config=self.config,
             backend=self.backend,
             sinks=sinks,
+            attention_chunk=attention_chunk,
         )
         self.results[layer] = self.reduce(layer, stats) if self.reduce is not None else stats
         return out

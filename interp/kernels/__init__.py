@@ -17,6 +17,8 @@ Visibility of key j to the query at position p (all conditions must hold)
     sliding_window=w: j > p - w, i.e. keys max(0, p-w+1)..p, the diagonal included. This is
                       transformers' `sliding_window_overlay` (masking_utils.py:
                       `kv_idx > q_idx - sliding_window`), used by Mistral / Gemma2.
+    attention_chunk=C: j >= (p // C) * C, i.e. only the query's own chunk of C positions (Llama 4's
+                      chunked layers; chunked and reference backends, no key_padding_mask).
     key_padding_mask: key_padding_mask[b, j] is True (False = padding, ignored).
 Scores
     s = softcap * tanh(scale * q.k / softcap) if softcap is set (Gemma2), else scale * q.k;

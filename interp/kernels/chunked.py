@@ -143,6 +143,7 @@ def attention_with_stats_chunked(
     key_padding_mask: Tensor | None = None,
     config: StatsConfig | None = None,
     sinks: Tensor | None = None,
+    attention_chunk: int | None = None,
     chunk_size: int | None = None,
     chunk_bytes: int | None = None,
 ) -> tuple[Tensor, AttentionStats]:
@@ -195,7 +196,8 @@ def attention_with_stats_chunked(
     # Gradients (e.g. attribution through a statistics forward) need the allocating, out-of-place ops;
     # without them the products and the softmax write into reused buffers.
     if not track:
-        max_span = n_key if sliding_window is None else min(n_key, chunk_size + sliding_window - 1)
+        reaches = [w for w in (sliding_window, attention_chunk) if w is not None]
+        max_span = n_key if not reaches else min(n_key, chunk_size + min(reaches) - 1)
         scores_buffer, probs_buffer = _workspace(batch * n_heads * min(chunk_size, n_query) * max_span, device)
 
     for start in range(0, n_query, chunk_size):
@@ -205,6 +207,8 @@ def attention_with_stats_chunked(
         # Keys this chunk can see: [key_lo, key_hi).
         key_hi = q_offset + stop
         key_lo = 0 if sliding_window is None else max(0, q_offset + start - sliding_window + 1)
+        if attention_chunk is not None:  # Llama 4: a query sees only its own chunk of attention_chunk positions
+            key_lo = max(key_lo, (q_offset + start) // attention_chunk * attention_chunk)
         span = key_hi - key_lo
         rows = slice(start, stop)
 
@@ -226,11 +230,13 @@ def attention_with_stats_chunked(
         # Causality hides keys after the query; they are all in the last c columns.
         later = torch.ones(c, c, dtype=torch.bool, device=device).triu_(1)
         scores[..., span - c :].masked_fill_(later, _MASKED)
-        if sliding_window is not None or key_padding_mask is not None:
+        if sliding_window is not None or key_padding_mask is not None or attention_chunk is not None:
             key_pos = torch.arange(key_lo, key_hi, device=device)
             hidden = torch.zeros(batch, 1, 1, c, span, dtype=torch.bool, device=device)
             if sliding_window is not None:
                 hidden |= key_pos[None, :] <= query_pos[:, None] - sliding_window
+            if attention_chunk is not None:
+                hidden |= key_pos[None, :] < query_pos[:, None] // attention_chunk * attention_chunk
             if key_padding_mask is not None:
                 hidden |= ~key_padding_mask[:, None, None, None, key_lo:key_hi]
             scores.masked_fill_(hidden, _MASKED)

@@ -38,6 +38,7 @@ def attention_with_stats(
     config: StatsConfig | None = None,
     backend: Backend = "auto",
     sinks: Tensor | None = None,
+    attention_chunk: int | None = None,
 ) -> tuple[Tensor, AttentionStats]:
     """Causal attention output [b, h, q, d_v] plus per-head statistics, without materializing
     the [b, h, q, k] pattern (except for backend="reference").
@@ -49,7 +50,7 @@ def attention_with_stats(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         on_gpu = isinstance(q, Tensor) and q.is_cuda and triton_available()
-        backend = "triton" if on_gpu and sinks is None else "chunked"
+        backend = "triton" if on_gpu and sinks is None and attention_chunk is None else "chunked"
     kwargs = dict(
         scale=scale, sliding_window=sliding_window, softcap=softcap,
         key_padding_mask=key_padding_mask, config=config,
@@ -60,6 +61,14 @@ def attention_with_stats(
         if backend == "triton":
             raise ValueError("learned sinks (gpt_oss) are computed by the chunked and reference backends; use one of them")
         kwargs["sinks"] = sinks
+    if attention_chunk is not None:
+        if isinstance(attention_chunk, bool) or not isinstance(attention_chunk, int) or attention_chunk < 1:
+            raise ValueError(f"attention_chunk must be a positive int or None, got {attention_chunk!r}")
+        if key_padding_mask is not None:
+            raise ValueError("chunked attention with padding is not supported (chunks start at each row's first token)")
+        if backend == "triton":
+            raise ValueError("chunked attention (Llama 4) is computed by the chunked and reference backends; use one of them")
+        kwargs["attention_chunk"] = attention_chunk
     if backend == "triton":
         if not triton_available():
             raise ValueError("backend='triton' requested but triton cannot be imported")

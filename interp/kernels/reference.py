@@ -21,6 +21,7 @@ def reference_pattern(
     sliding_window: int | None = None,
     softcap: float | None = None,
     key_padding_mask: Tensor | None = None,
+    attention_chunk: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Full float32 (scores, probs), both [b, h, n_query, n_key]; invisible scores are -inf.
 
@@ -41,6 +42,8 @@ def reference_pattern(
     visible = kp <= qp  # causal
     if sliding_window is not None:
         visible = visible & (kp > qp - sliding_window)
+    if attention_chunk is not None:  # a query sees only its own chunk (Llama 4)
+        visible = visible & (kp >= qp // attention_chunk * attention_chunk)
     visible = visible.expand(batch, 1, n_query, n_key)
     if key_padding_mask is not None:
         visible = visible & key_padding_mask[:, None, None, :]
@@ -63,6 +66,7 @@ def attention_with_stats_reference(
     key_padding_mask: Tensor | None = None,
     config: StatsConfig | None = None,
     sinks: Tensor | None = None,
+    attention_chunk: int | None = None,
 ) -> tuple[Tensor, AttentionStats]:
     """Attention output and statistics, computed the obvious way in float32."""
     config = config or StatsConfig()
@@ -73,7 +77,8 @@ def attention_with_stats_reference(
     batch, n_heads, n_query, _ = q.shape
     n_key = k.shape[2]
     scores, probs = reference_pattern(
-        q, k, scale=scale, sliding_window=sliding_window, softcap=softcap, key_padding_mask=key_padding_mask
+        q, k, scale=scale, sliding_window=sliding_window, softcap=softcap, key_padding_mask=key_padding_mask,
+        attention_chunk=attention_chunk,
     )
     lse = torch.logsumexp(scores, dim=-1)  # -inf where a row sees no key
     row_ok = torch.isfinite(lse)

@@ -59,3 +59,25 @@ def test_triton_refuses_sinks_in_one_line():
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="one logit per query head"):
         attention_with_stats(q, q, q, backend="chunked", sinks=torch.zeros(3))
+
+
+def test_chunked_attention_sees_only_its_own_chunk():
+    """Llama 4: with chunks of 3, the query at position 4 sees keys 3 and 4 only (hand-built, uniform scores)."""
+    q, k, v = torch.zeros(1, 1, 7, 4), torch.randn(1, 1, 7, 4), torch.randn(1, 1, 7, 4)
+    for backend in ("reference", "chunked"):
+        out, stats = attention_with_stats(q, k, v, config=CONFIG, backend=backend, attention_chunk=3)
+        assert stats.max_prob[0, 0].tolist() == pytest.approx([1, 1 / 2, 1 / 3, 1, 1 / 2, 1 / 3, 1])
+        torch.testing.assert_close(out[0, 0, 4], v[0, 0, 3:5].mean(0))
+        assert stats.sink_mass[0, 0, 3:].abs().max() == 0  # keys 0-1 are outside every later chunk
+
+
+def test_chunked_backend_equals_reference_with_attention_chunks():
+    torch.manual_seed(2)
+    q, k, v = torch.randn(2, 4, 11, 8) * 2, torch.randn(2, 2, 11, 8), torch.randn(2, 2, 11, 8)
+    ref_out, ref = attention_with_stats(q, k, v, backend="reference", config=CONFIG, attention_chunk=4)
+    out, got = attention_with_stats(q, k, v, backend="chunked", config=CONFIG, attention_chunk=4)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    for name, value in ref.to_dict().items():
+        torch.testing.assert_close(getattr(got, name), value, atol=1e-5, rtol=1e-4, msg=name)
+    with pytest.raises(ValueError, match="chunked and reference"):
+        attention_with_stats(q, k, v, backend="triton", attention_chunk=4)
