@@ -61,7 +61,7 @@ _TINY_SIZES = dict(
     num_local_experts=4, num_experts=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
     kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, n_shared_experts=1,
     first_k_dense_replace=1, n_group=1, topk_group=1, shared_expert_intermediate_size=32, rotary_dim=4,
-    pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    pad_token_id=0, bos_token_id=1, eos_token_id=2, index_topk=4,
 )
 # A window or chunk shorter than the test inputs (12-64 tokens), where the family has one.
 _SHORT_WINDOWS = dict(sliding_window=6, attention_chunk_size=6, window_size=6)

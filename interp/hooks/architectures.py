@@ -74,18 +74,23 @@ REFUSED: dict[str, str] = {
     "mpt": f"mpt {_INLINE} (ALiBi)",
     "gpt_bigcode": f"gpt_bigcode {_INLINE}",
     "llama4": "llama4 is a vision-language wrapper; load its text model (model_type llama4_text)",
-    "mimo_v2_flash": "its sliding and global layers have different numbers of key/value heads, which interp's "
-    "per-model head counts cannot describe",
     "inkling_text": "its per-layer head layout differs from the config's head counts, so hook shapes would be wrong",
     "dory": "a hooked forward fails interp's coverage checks (attention mask and key lengths disagree)",
+    "deepseek_v32": "sparse (DSA) attention keeps an indexed KV cache that interp's replayed sweeps do not build",
+    "glm_moe_dsa": "sparse (DSA) attention keeps an indexed KV cache that interp's replayed sweeps do not build",
+    "axk2": "sparse (DSA) attention keeps an indexed KV cache that interp's replayed sweeps do not build",
     "hy_v4": "its residual stream is several hyper-connection streams, not one [batch, pos, d_model] tensor",
 }
-# Audited: these compare _attn_implementation with a name, but only to pick how the mask or the weights are
-# returned, which interp's routing preserves (their coverage tests pass with a mask that matters).
+# Registered implementations (sdpa, flash) keep their name when interp routes them; eager is renamed
+# ``interp_eager``. A model that branches on ``== "eager"`` would then change its computation, unless audited:
+# GPT-2 only picks how it returns the weights, which interp's routing preserves (tests/test_hooks.py).
 _NAME_CHECKS_AUDITED = {"gpt2"}
-_NAME_CHECK = re.compile(
-    r"_attn_implementation\s*(==|!=)\s*[\"'](sdpa|eager)[\"']|_attn_implementation\s*(not\s+)?in\s*[(\[][^)\]]*[\"'](sdpa|eager)[\"']"
+_EAGER_NAME_CHECK = re.compile(
+    r"_attn_implementation\s*(==|!=)\s*[\"']eager[\"']|_attn_implementation\s*(not\s+)?in\s*[(\[][^)\]]*[\"']eager[\"']"
 )
+# Hooks, patterns and patching are exact for these (the mask reaches interp), but a mask beyond causal,
+# window and padding (sparse index masks) is not something the statistics kernels apply.
+_SPARSE_INDEX_CONFIG_KEYS = ("index_topk",)
 
 # Hooks, patterns and patching are exact for these, but the statistics kernels would be wrong.
 STATISTICS_REFUSED: dict[str, str] = {
@@ -123,14 +128,38 @@ def _calls_attention_interface(cls: type) -> bool:
 
 
 @lru_cache(maxsize=None)
-def _tests_implementation_name(cls: type) -> bool:
-    """Whether the model's modeling module branches on ``_attn_implementation == "sdpa"`` (or ``"eager"``)."""
+def _tests_eager_name(cls: type) -> bool:
+    """Whether the model's modeling module branches on ``_attn_implementation == "eager"``."""
     module = sys.modules.get(cls.__module__)
     try:
         source = inspect.getsource(module) if module is not None else ""
     except (OSError, TypeError):
         return False
-    return bool(_NAME_CHECK.search(source))
+    return bool(_EAGER_NAME_CHECK.search(source))
+
+
+def check_eager_name_tests(model: nn.Module) -> None:
+    """Refuse to rename eager attention for a model whose code branches on the name ``"eager"``."""
+    model_type = model.config.model_type
+    if model_type not in _NAME_CHECKS_AUDITED and _tests_eager_name(type(model)):
+        raise UnsupportedArchitectureError(
+            f"{model_type} tests _attn_implementation == 'eager' to choose what attention computes, and interp routes "
+            f"eager attention under another name; load it with attn_implementation='sdpa'"
+        )
+
+
+def statistics_refusal(config) -> str | None:
+    """Why attention statistics are not available for a config, or None."""
+    config = _text_config(config)
+    if config.model_type in STATISTICS_REFUSED:
+        return STATISTICS_REFUSED[config.model_type]
+    if any(getattr(config, key, None) for key in _SPARSE_INDEX_CONFIG_KEYS):
+        return "its sparse attention masks each query to its top-k keys (DSA), which the statistics kernels do not apply"
+    return None
+
+
+def _attention_weight_shapes(attention: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(p.shape) for name, p in attention.named_parameters() if p.dim() == 2}
 
 
 def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
@@ -216,11 +245,6 @@ def discover(model: nn.Module) -> ArchitectureSpec:
         raise UnsupportedArchitectureError(
             f"{model_type} is an encoder-decoder model; interp hooks decoder-only causal LMs"
         )
-    if model_type not in _NAME_CHECKS_AUDITED and _tests_implementation_name(type(model)):
-        raise UnsupportedArchitectureError(
-            f"{model_type} tests _attn_implementation by name ('sdpa'/'eager') to choose what attention computes "
-            f"(e.g. sparse indices), so routing attention through interp would change its numbers"
-        )
     n_layers = n_layers_of(config)
     if n_layers is None:
         raise UnsupportedArchitectureError(f"{model_type}: the config gives no number of layers")
@@ -238,6 +262,13 @@ def discover(model: nn.Module) -> ArchitectureSpec:
     if len(set(attention_paths)) != 1:
         raise UnsupportedArchitectureError(f"{model_type}: attention sits at different paths per layer: {sorted(set(attention_paths))}")
     attention = attention_paths[0]
+    shapes = [_attention_weight_shapes(block.get_submodule(attention)) for block in blocks]
+    if any(shape != shapes[0] for shape in shapes):
+        differing = next(i for i, shape in enumerate(shapes) if shape != shapes[0])
+        raise UnsupportedArchitectureError(
+            f"{model_type}: layer {differing}'s attention has other weight shapes than layer 0's (per-layer head sizes "
+            f"or counts), which interp's per-model head counts cannot describe"
+        )
     out_proj = _find_out_proj(blocks[0].get_submodule(attention), d_model)
     if out_proj is None:
         raise UnsupportedArchitectureError(

@@ -199,7 +199,7 @@ def _dispatch(module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[torch
 def original_attention_function(model: torch.nn.Module, attention_module: torch.nn.Module) -> tuple[str, AttentionFn]:
     """The implementation name the model uses now and the function behind it."""
     implementation = model.config._attn_implementation or "eager"
-    if implementation.startswith("interp_"):
+    if implementation.startswith("interp_") or hasattr(attention_module, "_interp_site"):
         raise RuntimeError("this model is already hooked by interp; wrap it once")
     if implementation == "eager":
         # The model class's own modeling module: attention modules may be wrapped by other tools
@@ -209,7 +209,36 @@ def original_attention_function(model: torch.nn.Module, attention_module: torch.
             if eager is not None:
                 return implementation, eager
         raise RuntimeError(f"no eager_attention_forward found for {type(model).__name__}; load it with attn_implementation='sdpa'")
-    return implementation, AttentionInterface._global_mapping[implementation]
+    return implementation, _ROUTED.get(implementation) or AttentionInterface._global_mapping[implementation]
+
+
+# Registered implementations (sdpa, flash, ...) that interp routes in place: name -> the original function.
+_ROUTED: dict[str, AttentionFn] = {}
+
+
+def route_in_place(implementation: str) -> None:
+    """Route a registered implementation through interp for hooked modules only, keeping its name.
+
+    The registered function is replaced by one that sends modules carrying an interp site to
+    :meth:`AttentionSite.forward` and every other module to the original, unchanged. Keeping the name
+    matters: models branch on ``config._attn_implementation == "sdpa"`` (Gemma 4's query slicing,
+    DeepSeek-V3.2's sparse index masks), and a renamed implementation would send them down other code.
+    """
+    if implementation in _ROUTED:
+        return
+    original = AttentionInterface._global_mapping[implementation]
+    _ROUTED[implementation] = original
+
+    def routed(module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        site = getattr(module, "_interp_site", None)
+        if site is None:
+            return original(module, *args, **kwargs)
+        return site.forward(module, *args, **kwargs)
+
+    AttentionInterface._global_mapping[implementation] = routed
+    mask_fn = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(implementation)
+    if mask_fn is not None:  # transparent except for configs in key_padding_only_masks
+        ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[implementation] = _mask_function(mask_fn)
 
 
 # ids of the model configs whose forward passes currently need only key padding from their mask (see

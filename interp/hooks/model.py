@@ -16,13 +16,14 @@ import torch
 from torch import nn
 
 from interp.errors import InterpError
-from interp.hooks.architectures import STATISTICS_REFUSED, ArchitectureSpec, spec_for
+from interp.hooks.architectures import ArchitectureSpec, check_eager_name_tests, spec_for, statistics_refusal
 from interp.hooks.attention import (
     AttentionSite,
     gpt_neo_attn,
     key_padding_only_masks,
     original_attention_function,
     register_interp_implementation,
+    route_in_place,
 )
 from interp.hooks.interventions import Index, replace_fn, scale_fn
 from interp.hooks.stats import StatsCollector
@@ -143,7 +144,13 @@ class HookedModel:
         self.attention_hookable = all(type(m).__module__.startswith("transformers.") for m in on_path)
         if spec.attention_entry == "interface":
             self._original_implementation, original = original_attention_function(self.model, attention0)
-            self.model.config._attn_implementation = register_interp_implementation(self._original_implementation)
+            if self._original_implementation == "eager":
+                # Eager attention is each modeling module's own function, not a registered one: interp
+                # registers ``interp_eager`` and points the model at it.
+                check_eager_name_tests(self.model)
+                self.model.config._attn_implementation = register_interp_implementation("eager")
+            else:
+                route_in_place(self._original_implementation)  # the name stays (models test it)
         else:
             self._original_implementation, original = self.model.config._attn_implementation, None
         for layer, block in enumerate(self.layers):
@@ -176,7 +183,7 @@ class HookedModel:
                 del attention._interp_original_attn
             del attention._interp_site
         if self.spec_arch.attention_entry == "interface":
-            self.model.config._attn_implementation = self._original_implementation
+            self.model.config._attn_implementation = self._original_implementation  # restores a renamed eager
         return self.model
 
     def _resid_pre_hook(self, layer: int) -> Callable:
@@ -463,8 +470,9 @@ class HookedModel:
     def attention_with_stats(self, layer: int, query, key, value, attention_mask, **kwargs) -> torch.Tensor:
         config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
         types = getattr(config, "layer_types", None) or ()
-        if config.model_type in STATISTICS_REFUSED:
-            raise InterpError(f"attention statistics are not available for {config.model_type}: {STATISTICS_REFUSED[config.model_type]}")
+        refusal = statistics_refusal(config)
+        if refusal is not None:
+            raise InterpError(f"attention statistics are not available for {config.model_type}: {refusal}")
         if layer < len(types) and types[layer] == "chunked_attention":
             kwargs["attention_chunk"] = config.attention_chunk_size  # the sliding window passed is None here
         return self._stats_collector.compute(layer, query, key, value, attention_mask, **kwargs)
