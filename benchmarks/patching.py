@@ -150,7 +150,9 @@ def warm_up(model, lm) -> None:
         nnsight_patching(lm, clean, corrupted, ids, "resid_pre", 1, model.cfg.n_heads, model.cfg.d_head)
 
 
-def run_rounds(model, lm, rounds: int, workloads: list[str], label: str) -> dict[tuple[str, str], list[tuple[float, int]]]:
+def run_rounds(
+    model, lm, rounds: int, workloads: list[str], label: str, trace_layers: list[int] | None = None
+) -> dict[tuple[str, str], list[tuple[float, int]]]:
     clean, corrupted = model.to_tokens(CLEAN), model.to_tokens(CORRUPTED)
     ids = [model.tokenizer(a, add_special_tokens=False)["input_ids"][0] for a in ANSWERS]
     cfg = model.cfg
@@ -171,7 +173,9 @@ def run_rounds(model, lm, rounds: int, workloads: list[str], label: str) -> dict
                     ).double()
             else:
                 for name, reuse in (("interp", "auto"), ("interp reuse=none", "none")):
-                    methods[name] = lambda reuse=reuse: torch.tensor(causal_trace(model, **TRACE, reuse=reuse)["prob"].to_numpy())
+                    methods[name] = lambda reuse=reuse: torch.tensor(
+                        causal_trace(model, **TRACE, layers=trace_layers, reuse=reuse)["prob"].to_numpy()
+                    )
             order = list(methods) if round_ % 2 == 0 else list(methods)[::-1]  # alternate who goes first
             for name in order:
                 result, seconds, peak = measured(methods[name])
@@ -206,6 +210,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated: {', '.join(WORKLOADS)}")
+    parser.add_argument("--trace-layers", default=None,
+                        help="comma-separated layers for the trace workload [default: all, as interp trace]; "
+                             "a subset keeps the run short on a loaded machine")
     parser.add_argument("--contended", action="store_true", help="repeat the rounds while another process keeps one core busy")
     parser.add_argument("--contended-seconds", type=float, default=1800.0, help="the busy process stops by itself after this")
     args = parser.parse_args()
@@ -223,13 +230,14 @@ def main() -> None:
     print(f"model {model.cfg.name}: {model.cfg.n_layers} layers; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, load average at start {load[0]:.1f} (other processes share this machine)")
     warm_up(model, lm)
-    idle = run_rounds(model, lm, args.rounds, workloads, "idle")
+    trace_layers = [int(x) for x in args.trace_layers.split(",")] if args.trace_layers else None
+    idle = run_rounds(model, lm, args.rounds, workloads, "idle", trace_layers)
     print(table(idle, "interp reuse=none", "idle (no benchmark-made load)"))
     if args.contended:
         busy = subprocess.Popen([sys.executable, "-c", BUSY, str(args.contended_seconds), str(os.getpid())])
         try:
             time.sleep(1.0)
-            contended = run_rounds(model, lm, args.rounds, workloads, "contended")
+            contended = run_rounds(model, lm, args.rounds, workloads, "contended", trace_layers)
         finally:
             busy.terminate()
             busy.wait()

@@ -53,6 +53,7 @@ from interp.analyses.causal_common import (
     logit_diff_metric,
     paired_tokens,
     row_patch_hook,
+    sweep_rows,
     token_strings,
 )
 from interp.errors import InterpError
@@ -218,7 +219,7 @@ def activation_patching(
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     reuse: str = "auto",
 ) -> pd.DataFrame:
     """Patch every cell of ``sites`` and measure ``metric``; one row per cell.
@@ -231,7 +232,8 @@ def activation_patching(
         sites: names from :data:`SITES` (default ``resid_pre``).
         direction: ``"denoise"`` (clean into corrupted run) or ``"noise"`` (corrupted into clean run).
         layers, positions, heads: restrict the sweep (default: all).
-        batch_size: rows per forward pass (each cell takes one row per prompt).
+        batch_size: rows per forward pass (each cell takes one row per prompt); default: 32 with
+            ``reuse="none"``, else as many as free memory allows (up to 256).
         reuse: ``"auto"`` (default) starts each cell at its patched layer and, where attention is
             causal without a shorter window, skips the positions before the patch (their keys and
             values come from the base run); ``"layers"`` reuses layers only; ``"none"`` runs one full
@@ -254,6 +256,7 @@ def activation_patching(
     n_prompts = clean_tokens.shape[0]
     base_tokens, source_tokens = (corrupted_tokens, clean_tokens) if direction == "denoise" else (clean_tokens, corrupted_tokens)
     last_only = last_position_only(metric)
+    batch_size = sweep_rows(model, clean_tokens.shape[1], batch_size, reuse=reuse, plain=32, last_only=last_only)
     with torch.no_grad():
         source_logits, source = model.run_with_cache(source_tokens, names=names)
         recording, _ = record(model, base_tokens, reuse=reuse)

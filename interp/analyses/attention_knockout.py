@@ -26,6 +26,7 @@ from interp.analyses.causal_common import (
     grouped_metric,
     last_position_only,
     prompt_tokens,
+    sweep_rows,
     token_strings,
 )
 from interp.analyses.causal_tracing import find_subject
@@ -99,7 +100,7 @@ def subject_knockout_sweep(
     query: int = -1,
     heads: Sequence[int] | None = None,
     metric: Metric | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     reuse: str = "auto",
 ) -> pd.DataFrame:
     """Block ``query`` (default: the last token) from attending to the subject in layers ``l .. l + window - 1``, for every ``l``.
@@ -131,8 +132,9 @@ def subject_knockout_sweep(
     if heads is None or len(heads) > 0:
         n_rows, last_only = tokens.shape[0], last_position_only(metric)
         # Blocking query -> subject in layers l.. leaves blocks < l and positions < query as they were.
+        rows = sweep_rows(model, n_pos, batch_size, reuse=reuse, plain=n_rows, last_only=last_only)
         plan = plan_batches(
-            recording, [(w[0], query) for w in windows], rows_per_cell=n_rows, max_rows=batch_size, last_only=last_only
+            recording, [(w[0], query) for w in windows], rows_per_cell=n_rows, max_rows=rows, last_only=last_only
         )
         with torch.no_grad():
             for batch in recording.batches(plan):

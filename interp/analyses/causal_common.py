@@ -165,6 +165,20 @@ def row_patch_hook(patches: list[RowPatch]) -> HookFn:
     return fn
 
 
+def sweep_rows(model: HookedModel, n_pos: int, batch_size: int | None, *, reuse: str, plain: int, last_only: bool = True) -> int:
+    """Rows per forward of a sweep: ``batch_size`` if given; else ``plain`` for ``reuse="none"`` (the old
+    default) and otherwise as many as free memory allows, up to ``interp.memory.SWEEP_MAX_ROWS``."""
+    if batch_size is not None:
+        if batch_size < 1:
+            raise InterpError(f"batch_size must be at least 1, got {batch_size}")
+        return batch_size
+    if reuse == "none":
+        return plain
+    from interp.memory import sweep_batch_rows  # memory imports the analyses package
+
+    return sweep_batch_rows(model, n_pos, last_only=last_only)
+
+
 def chunks(n: int, size: int) -> list[range]:
     """``range(0, n)`` in consecutive pieces of at most ``size``."""
     size = max(1, size)

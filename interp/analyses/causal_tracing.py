@@ -34,6 +34,7 @@ from interp.analyses.causal_common import (
     check_positions,
     prompt_tokens,
     row_patch_hook,
+    sweep_rows,
     token_strings,
 )
 from interp.errors import InterpError
@@ -91,7 +92,7 @@ def causal_trace(
     kinds: Sequence[str] = KINDS,
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     reuse: str = "auto",
 ) -> pd.DataFrame:
     """Trace where the clean computation of ``answer`` can be restored, per (kind, position, layer).
@@ -106,7 +107,8 @@ def causal_trace(
         window: layers restored together for ``attn`` / ``mlp``.
         kinds: any of ``resid``, ``attn``, ``mlp``.
         layers, positions: restrict the sweep (default: all).
-        batch_size: rows per forward pass (each cell takes ``samples`` rows).
+        batch_size: rows per forward pass (each cell takes ``samples`` rows); default: 64 with
+            ``reuse="none"``, else as many as free memory allows (up to 256).
         reuse: ``"auto"`` (default): each cell starts from the recorded noised runs at its first
             restored block and token (positions before it keep their keys and values); ``"layers"``:
             blocks only; ``"none"``: one full forward per batch (the plain path). See
@@ -168,7 +170,8 @@ def causal_trace(
         needs = [
             (layers_here[0] + (1 if kind == "resid" else 0), pos) for (kind, _, pos), layers_here in zip(cells, restored)
         ]
-        plan = plan_batches(recording, needs, rows_per_cell=samples, max_rows=batch_size, last_only=True)
+        rows = sweep_rows(model, n_pos, batch_size, reuse=reuse, plain=64)
+        plan = plan_batches(recording, needs, rows_per_cell=samples, max_rows=rows, last_only=True)
         probs = torch.zeros(len(cells), dtype=torch.float64)
         for batch in recording.batches(plan):
             patches: dict[str, list[RowPatch]] = {}

@@ -44,11 +44,13 @@ if TYPE_CHECKING:
 
 REUSE_MODES = ("auto", "layers", "none")
 
-# Planner costs, in units of "one token row through one block": the fixed Python/dispatch cost of
-# running a block once, and of one model forward besides its blocks. Measured for SmolLM2-135M on a
-# loaded 2-core CPU (a 1-token block call costs about as much as 30 token rows in a large batch).
-BLOCK_CALL_COST = 32.0
-FORWARD_COST = 64.0
+# Planner costs, in units of "one token row through one block": the fixed cost of running a block once,
+# and of one model forward besides its blocks. On an idle 2-core CPU a 1-token SmolLM2 block call costs
+# about 30 token rows of a large batch; on a shared one small calls cost far more (each op waits for its
+# time slice), so the planner leans to fewer, larger calls: IOI resid_pre on a loaded box ran 99 s with
+# (32, 64) and 47 s with (200, 2000).
+BLOCK_CALL_COST = 200.0
+FORWARD_COST = 2000.0
 # While adapting threads (see Recording.batches): re-try the other thread count every this many batches.
 THREAD_PROBE_EVERY = 8
 
