@@ -29,7 +29,7 @@ site               hook                one cell per
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,7 @@ from interp.analyses.causal_common import (
     token_strings,
 )
 from interp.errors import InterpError
+from interp.validation import check_patching
 from interp.hooks import HookedModel, hook_name
 
 
@@ -209,6 +210,7 @@ def activation_patching(
     positions: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Patch every cell of ``sites`` and measure ``metric``; one row per cell.
 
@@ -221,12 +223,14 @@ def activation_patching(
         direction: ``"denoise"`` (clean into corrupted run) or ``"noise"`` (corrupted into clean run).
         layers, positions, heads: restrict the sweep (default: all).
         batch_size: rows per forward pass (each cell takes one row per prompt).
+        progress: ``fn(cells_done, cells_total)`` after each batch of cells.
 
     Returns:
         DataFrame ``site, layer, position, head, token, metric, delta, normalized`` where ``delta`` is
         ``metric`` minus the unpatched base run; ``attrs`` holds ``clean_metric``, ``corrupted_metric``,
         ``direction`` and ``tokens``. ``position``/``head`` are ``<NA>`` where the site has no such axis.
     """
+    check_patching(model, clean, corrupted, answers, metric, batch_size)  # interp.validation
     sweep = patching_sweep(
         model, clean, corrupted, answers=answers, metric=metric, sites=sites, direction=direction,
         layers=layers, positions=positions, heads=heads,
@@ -251,6 +255,8 @@ def activation_patching(
                 base.repeat(len(chunk), 1), fwd_hooks=[(name, row_patch_hook(p)) for name, p in patches.items()]
             )
             values.append(grouped_metric(metric, logits, n_prompts).cpu())
+            if progress:
+                progress(chunk[-1] + 1, len(cells))
     patched = torch.cat(values).double().numpy() if values else []
     base_value = corrupted_value if direction == "denoise" else clean_value
     frame = cells_frame(model, cells, clean_tokens[0])

@@ -17,7 +17,7 @@ noise samples in every cell, as in ROME. Cells are batched: ``samples`` rows per
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from interp.analyses.causal_common import (
     token_strings,
 )
 from interp.errors import InterpError
+from interp.validation import check_trace_args
 from interp.hooks import HookedModel, hook_name
 from interp.hooks.points import HookPoint
 
@@ -91,6 +92,7 @@ def causal_trace(
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
     batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Trace where the clean computation of ``answer`` can be restored, per (kind, position, layer).
 
@@ -105,12 +107,14 @@ def causal_trace(
         kinds: any of ``resid``, ``attn``, ``mlp``.
         layers, positions: restrict the sweep (default: all).
         batch_size: rows per forward pass (each cell takes ``samples`` rows).
+        progress: ``fn(cells_done, cells_total)`` after each batch of cells.
 
     Returns:
         DataFrame ``kind, layer, position, token, subject, prob, indirect_effect, corrupted_prob,
         clean_prob``; ``attrs`` has ``answer``, ``answer_id``, ``low_score``, ``high_score``,
         ``subject_range``, ``input_ids``, ``input_tokens``, ``samples``, ``noise_std``, ``window``.
     """
+    check_trace_args(window=window, noise=noise, samples=samples, batch_size=batch_size)  # interp.validation
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         raise InterpError(f"unknown trace kind(s) {unknown or list(kinds)}; choose from: {', '.join(KINDS)}")
@@ -164,6 +168,8 @@ def causal_trace(
                     patches.setdefault(name, []).append((rows, (pos,), clean_cache[name][0, pos]))
             hooks = [("hook_embed", corrupt)] + [(name, row_patch_hook(p)) for name, p in patches.items()]
             probs.append(answer_prob(model.run_with_hooks(tokens.repeat(len(chunk) * samples, 1), fwd_hooks=hooks)).cpu())
+            if progress:
+                progress(chunk[-1] + 1, len(cells))
     texts = token_strings(model, tokens[0])
     frame = pd.DataFrame(
         {
