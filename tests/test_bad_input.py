@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 import interp
 from interp.cli import app
-from interp.errors import BeyondContextWarning, InterpError
+from interp.errors import InterpError
 from interp.hooks import HookedModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,6 +206,8 @@ def test_scan_checks_before_building_any_probe(tiny, tmp_path, monkeypatch):
 
 
 def test_plain_forward_beyond_the_trained_window_warns(tiny):
+    from interp.errors import BeyondContextWarning
+
     with pytest.warns(BeyondContextWarning, match="exceed .* context window of 256"):
         tiny(torch.zeros(1, 260, dtype=torch.long))
     import warnings
