@@ -38,11 +38,17 @@ _LAZY = {
 
 
 def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'interp' has no attribute {name!r}")
     import importlib
 
+    module = _LAZY.get(name)
+    if module is None:
+        # Subpackages stay reachable as attributes (`interp.analyses.causal_trace`), as with eager imports.
+        try:
+            return importlib.import_module(f"interp.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"interp.{name}":
+                raise
+            raise AttributeError(f"module 'interp' has no attribute {name!r}") from None
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
