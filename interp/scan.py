@@ -42,7 +42,7 @@ from interp.hooks import HookedModel
 from interp.kernels import chunk_budget
 from interp.memory import parse_size, plan_scan
 from interp.numerics import raise_if_nonfinite
-from interp.output import SCAN_FILES, check_output_dir, check_writable, make_dirs, publish_dir
+from interp.output import SCAN_FILES, check_output_dir, check_writable, make_dirs
 from interp.probes import check_probe_length, default_probes
 from interp.settings import check_backend
 
