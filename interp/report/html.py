@@ -357,7 +357,7 @@ class CircuitReport:
                 if probe in patterns and key in patterns[probe][2]:
                     svg = _pattern_svg(patterns[probe][1][patterns[probe][2].index(key)], title=f"L{key[0]}H{key[1]} on the {probe} probe")
                 rows.append(
-                    f'<div class="role-head">{svg}<div><b>L{key[0]}H{key[1]}</b><br>{column.split("_score")[0]}: '
+                    f'<div class="role-head">{svg}<div><b>L{key[0]}H{key[1]}</b><br>{column}: '
                     f'{r[column]:.3f}<br><span title="{html.escape(basis)}">importance {r["importance"]:.3g} '
                     f'(#{int(r["importance_rank"])})</span></div></div>'
                 )
@@ -447,7 +447,7 @@ table.card th { color: #555; font-weight: normal; }
 table.sortable th { cursor: pointer; background: #f6f6f6; position: sticky; top: 0; }
 .grid { display: flex; flex-wrap: wrap; gap: 4px; } figure.heatmap { margin: 0; }
 .scroll { max-height: 420px; overflow: auto; } tr.composes td { background: #e8f5e9; }
-figure.heatmap figcaption { width: 320px; font-size: 11px; color: #555; padding: 0 6px 8px; }
+figure.heatmap figcaption { width: 330px; box-sizing: border-box; font-size: 11px; color: #555; padding: 0 6px 8px; }
 .missing-box { width: 330px; height: 420px; display: flex; flex-direction: column; align-items: center;
   justify-content: center; gap: 8px; background: #f6f6f6; color: #777; font-size: 13px; }
 .roles { display: flex; flex-wrap: wrap; gap: 12px; }

@@ -46,7 +46,7 @@ def test_the_report_opens_with_the_top_heads_of_each_role(fake_html):
     assert roles["induction"][["layer", "head"]].values.tolist() == [[1, 0], [1, 2]]
     summary = text[text.index('id="roles"'):text.index('id="card"')]
     assert 'data-role="sink"' in summary and 'data-role="induction"' in summary
-    assert "L1H0" in summary and "induction: 0.800" in summary and "importance 0.8" in summary
+    assert "L1H0" in summary and "induction_score: 0.800" in summary and "importance 0.8" in summary
 
 
 def test_not_computed_columns_say_so_instead_of_an_empty_heatmap(fake_html):
