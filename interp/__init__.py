@@ -8,15 +8,66 @@
 
 __version__ = "0.1.0"
 
-from interp.analyses import ANALYSES, entropy_scores, max_attention_scores, sink_scores
-from interp.analyses.context import ScanSettings
-from interp.builtin_models import BUILTIN_MODELS, DEFAULT_MODEL
-from interp.errors import InterpError
-from interp.hooks import ActivationCache, HookedModel, ModelSpec
-from interp.kernels import AttentionStats, StatsConfig, attention_with_stats
-from interp.loading import load
-from interp.report import CircuitReport, write_report
-from interp.scan import ScanResult, load_scan, scan, write_scan
+from typing import TYPE_CHECKING
+
+# Public names -> the module defining them. They are imported on first use (PEP 562), so that
+# `import interp.cli` or `import interp.errors` does not pay for torch and transformers.
+_LAZY = {
+    "ANALYSES": "interp.analyses",
+    "entropy_scores": "interp.analyses",
+    "max_attention_scores": "interp.analyses",
+    "sink_scores": "interp.analyses",
+    "ScanSettings": "interp.settings",
+    "BUILTIN_MODELS": "interp.builtin_models",
+    "DEFAULT_MODEL": "interp.builtin_models",
+    "InterpError": "interp.errors",
+    "ActivationCache": "interp.hooks",
+    "HookedModel": "interp.hooks",
+    "ModelSpec": "interp.hooks",
+    "AttentionStats": "interp.kernels",
+    "StatsConfig": "interp.kernels",
+    "attention_with_stats": "interp.kernels",
+    "load": "interp.loading",
+    "CircuitReport": "interp.report",
+    "write_report": "interp.report",
+    "ScanResult": "interp.scan",
+    "load_scan": "interp.scan",
+    "scan": "interp.scan",
+    "write_scan": "interp.scan",
+}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    module = _LAZY.get(name)
+    if module is None:
+        # Subpackages stay reachable as attributes (`interp.analyses.causal_trace`), as with eager imports.
+        try:
+            return importlib.import_module(f"interp.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"interp.{name}":
+                raise
+            raise AttributeError(f"module 'interp' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from interp.analyses import ANALYSES, entropy_scores, max_attention_scores, sink_scores
+    from interp.builtin_models import BUILTIN_MODELS, DEFAULT_MODEL
+    from interp.errors import InterpError
+    from interp.hooks import ActivationCache, HookedModel, ModelSpec
+    from interp.kernels import AttentionStats, StatsConfig, attention_with_stats
+    from interp.loading import load
+    from interp.report import CircuitReport, write_report
+    from interp.scan import ScanResult, load_scan, scan, write_scan
+    from interp.settings import ScanSettings
 
 __all__ = [
     "CircuitReport",

@@ -3,50 +3,72 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from interp.builtin_models import DEFAULT_MODEL
-from interp.cli_common import DebugOption, DtypeOption, console, fail
+from interp.cli_common import APP_SETTINGS, DebugOption, DtypeOption, console, fail, quiet_loading
 from interp.errors import InterpError
 
+# Nothing here imports torch or transformers at module level: `interp --help`, `interp analyses` and
+# argument errors answer in well under a second; the model stack is imported once the arguments pass.
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Find out what every attention head of a causal LM does, and how much it matters.",
+    **APP_SETTINGS,
 )
+
+
 def _default_out(model: str) -> Path:
     slug = Path(model).stem if Path(model).suffix else Path(model).name or model
     return Path("interp-out") / slug.replace("/", "--")
 
 
+def _device_type(device: str) -> str:
+    """``cpu`` / ``cuda`` for ``--device`` (``auto`` and ``map`` ask torch whether a GPU is there)."""
+    if device == "cpu" or device.startswith("cuda"):
+        return device.split(":")[0]
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _print_resume(plan: dict[str, str]) -> None:
+    reused = [name for name, why in plan.items() if why == "reused"]
+    console.print(f"resume: reusing {', '.join(reused) if reused else 'nothing (no checkpoint matches these settings)'}")
+    for name, why in plan.items():
+        if why != "reused":
+            console.print(f"resume: recomputing {name}: {why}", highlight=False)
+
+
 @app.command()
 def scan(
-    model: Annotated[str, typer.Argument(help=f"alias ({DEFAULT_MODEL}), local HF folder, .gguf file, or hub id")] = DEFAULT_MODEL,
-    out: Annotated[Path | None, typer.Option(help="output folder [default: interp-out/<model>]")] = None,
-    analyses: Annotated[str | None, typer.Option(help="comma-separated analyses [default: all; see `interp analyses`]")] = None,
-    context_length: Annotated[int, typer.Option(help="tokens per probe sequence")] = 256,
-    beyond_context: Annotated[
-        bool, typer.Option(help="allow --context-length past the model's trained window (positions there extrapolate)")
-    ] = False,
-    batch: Annotated[int, typer.Option(help="probe sequences per probe kind")] = 2,
-    seed: Annotated[int, typer.Option(help="seed for the probes")] = 0,
-    needle_samples: Annotated[int, typer.Option(help="needle-in-a-haystack prompts for the retrieval analysis")] = 6,
-    streaming_per_head: Annotated[
-        bool, typer.Option(help="also score streaming per query head (costs n_heads/n_kv_heads more)")
-    ] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, auto, or 'map' to spread layers over GPUs (accelerate)")] = "auto",
-    dtype: DtypeOption = "float32",
-    backend: Annotated[str, typer.Option(help="attention-statistics backend: auto, triton, chunked, reference")] = "auto",
-    max_memory: Annotated[
-        str | None, typer.Option(help="memory the scan may use beyond the weights, e.g. 8GB [default: what is free]")
+    model: Annotated[str, typer.Argument(metavar="MODEL", help=f"alias ({DEFAULT_MODEL}), local HF folder, .gguf file, or hub id")] = DEFAULT_MODEL,
+    out: Annotated[Path | None, typer.Option(metavar="DIR", help="output folder", show_default="interp-out/<model>")] = None,
+    analyses: Annotated[
+        str | None, typer.Option(metavar="NAMES", help="comma-separated analyses (see `interp analyses`)", show_default="all")
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace an existing scan in --out")] = False,
-    resume: Annotated[bool, typer.Option(help="reuse analyses already finished in --out with the same settings")] = False,
+    context_length: Annotated[int, typer.Option("--context-length", "-c", metavar="TOKENS", help="tokens per probe sequence")] = 256,
+    beyond_context: Annotated[
+        bool, typer.Option("--beyond-context", help="allow --context-length past the model's trained window (positions there extrapolate)")
+    ] = False,
+    batch: Annotated[int, typer.Option(metavar="N", help="probe sequences per probe kind")] = 2,
+    seed: Annotated[int, typer.Option(metavar="SEED", help="seed for the probes")] = 0,
+    needle_samples: Annotated[int, typer.Option(metavar="N", help="needle-in-a-haystack prompts for the retrieval analysis")] = 6,
+    streaming_per_head: Annotated[
+        bool, typer.Option("--streaming-per-head", help="also score streaming per query head (costs n_heads/n_kv_heads more)")
+    ] = False,
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="cpu, cuda, cuda:N, auto, or 'map' to spread layers over GPUs (accelerate)")] = "auto",
+    dtype: DtypeOption = "float32",
+    backend: Annotated[str, typer.Option(metavar="NAME", help="attention-statistics backend: auto, triton (CUDA), chunked, reference")] = "auto",
+    max_memory: Annotated[
+        str | None, typer.Option(metavar="SIZE", help="memory the scan may use beyond the weights, e.g. 8GB", show_default="what is free")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing scan in --out (every file it wrote)")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="reuse analyses already finished in --out with the same settings")] = False,
     report: Annotated[
         bool, typer.Option("--report/--no-report", help="also write report.html and heads.parquet/heads.json")
     ] = True,
@@ -55,60 +77,27 @@ def scan(
     """Scan every head of MODEL and write heads.csv and scan.json into --out.
 
     Each analysis is saved under --out/analyses/ as it finishes, so an interrupted scan continues
-    with --resume.
+    with --resume. The folder is locked (--out/.interp.lock) while the scan runs.
     """
-    import interp
-    from interp.analyses import resolve_analyses
-    from interp.kernels import BACKENDS
-    from interp.memory import parse_size
-    from interp.scan import check_output_dir
+    from interp.catalog import analysis_names
+    from interp.output import check_output_dir, folder_lock
+    from interp.settings import ScanSettings, check_backend, parse_size
 
+    quiet_loading(debug)
     out = out or _default_out(model)
     try:
-        chosen = resolve_analyses(analyses)
-        if backend not in BACKENDS:
-            raise InterpError(f"unknown --backend {backend!r}; use one of {', '.join(BACKENDS)}")
-        if batch < 1:
-            raise InterpError(f"--batch must be at least 1, got {batch}")
-        if needle_samples < 1:
-            raise InterpError(f"--needle-samples must be at least 1, got {needle_samples}")
-        check_output_dir(out, overwrite=overwrite, resume=resume)
-        if max_memory:
-            parse_size(max_memory)  # a malformed size fails before the model loads
-        settings = interp.ScanSettings(
+        # Everything that can be checked without the model, before anything is imported or loaded.
+        chosen = analysis_names(analyses)
+        settings = ScanSettings(
             context_length=context_length, beyond_context=beyond_context, batch=batch, seed=seed, backend=backend,
             needle_samples=needle_samples, streaming_per_head=streaming_per_head,
         )
-        with Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(), console=console, transient=False,
-        ) as progress:
-            loading = progress.add_task(f"loading {model}", total=1)
-            start = time.perf_counter()
-            if device == "map":
-                hooked = interp.load(model, dtype=dtype, device_map="auto")
-            else:
-                hooked = interp.load(model, device=device, dtype=dtype)
-            progress.update(loading, completed=1, description=f"loaded {hooked.cfg.name} ({time.perf_counter() - start:.1f}s)")
-            task = progress.add_task("analyses", total=len(chosen))
-            step = progress.add_task("", total=None, visible=False)
-
-            def on_progress(name: str, done: int, total: int) -> None:
-                progress.update(task, completed=done, description=f"analysis: {name}")
-                progress.update(step, visible=False)
-
-            def on_step(name: str, done: int, total: int) -> None:
-                progress.update(step, completed=done, total=total, description=f"  {name}", visible=True)
-
-            result = interp.scan(
-                hooked, analyses=[a.name for a in chosen], settings=settings, on_progress=on_progress,
-                on_step=on_step, checkpoint_dir=out / "analyses", resume=resume, max_memory=max_memory,
-            )
-        interp.write_scan(result, out, overwrite=overwrite, resume=resume)
-        if report:
-            from interp.report import write_report
-
-            write_report(result, out, model=hooked, overwrite=overwrite or resume)
+        max_bytes = parse_size(max_memory) if max_memory else None
+        check_output_dir(out, overwrite=overwrite, resume=resume)
+        if backend == "triton":
+            check_backend(backend, _device_type(device))
+        with folder_lock(out, what="scan"):
+            result, hooked = _run_scan(model, out, chosen, settings, max_bytes, device, dtype, overwrite, resume, report)
     except KeyboardInterrupt:
         console.print(f"interrupted: finished analyses are saved in {out / 'analyses'}; continue with --resume")
         raise typer.Exit(130)
@@ -120,23 +109,64 @@ def scan(
     print(out)
 
 
+def _run_scan(model, out, chosen, settings, max_bytes, device, dtype, overwrite, resume, report):
+    import time
+
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    import interp
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=console, transient=False,
+    ) as progress:
+        loading = progress.add_task(f"loading {model}", total=1)
+        start = time.perf_counter()
+        if device == "map":
+            hooked = interp.load(model, dtype=dtype, device_map="auto")
+        else:
+            hooked = interp.load(model, device=device, dtype=dtype)
+        progress.update(loading, completed=1, description=f"loaded {hooked.cfg.name} ({time.perf_counter() - start:.1f}s)")
+        task = progress.add_task("analyses", total=len(chosen))
+        step = progress.add_task("", total=None, visible=False)
+
+        def on_progress(name: str, done: int, total: int) -> None:
+            progress.update(task, completed=done, description=f"analysis: {name}")
+            progress.update(step, visible=False)
+
+        def on_step(name: str, done: int, total: int) -> None:
+            progress.update(step, completed=done, total=total, description=f"  {name}", visible=True)
+
+        result = interp.scan(
+            hooked, analyses=chosen, settings=settings, on_progress=on_progress, on_step=on_step,
+            checkpoint_dir=out / "analyses", resume=resume, max_memory=max_bytes, on_resume=_print_resume,
+        )
+    interp.write_scan(result, out, overwrite=overwrite, resume=resume)
+    if report:
+        from interp.report import write_report
+
+        write_report(result, out, model=hooked, overwrite=True)  # write_scan removed the previous run's report
+    return result, hooked
+
+
 @app.command("analyses")
 def list_analyses() -> None:
     """List the analyses `interp scan --analyses` accepts, with their columns."""
-    from interp.analyses import ANALYSES
+    from interp.catalog import CATALOG  # the registry's names and columns, without importing torch
 
-    for analysis in ANALYSES.values():
-        print(f"{analysis.name}: {analysis.description}")
-        for column, meaning in analysis.columns.items():
+    for name, analysis in CATALOG.items():
+        print(f"{name}: {analysis['description']}")
+        for column, meaning in analysis["columns"].items():
             print(f"    {column}: {meaning}")
 
 
 @app.command("hooks")
 def list_hooks(
-    model: Annotated[str, typer.Argument(help="model reference, as for scan")] = DEFAULT_MODEL,
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="model reference, as for scan")] = DEFAULT_MODEL,
     debug: DebugOption = False,
 ) -> None:
     """Print every hook point name of MODEL (shapes: see `interp.hooks.points`)."""
+    quiet_loading(debug)
     import interp
 
     try:

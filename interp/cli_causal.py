@@ -10,24 +10,27 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from interp.builtin_models import DEFAULT_MODEL
-from interp.cli_common import DebugOption, DtypeOption, console, fail
+from interp.cli_common import DebugOption, DtypeOption, console, fail, quiet_loading
 from interp.errors import InterpError
+from interp.output import check_writable, publish_dir
 
-DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")]
+DeviceOption = Annotated[str, typer.Option(metavar="DEVICE", help="cpu, cuda, cuda:N or auto")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out")]
 ReuseOption = Annotated[
-    str, typer.Option(help="auto: start each cell at its patched layer and token; layers: layer only; none: full forwards")
+    str, typer.Option(metavar="MODE", help="auto: start each cell at its patched layer and token; layers: layer only; none: full forwards")
 ]
 MaxMemoryOption = Annotated[
-    str | None, typer.Option(help="memory for the sweep beyond the weights, e.g. 4GB; sizes the batches [default: free memory]")
+    str | None, typer.Option(metavar="SIZE", help="memory for the sweep beyond the weights, e.g. 4GB; sizes the batches [default: free memory]")
 ]
-BatchOption = Annotated[int | None, typer.Option(help="rows per forward pass [default: as many as --max-memory allows, up to 256]")]
+BatchOption = Annotated[int | None, typer.Option(metavar="ROWS", help="rows per forward pass [default: as many as --max-memory allows, up to 256]")]
 
 
 def _batch_rows(hooked, n_pos: int, batch_size: int | None, max_memory: str | None) -> int:
@@ -46,11 +49,7 @@ def check_out(out: Path, *, overwrite: bool) -> None:
         raise InterpError(f"--out {out} is a file; choose a folder path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InterpError(f"{out} exists and is not empty; pass --overwrite or choose another --out")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise InterpError(f"cannot write to {parent}; choose an --out folder you can write to")
+    check_writable(out)
 
 
 def write_atomically(out: Path, write: Callable[[Path], None], *, overwrite: bool) -> None:
@@ -60,6 +59,7 @@ def write_atomically(out: Path, write: Callable[[Path], None], *, overwrite: boo
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         write(staging)
+        publish_dir(staging)  # mkdtemp made it 0700; the output folder gets the user's umask
         old = None
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -81,45 +81,70 @@ def _ints(text: str | None, what: str) -> list[int] | None:
         raise InterpError(f"--{what} must be comma-separated integers, got {text!r}") from None
 
 
+@contextmanager
+def _cell_progress(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich bar on stderr advanced by the sweep's ``progress(cells_done, cells_total)`` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn(f"{what} cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task(what, total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance
+
+
 def register_commands(app: typer.Typer) -> None:
     """Add ``trace`` and ``patch`` to ``app``."""
 
     @app.command("trace")
     def trace(
-        model: Annotated[str, typer.Argument(help=f"alias ({DEFAULT_MODEL}), local HF folder, .gguf file, or hub id")],
+        model: Annotated[str, typer.Argument(metavar="MODEL", help=f"alias ({DEFAULT_MODEL}), local HF folder, .gguf file, or hub id")],
         prompt: Annotated[str, typer.Option(help="the clean prompt")],
         subject: Annotated[str, typer.Option(help="text inside the prompt whose token embeddings are corrupted")],
-        out: Annotated[Path, typer.Option(help="output folder (trace.csv, trace.html)")],
-        answer: Annotated[str | None, typer.Option(help="single-token answer [default: the model's top prediction]")] = None,
-        samples: Annotated[int, typer.Option(help="corrupted runs per cell")] = 10,
-        noise: Annotated[float, typer.Option(help="noise std as a multiple of the token-embedding std")] = 3.0,
-        window: Annotated[int, typer.Option(help="layers restored together for attn/mlp")] = 10,
-        kinds: Annotated[str, typer.Option(help="comma-separated: resid, attn, mlp")] = "resid,attn,mlp",
-        layers: Annotated[str | None, typer.Option(help="comma-separated layers [default: all]")] = None,
-        seed: Annotated[int, typer.Option(help="noise seed")] = 0,
+        out: Annotated[Path, typer.Option(metavar="DIR", help="output folder (trace.csv, trace.html)")],
+        answer: Annotated[
+            str | None, typer.Option(metavar="TEXT", help="single-token answer", show_default="the model's top prediction")
+        ] = None,
+        samples: Annotated[int, typer.Option(metavar="N", help="corrupted runs per cell")] = 10,
+        noise: Annotated[float, typer.Option(metavar="X", help="noise std as a multiple of the token-embedding std")] = 3.0,
+        window: Annotated[int, typer.Option(metavar="LAYERS", help="layers restored together for attn/mlp")] = 10,
+        kinds: Annotated[str, typer.Option(metavar="KINDS", help="comma-separated: resid, attn, mlp")] = "resid,attn,mlp",
+        layers: Annotated[str | None, typer.Option(metavar="LIST", help="comma-separated layers", show_default="all")] = None,
+        seed: Annotated[int, typer.Option(metavar="SEED", help="noise seed")] = 0,
         batch_size: BatchOption = None,
         max_memory: MaxMemoryOption = None,
         reuse: ReuseOption = "auto",
         device: DeviceOption = "auto",
         dtype: DtypeOption = "float32",
-        overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+        overwrite: OverwriteOption = False,
         debug: DebugOption = False,
     ) -> None:
         """Causal tracing (ROME): corrupt the subject, restore clean states per (token, layer); writes trace.csv, trace.html, trace.json."""
         import json
 
-        import interp
-        from interp.analyses.causal_tracing import causal_trace, plot_causal_trace
+        from interp.validation import check_trace_args
 
+        quiet_loading(debug)
         try:
+            check_trace_args(window=window, noise=noise, samples=samples, batch_size=batch_size)
+            chosen_layers = _ints(layers, "layers")
             check_out(out, overwrite=overwrite)
+            import interp
+            from interp.analyses.causal_tracing import causal_trace, plot_causal_trace
+
             hooked = interp.load(model, device=device, dtype=dtype)
             rows = _batch_rows(hooked, hooked.to_tokens(prompt).shape[1], batch_size, max_memory)
-            frame = causal_trace(
-                hooked, prompt, subject, answer, samples=samples, noise=noise, seed=seed, window=window,
-                kinds=[k.strip() for k in kinds.split(",") if k.strip()], layers=_ints(layers, "layers"),
-                batch_size=max(rows, samples), reuse=reuse,
-            )
+            with _cell_progress("tracing") as progress:
+                frame = causal_trace(
+                    hooked, prompt, subject, answer, samples=samples, noise=noise, seed=seed, window=window,
+                    kinds=[k.strip() for k in kinds.split(",") if k.strip()], layers=chosen_layers,
+                    batch_size=max(rows, samples), reuse=reuse, progress=progress,
+                )
             figure = plot_causal_trace(frame)
 
             def write(folder: Path) -> None:
@@ -143,41 +168,55 @@ def register_commands(app: typer.Typer) -> None:
 
     @app.command("patch")
     def patch(
-        model: Annotated[str, typer.Argument(help=f"alias ({DEFAULT_MODEL}), local HF folder, .gguf file, or hub id")],
+        model: Annotated[str, typer.Argument(metavar="MODEL", help=f"alias ({DEFAULT_MODEL}), local HF folder, .gguf file, or hub id")],
         clean: Annotated[list[str], typer.Option(help="clean prompt (repeat for several)")],
         corrupt: Annotated[list[str], typer.Option(help="corrupted prompt, same token length (one per --clean)")],
         answers: Annotated[list[str], typer.Option(help="'correct,wrong' single-token answers, e.g. ' Mary, John' (one, or one per prompt)")],
-        out: Annotated[Path, typer.Option(help="output folder (patching.csv, patching.html)")],
-        sites: Annotated[str, typer.Option(help="comma-separated sites: resid_pre, attn_out, mlp_out, head_out, head_out_pos, head_q, head_k, head_v")] = "resid_pre",
-        direction: Annotated[str, typer.Option(help="denoise (clean into corrupted) or noise")] = "denoise",
-        layers: Annotated[str | None, typer.Option(help="comma-separated layers [default: all]")] = None,
+        out: Annotated[Path, typer.Option(metavar="DIR", help="output folder (patching.csv, patching.html)")],
+        sites: Annotated[str, typer.Option(metavar="SITES", help="comma-separated sites: resid_pre, attn_out, mlp_out, head_out, head_out_pos, head_q, head_k, head_v")] = "resid_pre",
+        direction: Annotated[str, typer.Option(metavar="DIRECTION", help="denoise (clean into corrupted) or noise")] = "denoise",
+        layers: Annotated[str | None, typer.Option(metavar="LIST", help="comma-separated layers", show_default="all")] = None,
         batch_size: BatchOption = None,
         max_memory: MaxMemoryOption = None,
         reuse: ReuseOption = "auto",
         device: DeviceOption = "auto",
         dtype: DtypeOption = "float32",
-        overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+        overwrite: OverwriteOption = False,
         debug: DebugOption = False,
     ) -> None:
         """Activation patching of the logit difference; writes patching.csv + patching.html (one heatmap per site)."""
-        import interp
-        from interp.analyses.activation_patching import activation_patching, check_sites, plot_patching
+        from interp.validation import check_answer_texts, check_batch_size
 
+        quiet_loading(debug)
         try:
-            check_out(out, overwrite=overwrite)
             pairs = []
             for text in answers:
                 parts = text.split(",")
                 if len(parts) != 2:
                     raise InterpError(f"--answers {text!r} must be two answers separated by one comma, e.g. ' Mary, John'")
                 pairs.append((parts[0], parts[1]))
+            check_answer_texts(pairs)
+            check_batch_size(batch_size)
+            if direction not in ("denoise", "noise"):
+                raise InterpError(f"unknown --direction {direction!r}; use 'denoise' (clean into corrupted) or 'noise'")
+            if len(clean) != len(corrupt):
+                raise InterpError(f"give one --corrupt per --clean ({len(clean)} clean, {len(corrupt)} corrupted)")
+            if any(a == b for a, b in zip(clean, corrupt)):
+                raise InterpError("a --corrupt prompt equals its --clean prompt: there is nothing to patch; change the corrupted prompt")
+            chosen_layers = _ints(layers, "layers")
+            check_out(out, overwrite=overwrite)
+            import interp
+            from interp.analyses.activation_patching import activation_patching, check_sites, plot_patching
+
             chosen_sites = check_sites(sites)
             hooked = interp.load(model, device=device, dtype=dtype)
             rows = _batch_rows(hooked, hooked.to_tokens(clean[0]).shape[1], batch_size, max_memory)
-            frame = activation_patching(
-                hooked, clean, corrupt, answers=pairs if len(pairs) > 1 else pairs[0], sites=chosen_sites,
-                direction=direction, layers=_ints(layers, "layers"), batch_size=max(rows, len(clean)), reuse=reuse,
-            )
+            with _cell_progress("patching") as progress:
+                frame = activation_patching(
+                    hooked, clean, corrupt, answers=pairs if len(pairs) > 1 else pairs[0], sites=chosen_sites,
+                    direction=direction, layers=chosen_layers, batch_size=max(rows, len(clean)), reuse=reuse,
+                    progress=progress,
+                )
             figures = [plot_patching(frame, site=site) for site in chosen_sites]
 
             def write(folder: Path) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import os
+import sys
+
 import typer
 from rich.console import Console
 
@@ -12,8 +15,23 @@ from interp.errors import InterpError
 console = Console(stderr=True)
 
 # Options several commands take, with the same meaning and help.
-DebugOption = Annotated[bool, typer.Option(help="show tracebacks")]
-DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16 or float16")]
+DebugOption = Annotated[bool, typer.Option("--debug", help="show tracebacks and transformers' own loading bars")]
+DtypeOption = Annotated[str, typer.Option(metavar="DTYPE", help="float32, bfloat16 or float16")]
+
+# Help text is plain click formatting: rich markup would eat "[default: ...]" and wrap at ~20 columns.
+APP_SETTINGS = {"rich_markup_mode": None, "context_settings": {"max_content_width": 100, "help_option_names": ["-h", "--help"]}}
+
+
+def quiet_loading(debug: bool) -> None:
+    """Hide transformers' / huggingface_hub's tqdm bars (``Loading weights``) beside interp's own bars.
+
+    Must run before transformers is imported (it reads the variable once); ``--debug`` keeps them.
+    """
+    if debug:
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported (e.g. the CLI called from Python)
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def fail(error: BaseException, debug: bool) -> None:

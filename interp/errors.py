@@ -14,3 +14,7 @@ class InterpError(Exception):
 
 class UnsupportedArchitectureError(InterpError):
     """The model's architecture has no adapter in :mod:`interp.hooks.architectures`."""
+
+
+class BeyondContextWarning(UserWarning):
+    """Tokens past the model's trained context window: positions there are extrapolation."""

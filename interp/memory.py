@@ -10,7 +10,6 @@ materializes one layer's pattern) uses a fixed-length prompt.
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass
 
@@ -20,20 +19,10 @@ from interp.analyses.context import ScanSettings
 from interp.errors import InterpError
 from interp.hooks import HookedModel
 from interp.kernels.chunked import MIN_CHUNK, default_chunk_size
+from interp.settings import parse_size  # noqa: F401  (re-exported: interp.memory.parse_size)
 
 # The chunked kernel keeps two score blocks (scores, pattern) plus about one block of temporaries.
 KERNEL_BLOCKS = 3
-
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30, "t": 2**40, "tb": 2**40}
-
-
-def parse_size(text: str) -> int:
-    """``"12GB"``, ``"512m"``, ``"1.5G"`` -> bytes (binary units)."""
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", text)
-    if not match or match.group(2).lower() not in _UNITS:
-        raise InterpError(f"cannot read memory size {text!r}; write it like 12GB, 512MB or 1.5G")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
 
 def available_bytes(device: torch.device) -> int:
     """Free memory on ``device``: CUDA's free memory, or the OS's MemAvailable for the CPU."""

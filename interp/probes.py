@@ -77,6 +77,22 @@ def repeated_random_tokens(model: HookedModel, half_length: int, *, batch: int =
     return torch.cat([first_half, first_half], dim=1)
 
 
+def check_probe_length(model: HookedModel, context_length: int, *, beyond_context: bool = False) -> None:
+    """Refuse a probe length below 8 tokens, or past the model's trained window without ``beyond_context``.
+
+    Runs before any text is tokenized (a huge length would otherwise tokenize for minutes first).
+    """
+    if isinstance(context_length, bool) or not isinstance(context_length, int):
+        raise InterpError(f"--context-length must be an integer, got {context_length!r}")
+    if context_length < 8:
+        raise InterpError(f"--context-length must be at least 8 tokens, got {context_length}")
+    if model.cfg.n_ctx is not None and context_length > model.cfg.n_ctx and not beyond_context:
+        raise InterpError(
+            f"--context-length {context_length} exceeds the model's context window of {model.cfg.n_ctx} tokens; "
+            f"use at most {model.cfg.n_ctx}, or pass --beyond-context to scan positions the model was not trained on"
+        )
+
+
 @dataclass
 class Probe:
     """A named batch of probe tokens ``[batch, pos]``."""
@@ -94,13 +110,7 @@ def default_probes(
     ``beyond_context`` allows lengths past the model's trained context window (positions there are
     extrapolation: attention still runs, but what heads do there is not what they were trained to do).
     """
-    if context_length < 8:
-        raise InterpError(f"--context-length must be at least 8 tokens, got {context_length}")
-    if model.cfg.n_ctx is not None and context_length > model.cfg.n_ctx and not beyond_context:
-        raise InterpError(
-            f"--context-length {context_length} exceeds the model's context window of {model.cfg.n_ctx} tokens; "
-            f"use at most {model.cfg.n_ctx}, or pass --beyond-context to scan positions the model was not trained on"
-        )
+    check_probe_length(model, context_length, beyond_context=beyond_context)
     if model.tokenizer is None:
         # A live model without a tokenizer still scans: the text probes become seeded random tokens, and say so.
         warnings.warn("the model has no tokenizer: the natural-text and code probes are random tokens", stacklevel=2)

@@ -21,8 +21,12 @@ import math
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
+import types
+import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,16 +37,17 @@ import torch
 from interp.analyses import resolve_analyses
 from interp.analyses.context import ScanContext, ScanSettings
 from interp.analyses.head_stats import stats_progress
-from interp.errors import InterpError
+from interp.errors import BeyondContextWarning, InterpError
 from interp.hooks import HookedModel
 from interp.kernels import chunk_budget
 from interp.memory import parse_size, plan_scan
 from interp.numerics import raise_if_nonfinite
-from interp.probes import default_probes
+from interp.output import SCAN_FILES, check_output_dir, check_writable, make_dirs
+from interp.probes import check_probe_length, default_probes
+from interp.settings import check_backend
 
 SCHEMA_VERSION = 1
 KEY_COLUMNS = ("layer", "head", "kv_head")
-SCAN_FILES = ("heads.csv", "scan.json", "heads.parquet", "heads.json", "report.html")
 
 
 @dataclass
@@ -90,9 +95,27 @@ class Checkpoints:
     when all its files are complete. ``interp scan --resume`` reuses those whose fingerprint matches.
     """
 
-    def __init__(self, folder: Path, fingerprint: str) -> None:
+    def __init__(self, folder: Path, fingerprint: str, settings: dict | None = None) -> None:
         self.folder = folder
         self.fingerprint = fingerprint
+        self.settings = settings or {}
+
+    def why_not(self, name: str) -> str | None:
+        """None when ``name``'s checkpoint can be reused, else why not (missing, or what changed)."""
+        meta_path = self.folder / f"{name}.json"
+        if not meta_path.exists():
+            return "no finished checkpoint"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            return "its checkpoint is unreadable"
+        if meta.get("fingerprint") == self.fingerprint:
+            return None
+        old = meta.get("settings") or {}
+        changed = [f"{k} {old[k]!r} -> {v!r}" for k, v in self.settings.items() if k in old and old[k] != v]
+        if changed:
+            return "settings changed: " + ", ".join(changed)
+        return "made with another model, interp version or settings"
 
     def load(self, name: str) -> tuple[pd.DataFrame, float] | None:
         meta_path = self.folder / f"{name}.json"
@@ -115,8 +138,18 @@ class Checkpoints:
         for table_name, extra_table in extra.items():
             _atomic_write_text(self.folder / f"{name}.{table_name}.csv", extra_table.to_csv(index=False))
         meta = {"fingerprint": self.fingerprint, "tables": sorted(extra), "summary": table.attrs.get("summary", {}),
-                "seconds": seconds}
+                "seconds": seconds, "settings": self.settings}
         _atomic_write_text(self.folder / f"{name}.json", json.dumps(meta, indent=2, default=float))
+
+
+REUSED = "reused"
+
+
+def resume_plan(checkpoints: Checkpoints | None, names: list[str], settings: ScanSettings) -> dict[str, str]:
+    """``{analysis: "reused" or why it is recomputed}`` for a resumed scan."""
+    if checkpoints is None:
+        return {name: "no checkpoint folder" for name in names}
+    return {name: checkpoints.why_not(name) or REUSED for name in names}
 
 
 def _check_finite(model: HookedModel, ctx: ScanContext, name: str, table: pd.DataFrame, columns: dict) -> None:
@@ -139,6 +172,7 @@ def scan(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     max_memory: int | str | None = None,
+    on_resume: Callable[[dict[str, str]], None] | None = None,
 ) -> ScanResult:
     """Run ``analyses`` (names; None = all) on ``model`` and merge their tables on ``layer, head``.
 
@@ -150,17 +184,44 @@ def scan(
     ``max_memory`` (bytes, or a size like ``"8GB"``; default: the device's free memory) bounds what
     the scan may use beyond the weights: it fails before any work if the estimate does not fit, and
     otherwise sizes the attention kernel's query chunks to fit (see :func:`interp.memory.plan_scan`).
+
+    With ``resume``, ``on_resume({analysis: reason})`` is called before any work with what
+    :func:`resume_plan` decided (``"reused"``, or why the analysis is recomputed); the same dict is
+    ``metadata["resume"]``. Bad settings, a length past the model's window, a scan that cannot fit
+    and an unusable ``checkpoint_dir`` all fail before any probe is built.
     """
     settings = settings or ScanSettings()
+    if not isinstance(settings, ScanSettings):
+        raise InterpError(f"settings must be an interp.ScanSettings, got {type(settings).__name__}")
     chosen = resolve_analyses(analyses)
+    # Every check that can fail runs before any probe is tokenized or any analysis starts.
+    check_backend(settings.backend, model.device.type)
+    check_probe_length(model, settings.context_length, beyond_context=settings.beyond_context)
+    plan = plan_scan(model, settings, max_bytes=parse_size(max_memory) if isinstance(max_memory, str) else max_memory)
+    fingerprint = settings_fingerprint(model, settings)
+    checkpoints = None
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+            raise InterpError(f"checkpoint_dir {checkpoint_dir} is a file; give a folder path")
+        check_writable(checkpoint_dir, flag="checkpoint_dir")
+        checkpoints = Checkpoints(checkpoint_dir, fingerprint, asdict(settings))
+    reuse = resume_plan(checkpoints, [a.name for a in chosen], settings) if checkpoints and resume else {}
+    if on_resume and checkpoints and resume:
+        on_resume(reuse)
     torch.manual_seed(settings.seed)
+    with warnings.catch_warnings():
+        if settings.beyond_context:
+            warnings.simplefilter("ignore", BeyondContextWarning)
+        return _run_scan(model, chosen, settings, plan, checkpoints, reuse, fingerprint, on_progress, on_step)
+
+
+def _run_scan(model, chosen, settings, plan, checkpoints, reuse, fingerprint, on_progress, on_step) -> ScanResult:
     probes = default_probes(
         model, context_length=settings.context_length, batch=settings.batch, seed=settings.seed,
         beyond_context=settings.beyond_context,
     )
-    plan = plan_scan(model, settings, max_bytes=parse_size(max_memory) if isinstance(max_memory, str) else max_memory)
     ctx = ScanContext(model=model, probes=probes, settings=settings)
-    checkpoints = Checkpoints(Path(checkpoint_dir), settings_fingerprint(model, settings)) if checkpoint_dir else None
     heads = None
     timings: dict[str, float] = {}
     columns: dict[str, str] = {}
@@ -172,7 +233,7 @@ def scan(
             on_progress(analysis.name, index, len(chosen))
         if on_step:
             ctx.progress = lambda done, total, name=analysis.name: on_step(name, done, total)
-        saved = checkpoints.load(analysis.name) if checkpoints and resume else None
+        saved = checkpoints.load(analysis.name) if reuse.get(analysis.name) == REUSED else None
         if saved is not None:
             table, seconds = saved
             resumed.append(analysis.name)
@@ -206,25 +267,13 @@ def scan(
         "timings_s": timings,
         "memory_plan": plan.to_dict(),
         "resumed": resumed,
+        "resume": reuse,
+        "fingerprint": fingerprint,
+        "run_id": uuid.uuid4().hex[:16],
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     heads.attrs = {}
     return ScanResult(heads=heads, metadata=metadata, tables=tables)
-
-
-def check_output_dir(out: Path, *, overwrite: bool, resume: bool = False) -> None:
-    """Fail early, before any model work, if ``out`` cannot receive a scan."""
-    if out.exists() and not out.is_dir():
-        raise InterpError(f"--out {out} is a file; choose a folder path")
-    if overwrite and resume:
-        raise InterpError("--overwrite and --resume contradict each other: resume keeps finished analyses; pick one")
-    if out.is_dir() and any((out / name).exists() for name in SCAN_FILES) and not (overwrite or resume):
-        raise InterpError(f"{out} already holds a scan; pass --overwrite (or --resume) or choose another --out")
-    parent = out if out.is_dir() else out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise InterpError(f"cannot write to {parent}; choose an --out folder you can write to")
 
 
 def write_scan(
@@ -247,12 +296,45 @@ def write_scan(
         (staging / "scan.json").write_text(json.dumps(result.metadata, indent=2) + "\n")
         for name, text in (extra or {}).items():
             (staging / name).write_text(text, encoding="utf-8")
-        out.mkdir(exist_ok=True)
+        make_dirs(out)
+        remove_previous_scan(out, keep_fingerprint=result.metadata.get("fingerprint"))
         for item in staging.iterdir():
             os.replace(item, out / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def previous_scan_files(out: Path, *, keep_fingerprint: str | None = None) -> list[Path]:
+    """Every file an earlier scan (or report) wrote into ``out``: the heads table and its exports, scan.json,
+    report.html, the extra tables scan.json lists, and the checkpoints in ``analyses/`` not made with
+    ``keep_fingerprint`` (those of the scan being written stay: ``--resume`` may reuse them later)."""
+    out = Path(out)
+    found = [out / name for name in SCAN_FILES]
+    try:
+        tables = json.loads((out / "scan.json").read_text()).get("tables", [])
+    except (OSError, ValueError, AttributeError):
+        tables = []
+    found += [out / f"{name}.csv" for name in tables if isinstance(name, str) and "/" not in name]
+    checkpoints = out / "analyses"
+    if checkpoints.is_dir():
+        for meta_path in checkpoints.glob("*.json"):
+            try:
+                fingerprint = json.loads(meta_path.read_text()).get("fingerprint")
+            except (OSError, ValueError, AttributeError):
+                fingerprint = None
+            if keep_fingerprint is None or fingerprint != keep_fingerprint:
+                name = meta_path.stem
+                found += [meta_path, checkpoints / f"{name}.csv", *checkpoints.glob(f"{name}.*.csv")]
+    return [path for path in dict.fromkeys(found) if path.is_file()]
+
+
+def remove_previous_scan(out: Path, *, keep_fingerprint: str | None = None) -> list[Path]:
+    """Delete :func:`previous_scan_files` so that no file of an older run survives next to the new one."""
+    removed = previous_scan_files(out, keep_fingerprint=keep_fingerprint)
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def load_scan(folder: str | os.PathLike) -> ScanResult:
@@ -265,3 +347,14 @@ def load_scan(folder: str | os.PathLike) -> ScanResult:
     metadata = json.loads((folder / "scan.json").read_text())
     tables = {name: pd.read_csv(folder / f"{name}.csv") for name in metadata.get("tables", []) if (folder / f"{name}.csv").exists()}
     return ScanResult(heads=load_heads(folder, prefer=("csv", "parquet", "json")), metadata=metadata, tables=tables)
+
+
+class _CallableModule(types.ModuleType):
+    """``interp.scan(model)`` calls :func:`scan` even after ``import interp.scan`` bound the module to
+    that name (``interp`` imports its public names lazily, so the submodule can win the attribute)."""
+
+    def __call__(self, *args, **kwargs):
+        return scan(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

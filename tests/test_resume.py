@@ -52,3 +52,31 @@ def test_resume_recomputes_when_settings_change(tmp_path, smollm):
     assert same.metadata["resumed"] == ["sink"] and other.metadata["resumed"] == []
     pd.testing.assert_frame_equal(same.heads, first.heads)
     assert not other.heads["sink_mass"].equals(first.heads["sink_mass"])
+
+
+def test_resume_says_what_it_reuses_and_why_it_recomputes(tmp_path, smollm):
+    import interp
+    from interp.cli import _print_resume
+    from interp.cli_common import console
+
+    out = tmp_path / "ckpt"
+    interp.scan(smollm, analyses="sink", settings=interp.ScanSettings(context_length=32, batch=1), checkpoint_dir=out)
+    plans = []
+    result = interp.scan(smollm, analyses="sink,entropy", settings=interp.ScanSettings(context_length=32, batch=1, seed=1),
+                         checkpoint_dir=out, resume=True, on_resume=plans.append)
+    assert plans == [{"sink": "settings changed: seed 0 -> 1", "entropy": "no finished checkpoint"}]
+    assert result.metadata["resume"] == plans[0]
+    same = interp.scan(smollm, analyses="sink", settings=interp.ScanSettings(context_length=32, batch=1, seed=1),
+                       checkpoint_dir=out, resume=True, on_resume=plans.append)
+    assert plans[-1] == {"sink": "reused"} and same.metadata["resumed"] == ["sink"]
+    with console.capture() as captured:
+        _print_resume(plans[0])
+    text = captured.get()
+    assert "reusing nothing (no checkpoint matches these settings)" in text
+    assert "recomputing sink: settings changed: seed 0 -> 1" in text and "recomputing entropy: no finished checkpoint" in text
+
+
+def test_cli_hides_transformers_loading_bars(tmp_path):
+    run = subprocess.run(_cli("hooks", "smollm2-135m"), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "blocks.0.attn.hook_z" in run.stdout and "Loading weights" not in run.stderr

@@ -31,7 +31,7 @@ site               hook                one cell per
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,7 @@ from interp.analyses.causal_common import (
     token_strings,
 )
 from interp.errors import InterpError
+from interp.validation import check_patching
 from interp.hooks import HookedModel, hook_name
 from interp.hooks.replay import check_reuse, plan_batches, record
 
@@ -221,6 +222,7 @@ def activation_patching(
     heads: Sequence[int] | None = None,
     batch_size: int | None = None,
     reuse: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Patch every cell of ``sites`` and measure ``metric``; one row per cell.
 
@@ -239,6 +241,7 @@ def activation_patching(
             values come from the base run); ``"layers"`` reuses layers only; ``"none"`` runs one full
             forward per batch of cells (the plain path). Results agree to float rounding
             (:mod:`interp.hooks.replay`).
+        progress: ``fn(cells_done, cells_total)`` after each batch of cells.
 
     Returns:
         DataFrame ``site, layer, position, head, token, metric, delta, normalized`` where ``delta`` is
@@ -246,6 +249,7 @@ def activation_patching(
         ``direction`` and ``tokens``. ``position``/``head`` are ``<NA>`` where the site has no such axis.
     """
     reuse = check_reuse(reuse)
+    check_patching(model, clean, corrupted, answers, metric, batch_size)  # interp.validation
     sweep = patching_sweep(
         model, clean, corrupted, answers=answers, metric=metric, sites=sites, direction=direction,
         layers=layers, positions=positions, heads=heads,
@@ -267,6 +271,7 @@ def activation_patching(
         needs = [(cell.layer, cell.position if cell.position is not None else 0) for cell in cells]
         plan = plan_batches(recording, needs, rows_per_cell=n_prompts, max_rows=batch_size, last_only=last_only)
         patched_values = torch.zeros(len(cells), dtype=torch.float64)
+        done = 0
         for batch in recording.batches(plan):
             patches: dict[str, list[RowPatch]] = {}
             for row, i in enumerate(batch.cells):
@@ -279,6 +284,9 @@ def activation_patching(
                 fwd_hooks=[(name, row_patch_hook(p)) for name, p in patches.items()],
             )
             patched_values[batch.cells] = grouped_metric(metric, logits, n_prompts).cpu().double()
+            done += len(batch.cells)
+            if progress:
+                progress(done, len(cells))
     frame = cells_frame(model, cells, clean_tokens[0])
     frame["metric"] = patched_values.numpy()
     frame["delta"] = frame["metric"] - base_value

@@ -23,6 +23,7 @@ import torch
 from interp.analyses.activation_patching import SITES, cells_frame, finish_patching_frame, patching_sweep
 from interp.analyses.causal_common import Metric, Prompts
 from interp.hooks import HookedModel
+from interp.validation import check_patching
 from interp.hooks.points import HookPoint
 
 
@@ -45,6 +46,7 @@ def attribution_patching(
         DataFrame ``site, layer, position, head, token, metric, delta, normalized``: ``delta`` is the
         estimated effect and ``metric`` the base metric plus it. ``attrs`` as in activation patching.
     """
+    check_patching(model, clean, corrupted, answers, metric)  # interp.validation
     sweep = patching_sweep(
         model, clean, corrupted, answers=answers, metric=metric, sites=sites, direction=direction,
         layers=layers, positions=positions, heads=heads,

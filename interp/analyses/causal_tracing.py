@@ -18,7 +18,7 @@ forward starts at its cells' first restored block and token (:mod:`interp.hooks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,7 @@ from interp.analyses.causal_common import (
     token_strings,
 )
 from interp.errors import InterpError
+from interp.validation import check_trace_args
 from interp.hooks import HookedModel, hook_name
 from interp.hooks.points import HookPoint
 from interp.hooks.replay import check_reuse, plan_batches, record
@@ -94,6 +95,7 @@ def causal_trace(
     positions: Sequence[int] | None = None,
     batch_size: int | None = None,
     reuse: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Trace where the clean computation of ``answer`` can be restored, per (kind, position, layer).
 
@@ -113,12 +115,14 @@ def causal_trace(
             restored block and token (positions before it keep their keys and values); ``"layers"``:
             blocks only; ``"none"``: one full forward per batch (the plain path). See
             :mod:`interp.hooks.replay`.
+        progress: ``fn(cells_done, cells_total)`` after each batch of cells.
 
     Returns:
         DataFrame ``kind, layer, position, token, subject, prob, indirect_effect, corrupted_prob,
         clean_prob``; ``attrs`` has ``answer``, ``answer_id``, ``low_score``, ``high_score``,
         ``subject_range``, ``input_ids``, ``input_tokens``, ``samples``, ``noise_std``, ``window``.
     """
+    check_trace_args(window=window, noise=noise, samples=samples, batch_size=batch_size)  # interp.validation
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         raise InterpError(f"unknown trace kind(s) {unknown or list(kinds)}; choose from: {', '.join(KINDS)}")
@@ -173,6 +177,7 @@ def causal_trace(
         rows = sweep_rows(model, n_pos, batch_size, reuse=reuse, plain=64)
         plan = plan_batches(recording, needs, rows_per_cell=samples, max_rows=rows, last_only=True)
         probs = torch.zeros(len(cells), dtype=torch.float64)
+        done = 0
         for batch in recording.batches(plan):
             patches: dict[str, list[RowPatch]] = {}
             for row, i in enumerate(batch.cells):
@@ -186,6 +191,9 @@ def causal_trace(
                 fwd_hooks=[(name, row_patch_hook(p)) for name, p in patches.items()],
             )
             probs[batch.cells] = answer_prob(logits).cpu().double()
+            done += len(batch.cells)
+            if progress:
+                progress(done, len(cells))
     texts = token_strings(model, tokens[0])
     frame = pd.DataFrame(
         {
@@ -251,12 +259,21 @@ def plot_causal_trace(frame: pd.DataFrame, *, kinds: Sequence[str] | None = None
         "attn": "restoring attention (window) around layer l",
         "mlp": "restoring MLP (window) around layer l",
     }
-    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[titles[k] for k in kinds], horizontal_spacing=0.12)
+    # One panel per row, each with its colour bar to the right of the plot area: side by side, a colour
+    # bar sat on the next panel's token labels, and the figure got ~370 px for everything.
     low, high = frame.attrs["low_score"], frame.attrs["high_score"]
     start, end = frame.attrs["subject_range"]
     labels = [f"{t!r}*" if start <= i < end else repr(t) for i, t in enumerate(frame.attrs["input_tokens"])]
-    for col, kind in enumerate(kinds, start=1):
+    panel = max(240, 22 * len(labels) + 60)  # px per panel: one readable row per token
+    gap = 110  # px between panels, for the subplot title and the layer axis title
+    height = len(kinds) * panel + (len(kinds) - 1) * gap + 140
+    fig = make_subplots(
+        rows=len(kinds), cols=1, subplot_titles=[titles[k] for k in kinds],
+        vertical_spacing=gap / (height - 140) if len(kinds) > 1 else 0.0,
+    )
+    for row, kind in enumerate(kinds, start=1):
         arrays = to_rome(frame, kind)
+        domain = fig.layout["yaxis" if row == 1 else f"yaxis{row}"].domain
         fig.add_trace(
             go.Heatmap(
                 z=arrays["scores"],
@@ -265,17 +282,19 @@ def plot_causal_trace(frame: pd.DataFrame, *, kinds: Sequence[str] | None = None
                 colorscale=_KIND_COLOR[kind],
                 zmin=low,
                 zmax=max(high, float(np.nanmax(arrays["scores"]))),
-                colorbar=dict(x=col / len(kinds) - 0.02, len=0.9, title=f"p({frame.attrs['answer'].strip()})"),
+                colorbar=dict(x=1.02, xanchor="left", y=(domain[0] + domain[1]) / 2, yanchor="middle",
+                              len=domain[1] - domain[0], title=f"p({frame.attrs['answer'].strip()})"),
                 hovertemplate="layer %{x}<br>token %{y}<br>p=%{z:.4f}<extra></extra>",
             ),
-            row=1,
-            col=col,
+            row=row,
+            col=1,
         )
-        fig.update_xaxes(title_text=f"layer ({kind})", row=1, col=col)
-        fig.update_yaxes(autorange="reversed", row=1, col=col)
+        fig.update_xaxes(title_text=f"layer ({kind})", row=row, col=1)
+        fig.update_yaxes(autorange="reversed", automargin=True, row=row, col=1)
     fig.update_layout(
         title=title or f"causal trace: p({frame.attrs['answer']!r}) clean {high:.3f}, corrupted {low:.3f}",
-        height=max(300, 28 * len(labels) + 120),
-        width=380 * len(kinds) + 200,
+        height=height,
+        width=max(700, 22 * int(frame["layer"].nunique()) + 420),
+        margin=dict(l=40, r=120, t=90, b=60),
     )
     return fig

@@ -11,26 +11,9 @@ from interp.analyses.head_stats import head_stat_means
 from interp.hooks import HookedModel
 from interp.kernels import StatsConfig
 from interp.probes import Probe
+from interp.settings import ScanSettings
 
-
-@dataclass
-class ScanSettings:
-    """Settings recorded in ``scan.json``; same settings and seed give the same tables."""
-
-    context_length: int = 256
-    beyond_context: bool = False  # allow context_length past the model's trained window
-    batch: int = 2
-    seed: int = 0
-    backend: str = "auto"
-    n_sink: int = 4
-    window: int = 8
-    needle_samples: int = 6
-    retrieval_check_k: int = 5
-    streaming_sink: int = 4
-    streaming_window: int = 256
-    streaming_per_head: bool = False
-    ablation_tokens: int = 64
-    ablation_batch: int = 1
+__all__ = ["ScanContext", "ScanSettings"]
 
 
 @dataclass

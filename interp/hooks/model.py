@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
-from interp.errors import InterpError
+from interp.errors import BeyondContextWarning, InterpError
 from interp.hooks.architectures import ArchitectureSpec, check_eager_name_tests, spec_for, statistics_refusal
 from interp.hooks.attention import (
     AttentionSite,
@@ -90,6 +91,20 @@ class ActivationCache(dict):
         if not layers:
             raise KeyError(f"no cached activations for site {site!r}; cached: {', '.join(self)}")
         return torch.stack([self[hook_name(layer, site)] for layer in layers])
+
+
+def _fit_edges(edges: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Knockout ``edges [..., n, n]`` for scores ``[batch, head, query, key]``: the keys must be the prompt's
+    ``n`` tokens; with a cached prefix (fewer queries than keys) the edges of the last queries apply."""
+    n_query, n_key = shape[2], shape[3]
+    if edges.shape[-1] != n_key or edges.shape[-2] < n_query:
+        raise InterpError(
+            f"knockout edges cover {edges.shape[-2]} x {edges.shape[-1]} (query x key) tokens but the input has "
+            f"{n_key} tokens; build edges of shape [..., {n_key}, {n_key}]"
+        )
+    if edges.ndim >= 3 and edges.shape[0] not in (1, shape[0]):
+        raise InterpError(f"knockout edges have {edges.shape[0]} batch rows but the input has {shape[0]}")
+    return edges[..., edges.shape[-2] - n_query :, :]
 
 
 def _first(output: Any) -> torch.Tensor:
@@ -272,8 +287,19 @@ class HookedModel:
         attention_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """Logits ``[batch, pos, vocab]`` for token ids ``[batch, pos]`` or text."""
+        """Logits ``[batch, pos, vocab]`` for token ids ``[batch, pos]`` or text.
+
+        Warns (:class:`~interp.errors.BeyondContextWarning`) when the input is longer than the model's
+        trained window: it still runs, but positions there are extrapolation.
+        """
         tokens = self._as_tokens(inputs)
+        if self.cfg.n_ctx is not None and tokens.shape[1] > self.cfg.n_ctx:
+            warnings.warn(
+                f"{tokens.shape[1]} tokens exceed {self.cfg.name}'s trained context window of {self.cfg.n_ctx}; "
+                f"positions past it are extrapolation",
+                BeyondContextWarning,
+                stacklevel=2,
+            )
         return self.model(input_ids=tokens, attention_mask=attention_mask, use_cache=False, **kwargs).logits
 
     __call__ = forward
@@ -402,7 +428,7 @@ class HookedModel:
         per_row = any(edges.ndim >= 3 for edges, _ in entries)
         blocked = torch.zeros(shape[0] if per_row else 1, *shape[1:], dtype=torch.bool, device=device)
         for edges, heads in entries:
-            edges = edges.to(device)[..., -shape[2] :, : shape[3]]
+            edges = _fit_edges(edges, shape).to(device)
             if edges.ndim == 3:  # [batch, query, key]: the same for every selected head
                 edges = edges[:, None]
                 if heads is not None:
@@ -435,7 +461,27 @@ class HookedModel:
         self._require_attention_hooks("attention knockout")
         if edges.ndim == 4 and heads is not None:
             raise InterpError("knockout edges with a head axis select heads themselves; drop heads=")
+        if edges.ndim == 4 and edges.shape[1] != self.cfg.n_heads:
+            raise InterpError(
+                f"knockout edges [batch, head, query, key] have {edges.shape[1]} heads but the model has {self.cfg.n_heads}"
+            )
+        if edges.shape[-1] != edges.shape[-2]:
+            raise InterpError(
+                f"knockout edges must be square over the prompt's tokens ([..., n, n]), got {tuple(edges.shape)}"
+            )
         chosen = range(self.cfg.n_layers) if layers is None else list(layers)
+        bad = [layer for layer in chosen if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.cfg.n_layers]
+        if bad or (layers is not None and not chosen):
+            raise InterpError(
+                f"knockout layers {bad or list(chosen)} are out of range: the model has layers 0..{self.cfg.n_layers - 1}"
+            )
+        if heads is not None:
+            heads = list(heads)
+            bad = [h for h in heads if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < self.cfg.n_heads]
+            if bad or not heads:
+                raise InterpError(
+                    f"knockout heads {bad or heads} are out of range: the model has query heads 0..{self.cfg.n_heads - 1}"
+                )
         entry = (edges, list(heads) if heads is not None else None)
         for layer in chosen:
             self._knockouts.setdefault(layer, []).append(entry)

@@ -27,7 +27,7 @@ from interp.report.export import (
 from interp.report.html import CircuitReport, write_text_atomic
 from interp.scan import ScanResult, load_scan
 
-REPORT_FILE = "report.html"
+from interp.output import REPORT_FILE  # noqa: E402
 
 
 def write_report(

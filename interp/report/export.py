@@ -32,15 +32,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from interp.errors import InterpError
+from interp.output import EXPORT_FORMATS
 from interp.scan import KEY_COLUMNS, SCHEMA_VERSION, ScanResult
 
-FORMATS = ("csv", "parquet", "json")
+FORMATS = EXPORT_FORMATS
 DERIVED_COLUMNS = {
     "roles": "semicolon-separated role labels (see interp.report.export.ROLE_RULES); empty when none applies",
     "importance": "value the heads are ranked by (head_ablation_loss_delta, else the largest role score)",
     "importance_rank": "1 = most important head by `importance`; ties keep (layer, head) order",
 }
-PARQUET_KEYS = {"schema_version": b"interp.schema_version", "columns": b"interp.columns"}
+PARQUET_KEYS = {"schema_version": b"interp.schema_version", "columns": b"interp.columns", "run_id": b"interp.run_id"}
 
 
 @dataclass(frozen=True)
@@ -157,10 +158,11 @@ def _replaceable(path: Path, table: pd.DataFrame) -> bool:
     return set(old.columns) <= set(table.columns) and old.equals(table[list(old.columns)])
 
 
-def _json_document(table: pd.DataFrame, columns: dict[str, str]) -> dict:
+def _json_document(table: pd.DataFrame, columns: dict[str, str], run_id: str | None = None) -> dict:
     rows = table.astype(object).where(table.notna(), None).to_dict(orient="records")
     return {
         "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
         "columns": {c: columns.get(c, "") for c in table.columns},
         "dtypes": {c: str(t) for c, t in table.dtypes.items()},
         "rows": rows,
@@ -185,8 +187,10 @@ def write_exports(
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise InterpError(f"unknown export format {', '.join(unknown)}; choose from: {', '.join(FORMATS)}")
+    run_id = None
     if isinstance(result, ScanResult):
         table, columns = head_table(result), {**column_meanings(result), **(columns or {})}
+        run_id = result.metadata.get("run_id")
     else:
         table, columns = result, columns or {}
     folder = Path(folder)
@@ -205,17 +209,27 @@ def write_exports(
                 **(arrow.schema.metadata or {}),
                 PARQUET_KEYS["schema_version"]: str(SCHEMA_VERSION).encode(),
                 PARQUET_KEYS["columns"]: json.dumps(meanings).encode(),
+                **({PARQUET_KEYS["run_id"]: run_id.encode()} if run_id else {}),
             }
             _write_atomic(path, lambda p: pq.write_table(arrow.replace_schema_metadata(metadata), p))
         else:
-            text = json.dumps(_json_document(table, meanings), indent=1, allow_nan=False) + "\n"
+            text = json.dumps(_json_document(table, meanings, run_id), indent=1, allow_nan=False) + "\n"
             _write_atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
     return paths
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def _canonical(table: pd.DataFrame) -> pd.DataFrame:
+def _canonical(table: pd.DataFrame, path: Path | None = None) -> pd.DataFrame:
     """Key and rank columns int64, ``roles`` str, other numeric columns float64/int64 as stored."""
+    missing = [c for c in ("layer", "head") if c not in table]
+    if missing:
+        raise InterpError(f"{path or 'the heads table'} has no {', '.join(missing)} column; it is not an interp heads table")
+    for column in (*KEY_COLUMNS, "importance_rank"):
+        if column in table and table[column].isna().any():
+            raise InterpError(
+                f"{path or 'the heads table'}: column {column} has empty cells (row {int(table[column].isna().argmax()) + 1}); "
+                f"the file is truncated or damaged; rerun the scan or interp report --overwrite"
+            )
     for column in (*KEY_COLUMNS, "importance_rank"):
         if column in table:
             table[column] = table[column].astype("int64")
@@ -250,19 +264,58 @@ def load_heads(path: str | os.PathLike, *, prefer: Iterable[str] = ("parquet", "
         found = [path / f"heads.{fmt}" for fmt in prefer if (path / f"heads.{fmt}").exists()]
         if not found:
             raise InterpError(f"{path} holds no heads table (heads.csv, heads.parquet or heads.json)")
+        expected = scan_run_id(path)
+        if expected is not None:
+            # Never mix runs: an export left by an earlier scan of this folder is skipped. heads.csv is
+            # written together with scan.json, so it belongs to the recorded run.
+            matching = [p for p in found if p.suffix == ".csv" or export_run_id(p) == expected]
+            if not matching:
+                raise InterpError(
+                    f"{path}: {', '.join(p.name for p in found)} come from another run than scan.json (run {expected}); "
+                    f"rerun interp report {path} --overwrite"
+                )
+            found = matching
         path = found[0]
     if not path.exists():
         raise InterpError(f"{path} does not exist")
     suffix = path.suffix.lower().lstrip(".")
-    if suffix == "csv":
-        table = _read_csv(path)
-    elif suffix == "parquet":
-        table = pq.read_table(path).to_pandas()
-    elif suffix == "json":
-        table = _read_json(path)
-    else:
+    if suffix not in FORMATS:
         raise InterpError(f"{path}: unknown heads format {suffix!r}; use one of {', '.join(FORMATS)}")
-    return _canonical(table)
+    try:
+        if suffix == "csv":
+            table = _read_csv(path)
+        elif suffix == "parquet":
+            table = pq.read_table(path).to_pandas()
+        else:
+            table = _read_json(path)
+        return _canonical(table, path)
+    except InterpError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, pd.errors.ParserError, pa.ArrowException) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InterpError(f"{path} is damaged or truncated ({reason}); rerun the scan or interp report --overwrite") from None
+
+
+def scan_run_id(folder: str | os.PathLike) -> str | None:
+    """The ``run_id`` a scan folder's ``scan.json`` records (None when absent or unreadable)."""
+    try:
+        return json.loads((Path(folder) / "scan.json").read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def export_run_id(path: str | os.PathLike) -> str | None:
+    """The ``run_id`` a Parquet or JSON export records (None for CSV, whose run is scan.json's)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".parquet":
+            value = (pq.read_schema(path).metadata or {}).get(PARQUET_KEYS["run_id"])
+            return None if value is None else value.decode()
+        if path.suffix == ".json":
+            return json.loads(path.read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError, pa.ArrowException):
+        return None
+    return None
 
 
 def export_schema_version(path: str | os.PathLike) -> int | None:
