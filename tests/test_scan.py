@@ -137,7 +137,7 @@ def test_cli_scan_writes_the_folder(tmp_path):
         (["smollm2-135m", "--context-length", "4"], "--context-length must be at least 8"),
         (["smollm2-135m", "--overwrite", "--resume"], "--overwrite and --resume contradict"),
         (["smollm2-135m", "--dtype", "float8"], "unknown dtype 'float8'"),
-        (["/nonexistent/folder/model.gguf"], "neither a local path nor reachable"),
+        (["/nonexistent/folder/model.gguf"], "does not exist; check the path"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_leaves_no_output(tmp_path, args, message):
