@@ -371,16 +371,21 @@ def greater_than_task(n: int = 64, *, model: Any = None, seed: int = 0) -> Promp
 
 
 def induction_task(n: int = 64, *, model: Any = None, seed: int = 0, block: int = 12, repeat: int = 6,
-                   vocab: tuple[int, int] | None = None, prefix: Sequence[int] = ()) -> PromptPairs:
+                   vocab: tuple[int, int] | None = None, prefix: Sequence[int] = (), corrupt: str = "match") -> PromptPairs:
     """Induction/copy on random tokens: ``X[0:block] X[0:repeat]`` -> ``X[repeat]``.
 
-    The corrupted prompt draws a fresh first block ``Y`` (same second part), so nothing earlier
-    predicts the next token; the wrong answer is ``Y[repeat]``, what copying would give there.
-    Tokens are ids drawn from ``vocab = (low, high)`` (default: the model's whole vocabulary, minus
-    the first 100 ids for models with a tokenizer, which often hold special tokens).
+    ``corrupt="match"`` (default) replaces only ``X[repeat - 1]`` in the first block, the token the
+    last position looks for, so nothing earlier says what comes next (the information flows
+    embed -> previous-token head -> induction head's key -> logits); the wrong answer is a token
+    absent from the prompt. ``corrupt="block"`` draws a whole fresh first block ``Y`` (wrong answer
+    ``Y[repeat]``, what copying would give there). Tokens are ids drawn from ``vocab = (low, high)``
+    (default: the model's vocabulary, skipping the first 100 ids for models with a tokenizer, which
+    often hold special tokens).
     """
-    if repeat >= block:
-        raise InterpError(f"induction_task needs repeat < block, got repeat={repeat}, block={block}")
+    if not 0 < repeat < block:
+        raise InterpError(f"induction_task needs 0 < repeat < block, got repeat={repeat}, block={block}")
+    if corrupt not in ("match", "block"):
+        raise InterpError(f"induction_task corrupt= must be 'match' or 'block', got {corrupt!r}")
     if vocab is None:
         size = model.cfg.d_vocab if model is not None else 50_000
         low = 100 if model is not None and getattr(model, "tokenizer", None) is not None and size > 1000 else 0
@@ -389,12 +394,17 @@ def induction_task(n: int = 64, *, model: Any = None, seed: int = 0, block: int 
     rows = []
     for _ in range(n):
         x = _distinct(vocab, block, generator)
-        y = _distinct(vocab, block, generator, avoid=set(x))
-        clean = list(prefix) + x + x[:repeat]
-        corrupted = list(prefix) + y + x[:repeat]
-        rows.append({"clean": clean, "corrupted": corrupted, "answer": x[repeat], "wrong": y[repeat]})
+        if corrupt == "block":
+            y = _distinct(vocab, block, generator, avoid=set(x))
+            corrupted, wrong = y + x[:repeat], y[repeat]
+        else:
+            z, wrong = _distinct(vocab, 2, generator, avoid=set(x))
+            corrupted = x[:repeat - 1] + [z] + x[repeat:] + x[:repeat]
+        rows.append({"clean": list(prefix) + x + x[:repeat], "corrupted": list(prefix) + corrupted,
+                     "answer": x[repeat], "wrong": wrong})
     return PromptPairs(pd.DataFrame(rows), name="induction",
-                       description=f"induction on random tokens: block of {block}, then its first {repeat} again")
+                       description=f"induction on random tokens: block of {block}, then its first {repeat} again "
+                                   f"(corrupted: {corrupt})")
 
 
 def _distinct(vocab: tuple[int, int], k: int, generator: torch.Generator, avoid: set[int] = frozenset()) -> list[int]:
