@@ -144,28 +144,41 @@ def _run_circuits(model, graph, batch, corrupted_out, masks, metric_fn, clean_la
     g, b = len(masks), batch.size
     wd = corrupted_out.dtype
     p, d = batch.clean.shape[1], model.cfg.d_model
-    removed = torch.stack([~m for m in masks]).to(corrupted_out.device, corrupted_out.dtype)  # [g, n_up, n_down]
+    kept_all = torch.stack(list(masks)).to(corrupted_out.device)  # [g, n_up, n_down] bool
     current = torch.zeros(g, b, p, graph.n_up, d, device=corrupted_out.device, dtype=wd)
+    running = torch.zeros(g, b, p, d, device=corrupted_out.device, dtype=wd)  # sum of this run's outputs so far
+    corrupted_cum = torch.cumsum(corrupted_out, dim=2)  # [b, pos, n_up, d]: corrupted sums of prefixes
 
     def store(index, value):
-        current[:, :, :, index:index + value.shape[2]] = value.detach().to(wd).reshape(g, b, p, -1, d)
+        value = value.detach().to(wd).reshape(g, b, p, -1, d)
+        current[:, :, :, index:index + value.shape[3]] = value
+        running.add_(value.sum(3))
 
     def delta(group: str, layer: int, x: torch.Tensor):
         if group == "attn":
             vis, cols = graph.visible_attn(layer), graph.attn_down(layer)
         elif group == "mlp":
-            vis, cols = graph.visible_mlp(layer), graph.mlp_down(layer)
+            vis, cols = graph.visible_mlp(layer), slice(graph.mlp_down(layer), graph.mlp_down(layer) + 1)
         else:
-            vis, cols = graph.n_up, graph.logits_down
-        r = removed[:, :vis, cols]
-        if not bool(r.any()):
+            vis, cols = graph.n_up, slice(graph.logits_down, graph.logits_down + 1)
+        kept = kept_all[:, :vis, cols]  # [g, vis, slots]
+        if bool(kept.all()):
             return None
-        diff = corrupted_out[None, :, :, :vis] - current[:, :, :, :vis]
-        if group == "attn":
-            out = torch.einsum("gbpud,gus->gbpsd", diff, r).reshape(g * b, p, graph.slots, d)
+        removed = ~kept
+        kept_rows = torch.nonzero(kept.any(0).any(1)).flatten()
+        removed_rows = torch.nonzero(removed.any(0).any(1)).flatten()
+        # correction = sum over removed u of (corrupted_u - current_u): sum directly over the removed rows,
+        # or as (all rows) - (kept rows), whichever touches fewer upstream nodes.
+        if len(removed_rows) <= len(kept_rows) + 1:
+            rows, weights, base = removed_rows, removed[:, removed_rows], None
         else:
-            out = torch.einsum("gbpud,gu->gbpd", diff, r).reshape(g * b, p, d)
-        return out.to(x.dtype)
+            rows, weights = kept_rows, kept[:, kept_rows]
+            base = corrupted_cum[None, :, :, vis - 1] - running  # [g, b, p, d]
+        diff = corrupted_out[None, :, :, rows] - current[:, :, :, rows]  # [g, b, p, k, d]
+        part = torch.einsum("gbpud,gus->gbpsd", diff, weights.to(wd))
+        out = part if base is None else base[:, :, :, None] - part
+        shape = (g * b, p, graph.slots, d) if group == "attn" else (g * b, p, d)
+        return out.reshape(shape).to(x.dtype)
 
     tokens = batch.clean.repeat(g, 1)
     with torch.no_grad(), split_inputs(model, delta), model.hooks(output_hooks(model, store)):
