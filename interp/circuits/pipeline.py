@@ -65,7 +65,8 @@ class CircuitResult:
 
     def edges(self) -> pd.DataFrame:
         frame = self.scores.frame()
-        frame["in_circuit"] = self.circuit[frame["up_index"].to_numpy(), frame["down_index"].to_numpy()].numpy()
+        frame["in_circuit"] = self.circuit[torch.as_tensor(frame["up_index"].to_numpy().copy()),
+                                          torch.as_tensor(frame["down_index"].to_numpy().copy())].numpy()
         return frame[["upstream", "downstream", "kind", "score", "abs_score", "rank", "in_circuit", "up_index",
                       "down_index"]]
 
