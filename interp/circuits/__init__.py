@@ -25,6 +25,7 @@ from interp.circuits.evaluation import (
 from interp.circuits.graph import CircuitGraph, split_inputs
 from interp.circuits.metrics import METRICS, answer_prob, kl_to_clean, logit_diff
 from interp.circuits.tasks import (
+    IOI_TEMPLATES,
     TASKS,
     PromptPairs,
     TaskBatch,
@@ -37,7 +38,7 @@ from interp.circuits.tasks import (
 )
 
 __all__ = [
-    "CircuitGraph", "EdgeScores", "METRICS", "PromptPairs", "TASKS", "TaskBatch", "answer_prob", "circuit_nodes",
+    "IOI_TEMPLATES", "CircuitGraph", "EdgeScores", "METRICS", "PromptPairs", "TASKS", "TaskBatch", "answer_prob", "circuit_nodes",
     "edge_attribution", "evaluate_circuits", "factual_task", "faithfulness", "faithfulness_curve",
     "greater_than_task", "induction_task", "ioi_task", "kl_to_clean", "logit_diff", "make_task", "patch_edges",
     "prune", "read_pairs", "split_inputs", "threshold_mask", "top_n_mask",
