@@ -40,5 +40,5 @@ def test_node_level_eap_equals_attribution_patching(smollm, ioi):
     frame = attribution_patching(smollm, batch.clean, batch.corrupted, answers=answers, sites="head_out",
                                  direction="noise", layers=[0, 10, 20, 29])
     nodes = scores.node_scores()
-    got = torch.tensor([float(nodes[scores.graph.head_index(r.layer, r.head)]) for r in frame.itertuples()])
+    got = torch.tensor([float(nodes[scores.graph.head_index(r.layer, r.head)]) for r in frame.itertuples()], dtype=torch.float64)
     assert torch.allclose(got, torch.tensor(frame["delta"].to_numpy()), atol=1e-4, rtol=1e-3)
