@@ -42,13 +42,16 @@ def main() -> None:
     start = time.perf_counter()
     eap = edge_attribution(model, pairs, method="eap", batch_size=args.batch)
     rows.append(("EAP (every edge)", time.perf_counter() - start, peak_mb()))
+    print(*rows[-1], flush=True)
     start = time.perf_counter()
     ig = edge_attribution(model, pairs, method="eap-ig", steps=args.steps, batch_size=args.batch)
     rows.append((f"EAP-IG, {args.steps} steps (every edge)", time.perf_counter() - start, peak_mb()))
+    print(*rows[-1], flush=True)
     top = ig.frame().head(args.verify)
     start = time.perf_counter()
     exact = patch_edges(model, pairs, list(zip(top["up_index"], top["down_index"])), batch_size=args.batch)
     rows.append((f"exact patching, top {args.verify} edges one at a time", time.perf_counter() - start, peak_mb()))
+    print(*rows[-1], flush=True)
     sizes = [int(s) for s in args.sizes.split(",")]
     masks = [top_n_mask(ig.graph, ig.scores, s) for s in sizes]
     start = time.perf_counter()
