@@ -192,9 +192,11 @@ def list_architectures(
 
 from interp.cli_causal import register_commands as _register_causal_commands  # noqa: E402
 from interp.cli_report import register_commands as _register_report_commands  # noqa: E402
+from interp.cli_circuit import register_commands as _register_circuit_commands  # noqa: E402
 
 _register_causal_commands(app)
 _register_report_commands(app)
+_register_circuit_commands(app)
 
 
 def main() -> None:

@@ -106,6 +106,7 @@ class CircuitReport:
         min_ratio: float = 2.0,
     ) -> None:
         self.result = source if isinstance(source, ScanResult) else load_scan(source)
+        self.scan_dir = None if isinstance(source, ScanResult) else Path(source)  # an `interp circuit` there is embedded
         self.model = model
         self.top_k = top_k
         self.pattern_tokens = pattern_tokens
@@ -396,6 +397,8 @@ class CircuitReport:
 
     def html(self) -> str:
         """The whole report as one HTML document."""
+        from interp.circuits.report import report_section
+
         name = html.escape(str(self.result.metadata.get("model", {}).get("name", "model")))
         scripts = _inline_script(plotly.offline.get_plotlyjs())
         if self.model is not None:
@@ -411,6 +414,7 @@ class CircuitReport:
 {self._card()}
 {self._heatmaps()}
 {self._summary()}
+{report_section(self.scan_dir)}
 {self._table()}
 {self._attention()}
 </body></html>

@@ -1,0 +1,45 @@
+"""Circuit discovery: task datasets, direct logit attribution, edge attribution (EAP, EAP-IG), exact evaluation.
+
+    from interp.circuits import ioi_task, edge_attribution, top_n_mask, evaluate_circuits
+    pairs = ioi_task(64, model=model)
+    scores = edge_attribution(model, pairs, method="eap-ig", steps=5)
+    circuit = top_n_mask(scores.graph, scores.scores, 200)
+    evaluate_circuits(model, pairs, [circuit])["faithfulness"]
+
+Graph, hooks and definitions: :mod:`interp.circuits.graph`; scores: :mod:`interp.circuits.eap`;
+circuits and faithfulness: :mod:`interp.circuits.evaluation`; DLA and the logit lens:
+:mod:`interp.circuits.dla`; files and the HTML page: :mod:`interp.circuits.report`.
+"""
+
+from interp.circuits.eap import EdgeScores, edge_attribution
+from interp.circuits.evaluation import (
+    circuit_nodes,
+    evaluate_circuits,
+    faithfulness,
+    faithfulness_curve,
+    patch_edges,
+    prune,
+    threshold_mask,
+    top_n_mask,
+)
+from interp.circuits.graph import CircuitGraph, split_inputs
+from interp.circuits.metrics import METRICS, answer_prob, kl_to_clean, logit_diff
+from interp.circuits.tasks import (
+    IOI_TEMPLATES,
+    TASKS,
+    PromptPairs,
+    TaskBatch,
+    factual_task,
+    greater_than_task,
+    induction_task,
+    ioi_task,
+    make_task,
+    read_pairs,
+)
+
+__all__ = [
+    "IOI_TEMPLATES", "CircuitGraph", "EdgeScores", "METRICS", "PromptPairs", "TASKS", "TaskBatch", "answer_prob", "circuit_nodes",
+    "edge_attribution", "evaluate_circuits", "factual_task", "faithfulness", "faithfulness_curve",
+    "greater_than_task", "induction_task", "ioi_task", "kl_to_clean", "logit_diff", "make_task", "patch_edges",
+    "prune", "read_pairs", "split_inputs", "threshold_mask", "top_n_mask",
+]

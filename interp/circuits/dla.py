@@ -1,0 +1,129 @@
+"""Direct logit attribution and the logit lens, on a task's clean prompts at the last position.
+
+DLA: each upstream node's output at the last position (``embed``, every head's ``hook_result``,
+every MLP's output), passed through the final norm with its scale frozen from the clean run
+(TransformerLens' ``apply_ln_to_stack``; for RMSNorm: divide by the clean residual's rms at that
+position, multiply by the norm weight), then through the unembedding, projected on the metric's
+direction ``mean W_U[answers] - mean W_U[wrong]``. The residual stream is exactly the sum of these
+outputs (plus constant biases, reported as ``bias``), so the rows sum to the logit difference.
+
+Logit lens: the residual stream after each block, through the (unfrozen) final norm and the
+unembedding: the logit difference and answer probability it would give.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+
+from interp.circuits.eap import as_batches
+from interp.circuits.graph import CircuitGraph, circuit_modules, upstream_outputs, work_dtype
+from interp.circuits.metrics import _gather_mean, answer_prob
+from interp.circuits.tasks import PromptPairs, TaskBatch
+from interp.errors import InterpError
+from interp.hooks import HookedModel
+
+
+def _rms_gain(norm: torch.nn.Module) -> tuple[torch.Tensor, float]:
+    weight = getattr(norm, "weight", None)
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    if weight is None or eps is None:
+        raise InterpError(f"direct logit attribution needs an RMSNorm final norm, got {type(norm).__name__}")
+    return weight.detach().float(), float(eps)
+
+
+def _unembed(model: HookedModel) -> torch.nn.Module:
+    return model.model.get_output_embeddings()
+
+
+def direct_logit_attribution(
+    model: HookedModel,
+    data: PromptPairs | Sequence[TaskBatch],
+    *,
+    batch_size: int = 16,
+) -> pd.DataFrame:
+    """Per node: ``node, kind, layer, head, dla`` (mean over prompts of its share of the logit difference).
+
+    ``attrs``: ``logit_diff`` (the model's actual mean logit difference) and ``total`` (the sum of
+    the rows; equal up to float error).
+    """
+    graph = CircuitGraph.of(model)
+    _, _, final_norm = circuit_modules(model)
+    gain, eps = _rms_gain(final_norm)
+    wd = work_dtype(model)
+    gain = gain.to(wd)
+    unembed = _unembed(model)
+    totals = torch.zeros(graph.n_up + 1, dtype=torch.float64)
+    actual, n = 0.0, 0
+    for batch in as_batches(model, data, batch_size):
+        resid: dict[str, torch.Tensor] = {}
+
+        def keep(activation, hook):
+            resid["final"] = activation.detach()
+
+        last = f"blocks.{graph.n_layers - 1}.hook_resid_post"
+        logits, outputs = upstream_outputs(model, batch.clean, extra_hooks=[(last, keep)])
+        final = resid["final"][:, -1].to(wd)  # [batch, d_model]
+        parts = outputs[:, -1]  # [batch, n_up, d_model]
+        bias = final - parts.sum(1)
+        parts = torch.cat([parts, bias[:, None]], dim=1)
+        scale = torch.rsqrt(final.pow(2).mean(-1, keepdim=True) + eps)  # frozen from the clean run
+        direction = _direction(unembed.weight.detach().to(wd), batch)  # [batch, d_model]
+        contributions = torch.einsum("bnd,bd->bn", parts * scale[:, None] * gain, direction)
+        lm_bias = getattr(unembed, "bias", None)
+        if lm_bias is not None:
+            contributions[:, -1] += _gather_mean(lm_bias.to(wd)[None].expand(batch.size, -1), batch.answers) - \
+                _gather_mean(lm_bias.to(wd)[None].expand(batch.size, -1), batch.wrong)
+        totals += contributions.sum(0).double().cpu()
+        last_logits = logits[:, -1].to(wd)
+        actual += float((_gather_mean(last_logits, batch.answers) - _gather_mean(last_logits, batch.wrong)).sum())
+        n += batch.size
+    totals /= n
+    rows = []
+    for index, name in enumerate(graph.up_names + ["bias"]):
+        if name == "embed":
+            kind, layer, head = "embed", -1, -1
+        elif name == "bias":
+            kind, layer, head = "bias", -1, -1
+        elif name.startswith("m"):
+            kind, layer, head = "mlp", int(name[1:]), -1
+        else:
+            layer_text, head_text = name[1:].split(".h")
+            kind, layer, head = "head", int(layer_text), int(head_text)
+        rows.append({"node": name, "kind": kind, "layer": layer, "head": head, "dla": float(totals[index])})
+    frame = pd.DataFrame(rows)
+    frame.attrs.update(logit_diff=actual / n, total=float(totals.sum()))
+    return frame
+
+
+def _direction(w_u: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
+    def mean_rows(ids: torch.Tensor) -> torch.Tensor:
+        valid = (ids >= 0).to(w_u.dtype)
+        rows = w_u[ids.clamp(min=0).to(w_u.device)]  # [batch, k, d_model]
+        return (rows * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
+
+    return mean_rows(batch.answers) - mean_rows(batch.wrong)
+
+
+def logit_lens(model: HookedModel, data: PromptPairs | Sequence[TaskBatch], *, batch_size: int = 16) -> pd.DataFrame:
+    """Per layer (-1 = the embedding): ``layer, logit_diff, prob`` of the residual stream read out early, means over prompts."""
+    graph = CircuitGraph.of(model)
+    _, _, final_norm = circuit_modules(model)
+    unembed = _unembed(model)
+    wd = work_dtype(model)
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(graph.n_layers)]
+    diff = torch.zeros(len(names), dtype=torch.float64)
+    prob = torch.zeros(len(names), dtype=torch.float64)
+    n = 0
+    for batch in as_batches(model, data, batch_size):
+        with torch.no_grad():
+            _, cache = model.run_with_cache(batch.clean, names=names)
+            for i, name in enumerate(names):
+                logits = unembed(final_norm(cache[name][:, -1:]))[:, 0].to(wd)
+                diff[i] += float((_gather_mean(logits, batch.answers) - _gather_mean(logits, batch.wrong)).sum())
+                prob[i] += float(answer_prob(logits, batch).sum())
+        n += batch.size
+    return pd.DataFrame({"layer": list(range(-1, graph.n_layers)), "logit_diff": (diff / n).numpy(),
+                         "prob": (prob / n).numpy()})
