@@ -7,47 +7,15 @@ circuit.json and circuit.html (plus logit_lens.csv, faithfulness.csv, verificati
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from interp.builtin_models import DEFAULT_MODEL
+from interp.cli_causal import check_out, write_atomically
 from interp.cli_common import DebugOption, DtypeOption, console, fail
 from interp.errors import InterpError
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InterpError(f"--out {out} is a file; choose a folder path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InterpError(f"{out} exists and is not empty; pass --overwrite or choose another --out")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise InterpError(f"cannot write to {parent}; choose an --out folder you can write to")
-
-
-def _write_staged(out: Path, write: Callable[[Path], None]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        write(staging)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(staging, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def register_commands(app: typer.Typer) -> None:
@@ -90,7 +58,7 @@ def register_commands(app: typer.Typer) -> None:
                 raise InterpError(f"unknown task {task!r}; built-in tasks: {', '.join(TASKS)} (or --data FILE)")
             if scan is not None and not scan.is_dir():
                 raise InterpError(f"--scan {scan} is not a folder")
-            _check_out(out, overwrite)
+            check_out(out, overwrite=overwrite)
             from interp.circuits.pipeline import discover_circuit, scan_roles
             from interp.circuits.tasks import make_task, read_pairs
 
@@ -111,7 +79,7 @@ def register_commands(app: typer.Typer) -> None:
 
                 result = discover_circuit(hooked, pairs, method=method, steps=steps, metric=metric, n_edges=edges,
                                           verify=verify, batch_size=batch, roles=roles, progress=step)
-            _write_staged(out, result.save)
+            write_atomically(out, result.save, overwrite=overwrite)  # staged, then renamed into place
         except InterpError as error:
             fail(error, debug)
         except Exception as error:  # noqa: BLE001 - one line unless --debug
