@@ -36,7 +36,11 @@ def test_killed_scan_resumes_to_the_uninterrupted_table(tmp_path):
     assert done.returncode == 0, done.stderr
     meta = json.loads((out / "scan.json").read_text())
     assert {"sink", "entropy"} <= set(meta["resumed"]) and "induction" not in meta["resumed"]
-    pd.testing.assert_frame_equal(pd.read_csv(out / "heads.csv"), pd.read_csv(reference / "heads.csv"))
+    # Two processes have agreed to the last printed digit on an idle machine, but under memory pressure
+    # inside the full suite they differed by ~1e-6 (an open determinism problem, see the README's Numerics).
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "heads.csv"), pd.read_csv(reference / "heads.csv"), check_exact=False, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_resume_recomputes_when_settings_change(tmp_path, smollm):
