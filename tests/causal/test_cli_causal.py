@@ -2,10 +2,7 @@
 
 import pandas as pd
 import pytest
-import torch
 import typer
-from tiny_models import tiny_config
-from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from interp.cli_causal import register_commands
@@ -18,18 +15,6 @@ def app():
     app = typer.Typer()
     register_commands(app)
     return app
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(smollm, tmp_path_factory):
-    """A random-init tiny Llama with the shipped tokenizer's vocabulary, saved as an HF folder."""
-    config = tiny_config("llama")
-    config.vocab_size = smollm.cfg.d_vocab
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    smollm.tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def test_trace_writes_csv_and_html_and_refuses_to_overwrite(app, tiny_folder, tmp_path):

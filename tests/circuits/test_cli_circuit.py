@@ -11,11 +11,9 @@ import plotly.offline
 import pytest
 import torch
 import typer
-from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import tiny_config  # noqa: E402
 
 from interp.circuits import ioi_task, read_pairs  # noqa: E402
 from interp.circuits.report import report_section  # noqa: E402
@@ -35,18 +33,6 @@ def app():
         pass
 
     return app
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(smollm, tmp_path_factory):
-    """A random-init tiny Llama (GQA) with the shipped tokenizer, saved as an HF folder."""
-    config = tiny_config("llama")
-    config.vocab_size = smollm.cfg.d_vocab
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama-circuit")
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    smollm.tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def test_circuit_writes_every_file_and_an_offline_html(app, tiny_folder, tmp_path):
