@@ -14,14 +14,22 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "interp.cli", *args]
 
 
+# One thread in both scan processes: inside the full suite two identical 2-thread runs differed by up to
+# 1e-4 in sink_mass (reproducibly, the same numbers each time; alone they agree). The cause is open; this
+# test is about what --resume reuses, so it removes the threading variable.
+_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def test_killed_scan_resumes_to_the_uninterrupted_table(tmp_path):
     analyses = "sink,entropy,max_attention,previous_token,induction"
     common = ["scan", "smollm2-135m", "--context-length", "48", "--batch", "1", "--analyses", analyses]
     reference = tmp_path / "reference"
-    subprocess.run(_cli(*common, "--out", str(reference)), check=True, capture_output=True)
+    subprocess.run(_cli(*common, "--out", str(reference)), check=True, capture_output=True, env=_ENV)
 
     out = tmp_path / "resumed"
-    process = subprocess.Popen(_cli(*common, "--out", str(out)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _cli(*common, "--out", str(out)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_ENV
+    )
     deadline = time.time() + 300
     while not (out / "analyses" / "entropy.json").exists():
         assert process.poll() is None, "scan finished before it could be killed; make it longer"
@@ -32,7 +40,7 @@ def test_killed_scan_resumes_to_the_uninterrupted_table(tmp_path):
     assert not (out / "heads.csv").exists() and not (out / "scan.json").exists()
     assert not [p for p in os.listdir(out / "analyses") if p.endswith(".partial")]
 
-    done = subprocess.run(_cli(*common, "--out", str(out), "--resume"), capture_output=True, text=True)
+    done = subprocess.run(_cli(*common, "--out", str(out), "--resume"), capture_output=True, text=True, env=_ENV)
     assert done.returncode == 0, done.stderr
     meta = json.loads((out / "scan.json").read_text())
     assert {"sink", "entropy"} <= set(meta["resumed"]) and "induction" not in meta["resumed"]
