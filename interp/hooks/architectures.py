@@ -103,13 +103,14 @@ _MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe", "moe", "ffn", "ff", "fe
 _FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f", "final_norm", "ln_out")
 
 
-def _text_config(config):
+def text_config(config):
+    """The text model's config (multimodal wrappers keep it apart), or the config itself."""
     getter = getattr(config, "get_text_config", None)
     return getter() if callable(getter) else config
 
 
 def n_layers_of(config) -> int | None:
-    config = _text_config(config)
+    config = text_config(config)
     for name in ("num_hidden_layers", "n_layer", "num_layers"):
         value = getattr(config, name, None)
         if isinstance(value, int):
@@ -150,7 +151,7 @@ def check_eager_name_tests(model: nn.Module) -> None:
 
 def statistics_refusal(config) -> str | None:
     """Why attention statistics are not available for a config, or None."""
-    config = _text_config(config)
+    config = text_config(config)
     if config.model_type in STATISTICS_REFUSED:
         return STATISTICS_REFUSED[config.model_type]
     if any(getattr(config, key, None) for key in _SPARSE_INDEX_CONFIG_KEYS):
@@ -248,7 +249,7 @@ def discover(model: nn.Module) -> ArchitectureSpec:
     n_layers = n_layers_of(config)
     if n_layers is None:
         raise UnsupportedArchitectureError(f"{model_type}: the config gives no number of layers")
-    d_model = getattr(_text_config(config), "hidden_size", None) or getattr(config, "n_embd", None)
+    d_model = getattr(text_config(config), "hidden_size", None) or getattr(config, "n_embd", None)
     layers = _find_blocks(model, n_layers, model_type)
     blocks = model.get_submodule(layers)
     attention_paths = [_find_attention(block) for block in blocks]

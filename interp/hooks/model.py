@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from interp.errors import BeyondContextWarning, InterpError
-from interp.hooks.architectures import ArchitectureSpec, check_eager_name_tests, spec_for, statistics_refusal
+from interp.hooks.architectures import ArchitectureSpec, check_eager_name_tests, spec_for, statistics_refusal, text_config
 from interp.hooks.attention import (
     AttentionSite,
     gpt_neo_attn,
@@ -55,7 +55,7 @@ class ModelSpec:
 
 def _model_spec(model: nn.Module, spec: ArchitectureSpec, name: str) -> ModelSpec:
     """Sizes read from the modules interp hooks (configs name them inconsistently; MLA heads differ from d_model / n_heads)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model.config)
     attention = model.get_submodule(spec.layers)[0].get_submodule(spec.attention)
     n_heads = (
         getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None) or getattr(config, "num_heads", None)
@@ -500,7 +500,7 @@ class HookedModel:
         Some modules pass their config's window on every layer while the mask (which HF's own attention
         obeys) is full on global layers; ``config.layer_types`` says which layers slide.
         """
-        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        config = text_config(self.model.config)
         types = getattr(config, "layer_types", None)
         if isinstance(types, (list, tuple)) and len(types) == self.cfg.n_layers:
             return getattr(config, "sliding_window", None) if types[layer] == "sliding_attention" else None
@@ -514,7 +514,7 @@ class HookedModel:
         return self._stats_collector is not None and self._stats_collector.wants(layer)
 
     def attention_with_stats(self, layer: int, query, key, value, attention_mask, **kwargs) -> torch.Tensor:
-        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        config = text_config(self.model.config)
         types = getattr(config, "layer_types", None) or ()
         refusal = statistics_refusal(config)
         if refusal is not None:
