@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from interp.analyses.causal_common import answer_token
 from interp.errors import InterpError
 
 REQUIRED = ("clean", "corrupted", "answer", "wrong")
@@ -236,25 +237,14 @@ def _prompt_ids(model: Any, prompt: Any, row: int, what: str) -> list[int]:
 
 
 def _answer_id(model: Any, answer: Any, row: int, what: str) -> int:
-    if isinstance(answer, (int,)) or (hasattr(answer, "item") and not isinstance(answer, str)):
-        value = int(answer)
-        if not 0 <= value < model.cfg.d_vocab:
-            raise InterpError(f"row {row}: {what} token id {value} is outside the vocabulary [0, {model.cfg.d_vocab})")
-        return value
-    if isinstance(answer, str) and answer.lstrip("-").isdigit() and model.tokenizer is None:
-        return _answer_id(model, int(answer), row, what)
-    if not isinstance(answer, str) or not answer:
-        raise InterpError(f"row {row}: {what} is empty; give one token of text (e.g. ' Mary') or a token id")
-    if model.tokenizer is None:
-        raise InterpError(f"row {row}: {what} {answer!r} is text but the model has no tokenizer; give a token id")
-    ids = model.tokenizer(answer, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        pieces = [model.tokenizer.decode([t]) for t in ids]
-        raise InterpError(
-            f"row {row}: {what} {answer!r} is {len(ids)} tokens {pieces}; answers must be a single token "
-            "(a leading space often helps, e.g. ' Paris')"
-        )
-    return int(ids[0])
+    """A row's answer as one token id: table cells may hold numpy ints, or digits as text without a tokenizer."""
+    if hasattr(answer, "item") and not isinstance(answer, str):
+        answer = int(answer)
+    elif isinstance(answer, str) and answer.lstrip("-").isdigit() and model.tokenizer is None:
+        answer = int(answer)
+    elif not isinstance(answer, (str, int)):
+        answer = ""  # refused as empty below
+    return answer_token(model, answer, what=f"row {row}: {what}")
 
 
 def _padded(lists: list[list[int]]) -> torch.Tensor:
