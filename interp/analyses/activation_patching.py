@@ -263,27 +263,32 @@ def activation_patching(
     batch_size = sweep_rows(model, clean_tokens.shape[1], batch_size, reuse=reuse, plain=32, last_only=last_only)
     with torch.no_grad():
         source_logits, source = model.run_with_cache(source_tokens, names=names)
-        recording, _ = record(model, base_tokens, reuse=reuse)
+        recording, base = record(model, base_tokens, names=names if reuse != "none" else (), reuse=reuse)
         source_value = float(metric(source_logits).float().mean())
         base_value = float(metric(recording.logits).float().mean())
         clean_value, corrupted_value = (source_value, base_value) if direction == "denoise" else (base_value, source_value)
+        patched_values = torch.full((len(cells),), base_value, dtype=torch.float64)
+        # A cell whose source value equals the base run's (a position before the prompts first differ, a
+        # layer-0 token both prompts share) cannot change anything: it keeps the base metric, unrun.
+        live = [i for i, cell in enumerate(cells) if reuse == "none" or not torch.equal(
+            source[cell.hook][(slice(None), *cell.index)], base[cell.hook][(slice(None), *cell.index)])]
         # A patch at (layer, position) leaves blocks < layer and positions < position as in the base run.
-        needs = [(cell.layer, cell.position if cell.position is not None else 0) for cell in cells]
+        needs = [(cells[i].layer, cells[i].position if cells[i].position is not None else 0) for i in live]
         plan = plan_batches(recording, needs, rows_per_cell=n_prompts, max_rows=batch_size, last_only=last_only)
-        patched_values = torch.zeros(len(cells), dtype=torch.float64)
-        done = 0
+        done = len(cells) - len(live)
         for batch in recording.batches(plan):
             patches: dict[str, list[RowPatch]] = {}
-            for row, i in enumerate(batch.cells):
+            batch_cells = [live[j] for j in batch.cells]
+            for row, i in enumerate(batch_cells):
                 cell = cells[i]
                 rows = slice(row * n_prompts, (row + 1) * n_prompts)
                 value = source[cell.hook][(slice(None), *cell.index)]
                 patches.setdefault(cell.hook, []).append((rows, cell.shifted_index(batch.prefix), value))
             logits = recording.run(
-                len(batch.cells), start=batch.start, prefix=batch.prefix, last_only=last_only,
+                len(batch.cells), starts=batch.starts, prefix=batch.prefix, last_only=last_only,
                 fwd_hooks=[(name, row_patch_hook(p)) for name, p in patches.items()],
             )
-            patched_values[batch.cells] = grouped_metric(metric, logits, n_prompts).cpu().double()
+            patched_values[batch_cells] = grouped_metric(metric, logits, n_prompts).cpu().double()
             done += len(batch.cells)
             if progress:
                 progress(done, len(cells))

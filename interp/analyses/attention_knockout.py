@@ -134,7 +134,8 @@ def subject_knockout_sweep(
         # Blocking query -> subject in layers l.. leaves blocks < l and positions < query as they were.
         rows = sweep_rows(model, n_pos, batch_size, reuse=reuse, plain=n_rows, last_only=last_only)
         plan = plan_batches(
-            recording, [(w[0], query) for w in windows], rows_per_cell=n_rows, max_rows=rows, last_only=last_only
+            recording, [(w[0], query) for w in windows], rows_per_cell=n_rows, max_rows=rows, last_only=last_only,
+            staggered=False,  # model.knockout's edges cover every row of the batch at each layer
         )
         with torch.no_grad():
             for batch in recording.batches(plan):

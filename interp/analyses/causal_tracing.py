@@ -187,7 +187,7 @@ def causal_trace(
                     name = hook_name(l_restore, _KIND_SITE[kind])
                     patches.setdefault(name, []).append((rows, (pos - batch.prefix,), clean_cache[name][0, pos]))
             logits = recording.run(
-                len(batch.cells), start=batch.start, prefix=batch.prefix, last_only=True,
+                len(batch.cells), starts=batch.starts, prefix=batch.prefix, last_only=True,
                 fwd_hooks=[(name, row_patch_hook(p)) for name, p in patches.items()],
             )
             probs[batch.cells] = answer_prob(logits).cpu().double()

@@ -108,7 +108,7 @@ def _ablated_metrics(
             for layer, head in groups[i]:
                 patches.setdefault(hook_name(layer, "attn.hook_z"), []).append(_patch(values[layer], rows, head))
         logits = recording.run(
-            len(batch.cells), start=batch.start, prefix=batch.prefix, last_only=last_only,
+            len(batch.cells), starts=batch.starts, prefix=batch.prefix, last_only=last_only,
             fwd_hooks=[(name, row_patch_hook(p)) for name, p in patches.items()],
         )
         out[batch.cells] = grouped_metric(metric, logits, n_rows).cpu().double()

@@ -29,7 +29,7 @@ Use :func:`plan_batches` to group cells so that each forward shares one ``(start
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -49,8 +49,8 @@ REUSE_MODES = ("auto", "layers", "none")
 # about 30 token rows of a large batch; on a shared one small calls cost far more (each op waits for its
 # time slice), so the planner leans to fewer, larger calls: IOI resid_pre on a loaded box ran 99 s with
 # (32, 64) and 47 s with (200, 2000).
-BLOCK_CALL_COST = 200.0
-FORWARD_COST = 2000.0
+BLOCK_CALL_COST = 50.0
+FORWARD_COST = 500.0
 # While adapting threads (see Recording.batches): re-try the other thread count every this many batches.
 THREAD_PROBE_EVERY = 8
 
@@ -98,6 +98,9 @@ class Batch:
     start: int
     prefix: int
     cost: float = 1.0  # the planner's estimate of its work (token rows x blocks, plus overheads)
+    # Staggered batches: each cell's own start block (nondecreasing, ``starts[0] == start``); pass it to
+    # Recording.run so each cell's rows join the forward at their own block. None: every cell at ``start``.
+    starts: list[int] | None = None
 
 
 @dataclass
@@ -141,15 +144,16 @@ class Recording:
 
         On a shared CPU, torch's default (one thread per core) can be several times slower than one
         thread when another process holds a core, because every op waits for its slowest thread. With
-        ``adapt_threads`` (default: unless ``reuse="none"``, and only with more than one thread) the
-        first batches run with the default and with one thread, the faster per estimated unit of work
-        is kept, and the other is re-tried every ``THREAD_PROBE_EVERY`` batches. The thread count is
-        restored at the end.
+        ``adapt_threads`` (default: unless ``reuse="none"``, with more than one thread and at least
+        ``THREAD_PROBE_EVERY`` batches, so that the probe costs little) the first batches run with the
+        default and with one thread, the faster per estimated unit of work is kept, and the other is
+        re-tried every ``THREAD_PROBE_EVERY`` batches. The thread count is restored at the end.
         """
         import time
 
         default = torch.get_num_threads()
-        adapt = (self.reuse != "none" if adapt_threads is None else adapt_threads) and default > 1 and len(plan) > 2
+        adapt = (self.reuse != "none" and len(plan) >= THREAD_PROBE_EVERY if adapt_threads is None else adapt_threads)
+        adapt = adapt and default > 1 and len(plan) > 2
         choices = (default, 1)
         rate = {default: None, 1: None}  # seconds per unit of estimated cost
         best = default
@@ -179,6 +183,7 @@ class Recording:
         *,
         start: int = 0,
         prefix: int = 0,
+        starts: Sequence[int] | None = None,
         fwd_hooks: Iterable[tuple[str, HookFn]] = (),
         last_only: bool = False,
     ) -> torch.Tensor:
@@ -187,8 +192,18 @@ class Recording:
         Returns ``[groups * rows, pos, vocab]``, or ``[groups * rows, 1, vocab]`` (last position only)
         when ``last_only``; positions ``< prefix`` are the recorded base logits. Hooks must act at
         blocks ``>= start`` (anything earlier is replayed) and index positions relative to ``prefix``.
+
+        ``starts`` (one nondecreasing start block per group) staggers the forward: group ``g``'s rows
+        join at block ``starts[g]`` with the recorded residual stream, so no group runs a block before
+        its own start. Blocks see only the groups that have joined, in order (group ``g`` is rows
+        ``g * rows ..``), so a group's hooks must act at or after its own start.
         """
         hooks = list(fwd_hooks)
+        if starts is not None:
+            starts = [self.clamp(s, prefix)[0] for s in starts]
+            if len(starts) != groups or any(b < a for a, b in zip(starts, starts[1:])):
+                raise InterpError(f"starts must give one nondecreasing start block per group ({groups}), got {list(starts)}")
+            start = starts[0]
         start, prefix = self.clamp(start, prefix)
         model = self.model
         self.calls += 1
@@ -196,18 +211,23 @@ class Recording:
             logits = model.run_with_hooks(self.tokens.repeat(groups, 1), fwd_hooks=self.base_hooks + hooks)
             return logits[:, -1:] if last_only else logits
         self._check_hooks(hooks, start)
+        joined = [sum(1 for s in starts if s <= layer) if starts is not None else groups for layer in range(self.model.cfg.n_layers)]
+        first = joined[start] if start < len(joined) else groups
         cache = None
         if prefix > 0:
             from transformers import DynamicCache
 
             cache = DynamicCache(
                 ddp_cache_data=[
-                    (_rows(k[:, :, :prefix], groups), _rows(v[:, :, :prefix], groups)) for k, v in zip(self.keys, self.values)
+                    (_rows(k[:, :, :prefix], max(first, joined[layer])), _rows(v[:, :, :prefix], max(first, joined[layer])))
+                    for layer, (k, v) in enumerate(zip(self.keys, self.values))
                 ]
             )
-        with self._replayed(groups, start, prefix), model.hooks(hooks):
+        if starts is None:
+            starts = [start] * groups
+        with self._replayed(starts, prefix), model.hooks(hooks):
             logits = model.model(
-                input_ids=_rows(self.tokens[:, prefix:], groups),
+                input_ids=_rows(self.tokens[:, prefix:], first),
                 cache=cache,
                 use_cache=cache is not None,
                 logits_to_keep=1 if last_only else 0,
@@ -226,24 +246,50 @@ class Recording:
                 raise InterpError(f"hook {name} acts before block {start}, where this replay starts; start earlier")
 
     @contextmanager
-    def _replayed(self, groups: int, start: int, prefix: int) -> Iterator[None]:
+    def _replayed(self, starts: Sequence[int], prefix: int) -> Iterator[None]:
+        """Replay blocks before ``starts[0]``; let each later group join at the output of the block before its start."""
         blocks = self.model.layers
+        n_rows, start = self.n_rows, starts[0]
+        first = sum(1 for s in starts if s == start)
+        joining = {layer: sum(1 for s in starts if s == layer) for layer in set(starts) if layer > start}
         saved = {}
         handles = []
 
         def replay_output(layer: int):
             def forward(*args: Any, **kwargs: Any) -> Any:
-                value = _rows(self.outputs[layer][:, prefix:], groups)
+                value = _rows(self.outputs[layer][:, prefix:], first)
                 n = self.tuple_outputs[layer]
                 return (value, *([None] * (n - 1))) if n else value
 
             return forward
 
         def enter_hook(module, args, kwargs):
-            value = _rows(self.inputs[0][:, prefix:], groups)
+            value = _rows(self.inputs[0][:, prefix:], first)
             if args:
                 return (value, *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": value}
+
+        def join_hook(layer: int, count: int):
+            # Runs first among block `layer`'s output hooks: the joining groups' rows are the recorded
+            # residual stream leaving that block, so hook_resid_post already sees them.
+            def hook(module, args, output):
+                hidden = _first(output)
+                grown = torch.cat([hidden, _rows(self.outputs[layer][:, prefix:], count).to(hidden.dtype)], dim=0)
+                return (grown, *output[1:]) if isinstance(output, tuple) else grown
+
+            return hook
+
+        def widen_hook(module, args, kwargs):
+            # The model built masks / position embeddings for the first groups' rows; joined groups
+            # are copies of the same prompts, so their rows repeat the first `n_rows` (group-major).
+            hidden = args[0] if args else kwargs["hidden_states"]
+            rows = hidden.shape[0]
+            if rows == first * n_rows:
+                return None
+            widen = lambda value: _widen(value, first * n_rows, rows, n_rows)  # noqa: E731
+            return (hidden, *(widen(a) for a in args[1:])), {
+                key: value if key in ("hidden_states", "cache_position") else widen(value) for key, value in kwargs.items()
+            }
 
         try:
             for layer in range(start):
@@ -252,6 +298,11 @@ class Recording:
                 block.forward = replay_output(layer)
             if start == 0:  # later blocks receive the replayed output of block start - 1 (after its hooks)
                 handles.append(blocks[start].register_forward_pre_hook(enter_hook, with_kwargs=True, prepend=True))
+            for layer, count in joining.items():
+                handles.append(blocks[layer - 1].register_forward_hook(join_hook(layer - 1, count), prepend=True))
+            if joining:
+                for layer in range(start + 1, len(blocks)):
+                    handles.append(blocks[layer].register_forward_pre_hook(widen_hook, with_kwargs=True, prepend=True))
             yield
         finally:
             for handle in handles:
@@ -261,6 +312,17 @@ class Recording:
                     del blocks[layer].forward
                 else:
                     blocks[layer].forward = original
+
+
+def _widen(value: Any, old: int, new: int, n_rows: int) -> Any:
+    """``value`` with a leading batch axis of ``old`` rows tiled to ``new`` (its first ``n_rows``, repeated)."""
+    if isinstance(value, tuple):
+        return tuple(_widen(v, old, new, n_rows) for v in value)
+    if isinstance(value, list):
+        return [_widen(v, old, new, n_rows) for v in value]
+    if not isinstance(value, torch.Tensor) or value.ndim < 2 or value.shape[0] != old:
+        return value
+    return _rows(value[:n_rows], new // n_rows)
 
 
 def record(
@@ -357,19 +419,36 @@ def plan_batches(
     rows_per_cell: int,
     max_rows: int,
     last_only: bool,
+    staggered: bool = True,
 ) -> list[Batch]:
-    """Group cells into forwards so that a batch shares one ``(start, prefix)``, minimizing estimated work.
+    """Group cells into forwards that share one prefix, minimizing estimated work.
 
     ``needs[i] = (start, prefix)``: the latest block and position cell ``i`` may start at. A batch
-    starts at its cells' smallest start and prefix. Cells are ordered by (prefix, start) and by (start,
-    prefix); each order is cut into batches of at most ``max_rows`` rows by dynamic programming on a
-    cost model (token rows x blocks run, plus per-call overheads), and the cheaper plan is kept. With
-    ``reuse="none"`` cells keep their order and are cut into full batches.
+    runs from its cells' smallest prefix and holds at most ``max_rows`` rows. The cost model counts
+    token rows x blocks run plus per-call overheads.
+
+    ``staggered`` (default): each cell joins its batch's forward at its own start block
+    (:attr:`Batch.starts`, for :meth:`Recording.run`), so only the prefix is shared; cells ordered
+    by (prefix, start) are cut into batches by dynamic programming. The caller must pass
+    ``starts=batch.starts`` and give each cell hooks only at or after its own start.
+
+    Otherwise a batch also shares its smallest start, and two kinds of plan are costed:
+
+    - *line plans*: cells ordered by (prefix, start) or by (start, prefix), cut into batches by
+      dynamic programming;
+    - a *grid plan*: the (start, prefix) plane cut into layer bands and position bands, one batch per
+      rectangle (split further to fit ``max_rows``); the cuts alternate between a dynamic program
+      over layer cuts and one over position cuts. This is what a layer x position sweep needs: a
+      line plan must either mix early and late layers or early and late positions in each batch.
+
+    With ``reuse="none"`` cells keep their order and are cut into full batches.
     """
     per_batch = max(1, max_rows // max(1, rows_per_cell))
     n = len(needs)
     if recording.reuse == "none":
         return [Batch(list(range(i, min(n, i + per_batch))), 0, 0, float(min(n, i + per_batch) - i)) for i in range(0, n, per_batch)]
+    if n == 0:
+        return []
     clamped = [recording.clamp(s, p) for s, p in needs]
     n_layers, n_pos = recording.model.cfg.n_layers, recording.n_pos
     head = block_cost_ratio(recording.model)
@@ -379,28 +458,168 @@ def plan_batches(
         run = n_pos - prefix
         return FORWARD_COST + (n_layers - start) * (BLOCK_CALL_COST + rows * run) + head * rows * (1 if last_only else run)
 
-    best_plan, best_cost = None, float("inf")
-    for order in (
+    if staggered:
+        return _staggered_plan(clamped, per_batch, rows_per_cell, head, last_only, n_layers, n_pos)
+
+    def batch_of(cells: list[int]) -> Batch:
+        start, prefix = min(clamped[i][0] for i in cells), min(clamped[i][1] for i in cells)
+        return Batch(cells, start, prefix, cost(len(cells), start, prefix))
+
+    plans = [_line_plan(order, clamped, per_batch, cost, n_layers, n_pos) for order in (
         sorted(range(n), key=lambda i: (clamped[i][1], clamped[i][0], i)),
         sorted(range(n), key=lambda i: (clamped[i][0], clamped[i][1], i)),
-    ):
-        total = [0.0] + [float("inf")] * n
-        cut = [0] * (n + 1)
-        for end in range(1, n + 1):
-            start, prefix = n_layers, n_pos
-            for begin in range(end - 1, max(-1, end - 1 - per_batch), -1):
-                s, p = clamped[order[begin]]
-                start, prefix = min(start, s), min(prefix, p)
-                value = total[begin] + cost(end - begin, start, prefix)
+    )]
+    plans.append(_grid_plan(clamped, per_batch, cost))
+    best = min(plans, key=lambda cells_list: sum(batch_of(cells).cost for cells in cells_list))
+    return [batch_of(cells) for cells in best]
+
+
+CostFn = Callable[[int, int, int], float]
+
+
+def _staggered_plan(
+    clamped: list[tuple[int, int]], per_batch: int, rows_per_cell: int, head: float, last_only: bool, n_layers: int, n_pos: int
+) -> list[Batch]:
+    """Cells ordered by (prefix, start), cut into staggered batches by dynamic programming."""
+    order = sorted(range(len(clamped)), key=lambda i: (clamped[i][1], clamped[i][0], i))
+    n = len(order)
+
+    def cost(k: int, start: int, prefix: int, blocks: int) -> float:
+        """``k`` cells that run ``blocks`` cell-blocks in all, from ``start`` and ``prefix``."""
+        run = n_pos - prefix
+        return (FORWARD_COST + (n_layers - start) * BLOCK_CALL_COST + rows_per_cell * run * blocks
+                + head * k * rows_per_cell * (1 if last_only else run))
+
+    total = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        start, prefix, blocks = n_layers, n_pos, 0
+        for begin in range(end - 1, max(-1, end - 1 - per_batch), -1):
+            s, p = clamped[order[begin]]
+            start, prefix, blocks = min(start, s), min(prefix, p), blocks + n_layers - s
+            value = total[begin] + cost(end - begin, start, prefix, blocks)
+            if value < total[end]:
+                total[end], cut[end] = value, begin
+    plan, end = [], n
+    while end > 0:
+        cells = sorted((order[i] for i in range(cut[end], end)), key=lambda i: (clamped[i][0], i))
+        starts = [clamped[i][0] for i in cells]
+        prefix = min(clamped[i][1] for i in cells)
+        plan.append(Batch(cells, starts[0], prefix, cost(len(cells), starts[0], prefix, sum(n_layers - s for s in starts)), starts))
+        end = cut[end]
+    return plan[::-1]
+
+
+def _line_plan(order: list[int], clamped: list[tuple[int, int]], per_batch: int, cost: CostFn, n_layers: int, n_pos: int) -> list[list[int]]:
+    """Cut ``order`` into consecutive batches of at most ``per_batch`` cells, minimizing total ``cost``."""
+    n = len(order)
+    total = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        start, prefix = n_layers, n_pos
+        for begin in range(end - 1, max(-1, end - 1 - per_batch), -1):
+            s, p = clamped[order[begin]]
+            start, prefix = min(start, s), min(prefix, p)
+            value = total[begin] + cost(end - begin, start, prefix)
+            if value < total[end]:
+                total[end], cut[end] = value, begin
+    plan, end = [], n
+    while end > 0:
+        plan.append([order[i] for i in range(cut[end], end)])
+        end = cut[end]
+    return plan[::-1]
+
+
+# The grid planner considers at most this many distinct cut values per axis (quantiles beyond that).
+GRID_CANDIDATES = 48
+
+
+def _grid_plan(clamped: list[tuple[int, int]], per_batch: int, cost: CostFn) -> list[list[int]]:
+    """Cells grouped by rectangles of the (start, prefix) plane; see :func:`plan_batches`."""
+    import numpy as np
+
+    starts = np.array([s for s, _ in clamped])
+    prefixes = np.array([p for _, p in clamped])
+
+    def candidates(values: np.ndarray) -> np.ndarray:
+        unique = np.unique(values)
+        if len(unique) > GRID_CANDIDATES:
+            unique = np.unique(np.quantile(unique, np.linspace(0, 1, GRID_CANDIDATES), method="lower"))
+        return unique
+
+    s_vals, p_vals = candidates(starts), candidates(prefixes)
+    # counts[a, b]: cells whose start falls in candidate band a (s_vals[a] <= s < s_vals[a + 1]) and prefix band b.
+    s_band = np.searchsorted(s_vals, starts, side="right") - 1
+    p_band = np.searchsorted(p_vals, prefixes, side="right") - 1
+    counts = np.zeros((len(s_vals), len(p_vals)), dtype=np.int64)
+    np.add.at(counts, (s_band, p_band), 1)
+    summed = counts.cumsum(0).cumsum(1)
+
+    def count(a0: int, a1: int, b0: int, b1: int) -> int:
+        """Cells in candidate bands [a0, a1) x [b0, b1)."""
+        total = summed[a1 - 1, b1 - 1]
+        if a0:
+            total -= summed[a0 - 1, b1 - 1]
+        if b0:
+            total -= summed[a1 - 1, b0 - 1]
+        if a0 and b0:
+            total += summed[a0 - 1, b0 - 1]
+        return int(total)
+
+    def rect_cost(a0: int, a1: int, b0: int, b1: int) -> float:
+        k = count(a0, a1, b0, b1)
+        if k == 0:
+            return 0.0
+        full, rest = divmod(k, per_batch)
+        start, prefix = int(s_vals[a0]), int(p_vals[b0])
+        return full * cost(per_batch, start, prefix) + (cost(rest, start, prefix) if rest else 0.0)
+
+    def best_cuts(n_values: int, other: list[int], along_starts: bool) -> tuple[list[int], float]:
+        """Optimal cuts along one axis (candidate indices, first 0) given the other axis' cuts."""
+        bounds = list(zip(other, other[1:] + [len(p_vals) if along_starts else len(s_vals)]))
+        total = [0.0] + [float("inf")] * n_values
+        cut = [0] * (n_values + 1)
+        for end in range(1, n_values + 1):
+            for begin in range(end):
+                if along_starts:
+                    value = sum(rect_cost(begin, end, b0, b1) for b0, b1 in bounds)
+                else:
+                    value = sum(rect_cost(a0, a1, begin, end) for a0, a1 in bounds)
+                value += total[begin]
                 if value < total[end]:
                     total[end], cut[end] = value, begin
-        if total[n] < best_cost:
-            plan, end = [], n
-            while end > 0:
-                begin = cut[end]
-                cells = [order[i] for i in range(begin, end)]
-                start, prefix = min(clamped[i][0] for i in cells), min(clamped[i][1] for i in cells)
-                plan.append(Batch(cells, start, prefix, cost(len(cells), start, prefix)))
-                end = begin
-            best_plan, best_cost = plan[::-1], total[n]
-    return best_plan or []
+        cuts, end = [], n_values
+        while end > 0:
+            cuts.append(cut[end])
+            end = cut[end]
+        return cuts[::-1], total[n_values]
+
+    best: tuple[float, list[int], list[int]] | None = None
+    for layers_first in (True, False):
+        s_cuts, p_cuts = [0], [0]
+        previous = float("inf")
+        for _ in range(6):
+            if layers_first:
+                s_cuts, _ = best_cuts(len(s_vals), p_cuts, True)
+                p_cuts, value = best_cuts(len(p_vals), s_cuts, False)
+            else:
+                p_cuts, _ = best_cuts(len(p_vals), s_cuts, False)
+                s_cuts, value = best_cuts(len(s_vals), p_cuts, True)
+            if value >= previous - 1e-9:
+                break
+            previous = value
+        if best is None or previous < best[0]:
+            best = (previous, s_cuts, p_cuts)
+    assert best is not None
+    _, s_cuts, p_cuts = best
+    s_of = np.searchsorted(np.array(s_cuts), s_band, side="right") - 1
+    p_of = np.searchsorted(np.array(p_cuts), p_band, side="right") - 1
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in range(len(clamped)):
+        groups.setdefault((int(s_of[i]), int(p_of[i])), []).append(i)
+    plan = []
+    for key in sorted(groups):
+        cells = sorted(groups[key], key=lambda i: (clamped[i], i))
+        # Split a rectangle that exceeds per_batch so the later pieces start as late as they can.
+        plan += [cells[i:i + per_batch] for i in range(0, len(cells), per_batch)]
+    return plan

@@ -98,6 +98,26 @@ def test_replayed_sweep_equals_the_naive_per_cell_loop(architecture):
         assert abs(row.metric - expected) < TOL, (row.site, row.layer, row.position)
 
 
+def test_staggered_cells_join_at_their_own_block_and_no_op_cells_never_run():
+    model = hooked("llama")
+    clean, corrupted = tokens_pair(pos=9, batch=2)
+    rows = {0: [], 1: []}
+    handles = [model.layers[i].mlp.register_forward_hook(lambda module, args, out, i=i: rows[i].append(args[0].shape[:2]))
+               for i in (0, 1)]
+    try:
+        frame = activation_patching(model, clean, corrupted, answers=ANSWERS, sites="resid_pre", positions=[1, 6])
+    finally:
+        for handle in handles:
+            handle.remove()
+    # Position 1 lies in the shared prefix: those cells equal the base run and never run. Position 6 at
+    # layers 0 and 1 share one forward: 2 prompt rows through block 0, 4 through block 1, 3 positions each.
+    assert rows[0][2:] == [(2, 3)] and rows[1][2:] == [(4, 3)]
+    shared = frame[frame["position"] == 1]
+    assert (shared["metric"] == frame.attrs["corrupted_metric"]).all()
+    expected = naive_patch(model, corrupted, clean, ANSWERS, "blocks.1.hook_resid_pre", 6, None)
+    assert abs(float(frame[(frame["position"] == 6) & (frame["layer"] == 1)]["metric"].iloc[0]) - expected) < TOL
+
+
 def test_a_metric_over_every_position_gets_the_base_logits_before_the_prefix():
     model = hooked("llama")
     clean, corrupted = tokens_pair()
