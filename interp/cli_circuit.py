@@ -14,7 +14,7 @@ import typer
 
 from interp.builtin_models import DEFAULT_MODEL
 from interp.cli_causal import check_out, write_atomically
-from interp.cli_common import DebugOption, DtypeOption, console, fail
+from interp.cli_common import DebugOption, DtypeOption, check_source, console, fail, task_or_data
 from interp.errors import InterpError
 
 
@@ -43,24 +43,20 @@ def register_commands(app: typer.Typer) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         try:
-            if (task is None) == (data is None):
-                raise InterpError("give exactly one of --task NAME or --data FILE")
+            check_source(task, data)
             if n < 1 or batch < 1 or steps < 1:
                 raise InterpError("--n, --batch and --steps must be at least 1")
             if method.lower().replace("_", "-") not in ("eap", "eap-ig"):
                 raise InterpError(f"unknown --method {method!r}; use eap or eap-ig")
             from interp.circuits.metrics import METRICS
-            from interp.circuits.tasks import TASKS
 
             if metric not in METRICS:
                 raise InterpError(f"unknown --metric {metric!r}; use one of {', '.join(METRICS)}")
-            if task is not None and task.replace("-", "_") not in TASKS:
-                raise InterpError(f"unknown task {task!r}; built-in tasks: {', '.join(TASKS)} (or --data FILE)")
             if scan is not None and not scan.is_dir():
                 raise InterpError(f"--scan {scan} is not a folder")
             check_out(out, overwrite=overwrite)
             from interp.circuits.pipeline import discover_circuit, scan_roles
-            from interp.circuits.tasks import make_task, read_pairs
+            from interp.circuits.tasks import read_pairs
 
             pairs = read_pairs(data) if data is not None else None
             roles = scan_roles(scan) if scan is not None else None
@@ -68,7 +64,7 @@ def register_commands(app: typer.Typer) -> None:
 
             with console.status(f"loading {model}"):
                 hooked = interp.load(model, device=device, dtype=dtype)
-            pairs = pairs.head(n) if pairs is not None else make_task(task, n, model=hooked, seed=seed)
+            pairs = task_or_data(task, pairs, n, model=hooked, seed=seed, default_n=n)
             pairs.encode(hooked)  # one error line naming the row, before any long step
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           console=console, transient=False) as bars:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import os
 import sys
@@ -44,3 +44,32 @@ def fail(error: BaseException, debug: bool) -> None:
         message = f"{type(error).__name__}: {error}".splitlines()[0] + " (run with --debug for the traceback)"
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
+
+
+def check_source(task: str | None, data: Any, *, single: str | None = None, single_given: bool = False) -> None:
+    """Refuse anything but exactly one input: ``--task``, ``--data`` or (where a command has them) ``single``'s options.
+
+    Also refuses an unknown task name, all before the model loads.
+    """
+    choices = ([single] if single else []) + ["--task NAME", "--data FILE"]
+    given = [name for name, on in zip(choices, ([single_given] if single else []) + [task is not None, data is not None]) if on]
+    if len(given) != 1:
+        mixed = f" (got {' and '.join(given)})" if given else ""
+        raise InterpError(f"give exactly one of {', '.join(choices[:-1])} or {choices[-1]}{mixed}")
+    if task is not None:
+        from interp.circuits.tasks import TASKS
+
+        if task.replace("-", "_") not in TASKS:
+            raise InterpError(f"unknown task {task!r}; built-in tasks: {', '.join(TASKS)} (or --data FILE)")
+
+
+def task_or_data(task: str | None, rows: Any, n: int | None, *, model: Any, seed: int, default_n: int) -> Any:
+    """The built-in ``task`` generated for ``model`` (``n`` rows, default ``default_n``), else the first ``n`` of ``rows``.
+
+    ``rows`` is the ``--data`` file, read before the model loaded (a PromptPairs or a DataFrame).
+    """
+    if rows is not None:
+        return rows if n is None else rows.head(n)
+    from interp.circuits.tasks import make_task
+
+    return make_task(task, default_n if n is None else n, model=model, seed=seed)

@@ -122,6 +122,12 @@ def test_help_shows_defaults_and_readable_types():
         (["patch", "smollm2-135m", "--clean", "a b", "--corrupt", "a b", "--answers", " Mary, John"], "equals its --clean prompt"),
         (["patch", "smollm2-135m", "--clean", "a b", "--corrupt", "b a", "--answers", " Mary, John", "--batch-size", "0"],
          "must be a positive integer"),
+        (["patch", "smollm2-135m", "--task", "ioi", "--clean", "a b"], "give exactly one of"),
+        (["trace", "smollm2-135m", "--task", "factual", "--prompt", "a b", "--subject", "a"], "give exactly one of"),
+        (["patch", "smollm2-135m", "--task", "nope"], "unknown task 'nope'"),
+        (["trace", "smollm2-135m", "--task", "ioi"], "has no subject to corrupt"),
+        (["patch", "smollm2-135m", "--data", "/nonexistent/pairs.jsonl"], "does not exist"),
+        (["trace", "smollm2-135m", "--task", "factual", "--n", "0"], "--n must be at least 1"),
     ],
 )
 def test_cli_refuses_bad_arguments_before_loading_the_model(tmp_path, no_model_load, monkeypatch, args, message):

@@ -6,7 +6,7 @@ from interp.analyses import sink, entropy, max_attention, token_roles, dormant, 
 from interp.analyses.activation_patching import activation_patching, plot_patching
 from interp.analyses.attention_knockout import attention_knockout, subject_knockout_sweep
 from interp.analyses.attribution_patching import attribution_patching
-from interp.analyses.causal_tracing import causal_trace, plot_causal_trace, to_rome
+from interp.analyses.causal_tracing import average_traces, causal_trace, plot_causal_trace, to_rome
 from interp.analyses.composition import composition_scores
 from interp.analyses.entropy import entropy_scores
 from interp.analyses.head_ablation import joint_ablation
@@ -24,6 +24,7 @@ __all__ = [
     "activation_patching",
     "attention_knockout",
     "attribution_patching",
+    "average_traces",
     "causal_trace",
     "composition_scores",
     "head_ablation_scores",

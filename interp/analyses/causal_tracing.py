@@ -224,6 +224,73 @@ def causal_trace(
     return frame
 
 
+TOKEN_GROUPS = (
+    "before the subject", "first subject token", "middle subject tokens", "last subject token",
+    "first subsequent token", "further tokens", "last token",
+)
+
+
+def token_group(position: int, subject_range: tuple[int, int], n_pos: int) -> str:
+    """ROME's token category of ``position`` (the last token wins over any other), for averaging traces."""
+    start, end = subject_range
+    if position == n_pos - 1:
+        return "last token"
+    if position < start:
+        return "before the subject"
+    if position == start:
+        return "first subject token"
+    if position == end - 1:
+        return "last subject token"
+    if position < end:
+        return "middle subject tokens"
+    return "first subsequent token" if position == end else "further tokens"
+
+
+def average_traces(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The mean of several prompts' traces by ROME's token groups (Meng et al. 2022, Figure 2).
+
+    Prompts differ in length and subject position, so positions are first mapped to
+    :data:`TOKEN_GROUPS` (first / middle / last subject token, first subsequent token, further
+    tokens, last token, and tokens before the subject), averaged within each prompt, then averaged
+    over the prompts that have that group. The result has :func:`causal_trace`'s columns with
+    ``position`` = index of the group among those present, ``token`` = its name and ``rows`` = how
+    many prompts it averages; ``corrupted_prob`` / ``clean_prob`` (and ``attrs`` ``low_score`` /
+    ``high_score``) are means over all prompts, so :func:`plot_causal_trace` draws it.
+    """
+    if not frames:
+        raise InterpError("average_traces needs at least one trace")
+    parts = []
+    for i, frame in enumerate(frames):
+        n_pos = len(frame.attrs["input_tokens"])
+        groups = [token_group(int(p), tuple(frame.attrs["subject_range"]), n_pos) for p in frame["position"]]
+        per_row = frame.assign(group=groups).groupby(["kind", "layer", "group"], sort=False)[["prob", "indirect_effect"]].mean()
+        parts.append(per_row.reset_index().assign(trace=i))
+    both = pd.concat(parts, ignore_index=True)
+    mean = both.groupby(["kind", "layer", "group"], sort=False).agg(
+        prob=("prob", "mean"), indirect_effect=("indirect_effect", "mean"), rows=("trace", "nunique")
+    ).reset_index()
+    present = [g for g in TOKEN_GROUPS if g in set(mean["group"])]
+    mean["position"] = [present.index(g) for g in mean["group"]]
+    kinds = [k for k in KINDS if k in set(mean["kind"])]
+    mean = mean.sort_values(["kind", "position", "layer"], key=lambda c: c.map(kinds.index) if c.name == "kind" else c)
+    low = float(np.mean([f.attrs["low_score"] for f in frames]))
+    high = float(np.mean([f.attrs["high_score"] for f in frames]))
+    subject = [i for i, g in enumerate(present) if "subject token" in g]
+    answers = {f.attrs["answer"] for f in frames}
+    out = pd.DataFrame({
+        "kind": mean["kind"], "layer": mean["layer"], "position": mean["position"], "token": mean["group"],
+        "subject": [p in subject for p in mean["position"]], "prob": mean["prob"],
+        "indirect_effect": mean["indirect_effect"], "corrupted_prob": low, "clean_prob": high, "rows": mean["rows"],
+    }).reset_index(drop=True)
+    out.attrs.update(
+        answer=answers.pop() if len(answers) == 1 else "answer", low_score=low, high_score=high,
+        subject_range=(subject[0], subject[-1] + 1) if subject else (0, 0), input_tokens=present, input_ids=[],
+        n_layers=frames[0].attrs["n_layers"], window=frames[0].attrs["window"], samples=frames[0].attrs["samples"],
+        traces=len(frames),
+    )
+    return out
+
+
 def to_rome(frame: pd.DataFrame, kind: str = "resid") -> dict[str, Any]:
     """ROME's ``calculate_hidden_flow`` result for one ``kind``: ``scores [tokens, layers]`` (NaN where not traced), etc."""
     part = frame[frame["kind"] == kind]

@@ -137,23 +137,72 @@ def read_pairs(path: str | Path, *, name: str | None = None) -> PromptPairs:
     ``correct``, ``wrong_answers``, ...); list-valued answers in CSV are JSON lists or ``|``-separated.
     """
     path = Path(path)
+    return PromptPairs(read_table(path), name=name or path.stem)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A dataset file as a DataFrame: ``.jsonl``/``.json``/``.ndjson``, ``.csv``/``.tsv`` (all text) or ``.parquet``."""
+    path = Path(path)
     if not path.is_file():
         raise InterpError(f"dataset {path} does not exist")
     suffix = path.suffix.lower()
     try:
         if suffix in (".jsonl", ".json", ".ndjson"):
-            frame = pd.read_json(path, lines=suffix != ".json", dtype=False)
-        elif suffix in (".csv", ".tsv"):
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
-        elif suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-        else:
-            raise InterpError(f"dataset {path}: unknown format {suffix!r}; use .jsonl, .csv or .parquet")
-    except InterpError:
-        raise
+            return pd.read_json(path, lines=suffix != ".json", dtype=False)
+        if suffix in (".csv", ".tsv"):
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
     except Exception as error:  # noqa: BLE001 - any parse error is the user's file
         raise InterpError(f"cannot read dataset {path}: {str(error).splitlines()[0]}") from None
-    return PromptPairs(frame, name=name or path.stem)
+    raise InterpError(f"dataset {path}: unknown format {suffix!r}; use .jsonl, .csv or .parquet")
+
+
+TRACE_COLUMNS = ("prompt", "subject", "answer")
+
+
+def trace_rows(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Causal-tracing rows ``prompt, subject, answer`` (``answer`` None where absent: the model's top prediction).
+
+    ``prompt`` may be called ``clean`` (or ``clean_prompt``), so a prompt-pair dataset with a
+    ``subject`` column, as :func:`factual_task` makes, traces its clean prompts.
+    """
+    frame = frame.rename(columns={alias: "prompt" for alias in ("clean", "clean_prompt") if "prompt" not in frame.columns})
+    frame = frame.loc[:, ~frame.columns.duplicated()]
+    missing = [c for c in ("prompt", "subject") if c not in frame.columns]
+    if missing:
+        raise InterpError(
+            f"dataset {name!r} lacks column(s) {', '.join(missing)}; causal tracing needs prompt (or clean) and subject, "
+            f"answer optional (has: {', '.join(map(str, frame.columns))})"
+        )
+    if len(frame) == 0:
+        raise InterpError(f"dataset {name!r} has no rows")
+    answers = frame["answer"] if "answer" in frame.columns else [None] * len(frame)
+    rows = pd.DataFrame({"prompt": list(frame["prompt"]), "subject": list(frame["subject"]),
+                         "answer": pd.Series([_trace_answer(a, i) for i, a in enumerate(answers)], dtype=object)})
+    for i, row in enumerate(rows.itertuples(index=False)):
+        for column in ("prompt", "subject"):
+            value = getattr(row, column)
+            if not isinstance(value, str) or not value.strip():
+                raise InterpError(f"row {i}: {column} is empty or not text ({_show(value)})")
+    return rows
+
+
+def _trace_answer(value: Any, row: int) -> str | int | None:
+    """One answer cell: text or a token id; empty / missing means "the model's top prediction"."""
+    if hasattr(value, "tolist"):  # numpy scalars and arrays (Parquet lists)
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        if len(value) != 1:
+            raise InterpError(f"row {row}: causal tracing takes one answer per prompt, got {len(value)} ({_show(value)})")
+        value = value[0]
+    if value is None or value is pd.NA or value == "" or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, float) and value.is_integer():  # an id column with gaps reads as floats
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InterpError(f"row {row}: answer must be text or a token id, got {_show(value)}")
+    return value
 
 
 def _normalize_columns(frame: pd.DataFrame, name: str) -> pd.DataFrame:
