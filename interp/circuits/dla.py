@@ -65,8 +65,8 @@ def direct_logit_attribution(
 
         last = f"blocks.{graph.n_layers - 1}.hook_resid_post"
         logits, outputs = upstream_outputs(model, batch.clean, extra_hooks=[(last, keep)])
-        final = resid["final"][:, -1].to(wd)  # [batch, d_model]
-        parts = outputs[:, -1]  # [batch, n_up, d_model]
+        final = batch.last(resid["final"]).to(wd)  # [batch, d_model]
+        parts = batch.last(outputs)  # [batch, n_up, d_model]
         bias = final - parts.sum(1)
         parts = torch.cat([parts, bias[:, None]], dim=1)
         scale = torch.rsqrt(final.pow(2).mean(-1, keepdim=True) + eps)  # frozen from the clean run
@@ -77,7 +77,7 @@ def direct_logit_attribution(
             contributions[:, -1] += _gather_mean(lm_bias.to(wd)[None].expand(batch.size, -1), batch.answers) - \
                 _gather_mean(lm_bias.to(wd)[None].expand(batch.size, -1), batch.wrong)
         totals += contributions.sum(0).double().cpu()
-        last_logits = logits[:, -1].to(wd)
+        last_logits = batch.last(logits).to(wd)
         actual += float((_gather_mean(last_logits, batch.answers) - _gather_mean(last_logits, batch.wrong)).sum())
         n += batch.size
     totals /= n
@@ -121,7 +121,7 @@ def logit_lens(model: HookedModel, data: PromptPairs | Sequence[TaskBatch], *, b
         with torch.no_grad():
             _, cache = model.run_with_cache(batch.clean, names=names)
             for i, name in enumerate(names):
-                logits = unembed(final_norm(cache[name][:, -1:]))[:, 0].to(wd)
+                logits = unembed(final_norm(batch.last(cache[name])[:, None]))[:, 0].to(wd)
                 diff[i] += float((_gather_mean(logits, batch.answers) - _gather_mean(logits, batch.wrong)).sum())
                 prob[i] += float(answer_prob(logits, batch).sum())
         n += batch.size

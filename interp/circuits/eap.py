@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from interp.circuits.graph import CircuitGraph, split_inputs, upstream_outputs, work_dtype
+from interp.circuits.graph import CircuitGraph, circuit_modules, upstream_outputs, work_dtype
 from interp.circuits.metrics import TaskMetric, get_metric
 from interp.circuits.tasks import PromptPairs, TaskBatch
 from interp.errors import InterpError
@@ -62,7 +62,7 @@ class EdgeScores:
 
 def as_batches(model: HookedModel, data: PromptPairs | Sequence[TaskBatch], batch_size: int) -> list[TaskBatch]:
     if isinstance(data, PromptPairs):
-        batches = data.encode(model, batch_size=batch_size)
+        batches = data.encode(model, batch_size=batch_size, pad=True)
     else:
         batches = [piece for b in data for piece in b.split(batch_size)]
     return [b.to(model.device) for b in batches]
@@ -95,10 +95,13 @@ def edge_attribution(
     for batch in as_batches(model, data, batch_size):
         clean_logits, clean_out = upstream_outputs(model, batch.clean)
         corrupted_logits, corrupted_out = upstream_outputs(model, batch.corrupted)
-        clean_last = clean_logits[:, -1].to(wd)
+        clean_last = batch.last(clean_logits).to(wd)
         clean_total += float(metric_fn(clean_last, batch, clean_last).sum())
-        corrupted_total += float(metric_fn(corrupted_logits[:, -1].to(wd), batch, clean_last).sum())
+        corrupted_total += float(metric_fn(batch.last(corrupted_logits).to(wd), batch, clean_last).sum())
         diff = corrupted_out - clean_out
+        real = batch.real()
+        if real is not None:  # pads get no gradient; zero their differences too, so they add exactly nothing
+            diff.mul_(real[:, :, None, None].to(diff.dtype))
         del corrupted_out, corrupted_logits
         if method == "eap":
             grads = input_gradients(model, batch, metric_fn, clean_last)
@@ -133,35 +136,109 @@ def input_gradients(
     Returns per layer the attention slots ``[batch, pos, slots, d_model]`` and the MLP input
     ``[batch, pos, d_model]`` (interleaved: attn 0, mlp 0, attn 1, ...), then the logits' input.
     ``embed`` (``[batch, pos, d_model]``) replaces the residual stream entering block 0.
+
+    One ordinary forward and backward gives the gradient at every q/k/v projection output, MLP
+    input and final-norm output; each slot's gradient is then pulled back by hand through its own
+    head's projection weights and its norm (the chain rule :func:`split_inputs` would apply, without
+    widening the forward to one residual stream per slot).
     """
     graph = CircuitGraph.of(model)
     wd = work_dtype(model)
-    leaves: dict[tuple[str, int], torch.Tensor] = {}
+    attn_norms, mlp_norms, final_norm = circuit_modules(model)
+    H, KV, D = graph.n_heads, graph.n_kv_heads, model.cfg.d_head
+    norm_inputs: dict[tuple[str, int], torch.Tensor] = {}
+    watched: dict[tuple[str, int], torch.Tensor] = {}
+    handles = []
 
-    def delta(group: str, layer: int, x: torch.Tensor) -> torch.Tensor:
-        shape = (*x.shape[:2], graph.slots, x.shape[-1]) if group == "attn" else x.shape
-        leaf = torch.zeros(shape, dtype=x.dtype, device=x.device, requires_grad=True)
-        leaves[(group, layer)] = leaf
-        return leaf
+    def keep_norm(key: tuple[str, int]):
+        def hook(module, args, output):
+            norm_inputs[key] = args[0].detach()
+            if key[0] != "attn":
+                watched[key] = output  # d metric / d the norm's output, for this input alone
+        return hook
 
-    hooks = []
-    if embed is not None:
-        hooks.append(("blocks.0.hook_resid_pre", lambda activation, hook: embed.to(activation.dtype)))
-    with torch.enable_grad(), split_inputs(model, delta), model.hooks(hooks):
-        logits = model(batch.clean)
-        value = metric_fn(logits[:, -1].to(wd), batch, clean_last).sum()
-        order = [key for layer in range(graph.n_layers) for key in (("attn", layer), ("mlp", layer))]
-        order.append(("logits", graph.n_layers))
-        grads = torch.autograd.grad(value, [leaves[key] for key in order], allow_unused=True)
-    return [torch.zeros_like(leaves[key]) if g is None else g.to(work_dtype(model)) for key, g in zip(order, grads)]
+    def keep_proj(key: tuple[str, int]):
+        def hook(module, args, output):
+            watched[key] = output
+        return hook
+
+    def start(activation, hook):
+        return (activation if embed is None else embed.to(activation.dtype)).detach().requires_grad_(True)
+
+    try:
+        for layer in range(graph.n_layers):
+            attention = model.attention_module(layer)
+            handles.append(attn_norms[layer].register_forward_hook(keep_norm(("attn", layer))))
+            for part in ("q", "k", "v"):
+                handles.append(getattr(attention, f"{part}_proj").register_forward_hook(keep_proj((part, layer))))
+            handles.append(mlp_norms[layer].register_forward_hook(keep_norm(("mlp", layer))))
+        handles.append(final_norm.register_forward_hook(keep_norm(("logits", graph.n_layers))))
+        with torch.enable_grad(), model.hooks([("blocks.0.hook_resid_pre", start)]):
+            logits = model(batch.clean)
+            value = metric_fn(batch.last(logits).to(wd), batch, clean_last).sum()
+            keys = list(watched)
+            found = dict(zip(keys, torch.autograd.grad(value, [watched[k] for k in keys], allow_unused=True)))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    def grad_of(key: tuple[str, int]) -> torch.Tensor:
+        g = found.get(key)
+        return torch.zeros_like(watched[key], dtype=wd) if g is None else g.to(wd)
+
+    out = []
+    for layer in range(graph.n_layers):
+        attention = model.attention_module(layer)
+        pulled = []
+        for part, heads in (("q", H), ("k", KV), ("v", KV)):
+            g = grad_of((part, layer))
+            weight = getattr(attention, f"{part}_proj").weight.detach().to(wd).reshape(heads, D, -1)
+            pulled.append(torch.einsum("bphd,hdm->bphm", g.reshape(*g.shape[:2], heads, D), weight))
+        out.append(norm_vjp(attn_norms[layer], norm_inputs[("attn", layer)], torch.cat(pulled, dim=2)))
+        out.append(norm_vjp(mlp_norms[layer], norm_inputs[("mlp", layer)], grad_of(("mlp", layer))))
+    out.append(norm_vjp(final_norm, norm_inputs[("logits", graph.n_layers)], grad_of(("logits", graph.n_layers))))
+    return out
+
+
+def norm_vjp(norm: torch.nn.Module, x: torch.Tensor, cotangent: torch.Tensor) -> torch.Tensor:
+    """The norm's vector-Jacobian product at ``x [batch, pos, d]``: ``cotangent [batch, pos, d]`` or
+    ``[batch, pos, slots, d]`` (one per slot) -> same shape, the gradient with respect to ``x``.
+
+    Llama-style RMSNorm (``weight * x / rms(x)``, as Llama, Mistral and Qwen use) in closed form;
+    any other norm through autograd on a copy of ``x`` per slot.
+    """
+    wd = cotangent.dtype
+    xs = x.to(wd) if cotangent.ndim == x.ndim else x.to(wd).unsqueeze(2)
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    weight = getattr(norm, "weight", None)
+    if type(norm).__name__ in _LLAMA_RMSNORMS and isinstance(eps, float) and weight is not None:
+        r = torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + eps)
+        a = cotangent * weight.detach().to(wd)
+        return r * a - xs * (r.pow(3) * (a * xs).mean(-1, keepdim=True))
+    wide = xs.expand_as(cotangent).clone().requires_grad_(True)
+    with torch.enable_grad():
+        y = norm(wide.to(x.dtype))
+        (grad,) = torch.autograd.grad(y, wide, cotangent.to(y.dtype))
+    return grad.to(wd)
+
+
+# Norm classes computing ``weight * x * rsqrt(mean(x^2) + eps)`` (checked against autograd in the tests).
+_LLAMA_RMSNORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
 
 
 def accumulate_scores(graph: CircuitGraph, scores: torch.Tensor, diff: torch.Tensor, grads: list[torch.Tensor]) -> None:
-    """``scores[u, v] += sum over batch, pos, d of diff[.., u, :] * grad_v`` for every edge."""
+    """``scores[u, v] += sum over batch, pos, d of diff[.., u, :] * grad_v`` for every edge.
+
+    One matrix product ``[n_up, batch*pos*d] @ [batch*pos*d, n_down]`` (non-edges are dropped by the
+    mask): far faster than one contraction per layer, which re-reads ``diff`` for each.
+    """
+    n_up = diff.shape[2]
+    flat_diff = diff.permute(2, 0, 1, 3).reshape(n_up, -1)  # [n_up, batch*pos*d]
+    columns = []
     for layer in range(graph.n_layers):
         attn, mlp = grads[2 * layer], grads[2 * layer + 1]
-        vis = graph.visible_attn(layer)
-        scores[:vis, graph.attn_down(layer)] += torch.einsum("bpud,bpsd->us", diff[:, :, :vis], attn).double().cpu()
-        vis = graph.visible_mlp(layer)
-        scores[:vis, graph.mlp_down(layer)] += torch.einsum("bpud,bpd->u", diff[:, :, :vis], mlp).double().cpu()
-    scores[:, graph.logits_down] += torch.einsum("bpud,bpd->u", diff, grads[-1]).double().cpu()
+        columns += [attn.permute(2, 0, 1, 3).reshape(attn.shape[2], -1), mlp.reshape(1, -1)]
+    columns.append(grads[-1].reshape(1, -1))
+    flat_grads = torch.cat(columns, dim=0)  # [n_down, batch*pos*d], in downstream index order
+    product = (flat_diff @ flat_grads.T).double().cpu()
+    scores += product * graph.edge_mask

@@ -117,10 +117,10 @@ def evaluate_circuits(
     n = 0
     for batch in as_batches(model, data, batch_size):
         with torch.no_grad():
-            clean_last = model(batch.clean)[:, -1].to(wd)
+            clean_last = batch.last(model(batch.clean)).to(wd)
         corrupted_logits, corrupted_out = upstream_outputs(model, batch.corrupted)
         clean_total += float(metric_fn(clean_last, batch, clean_last).sum())
-        corrupted_total += float(metric_fn(corrupted_logits[:, -1].to(wd), batch, clean_last).sum())
+        corrupted_total += float(metric_fn(batch.last(corrupted_logits).to(wd), batch, clean_last).sum())
         per_chunk = max(1, max_rows // batch.size)
         for start in range(0, len(masks), per_chunk):
             group = masks[start:start + per_chunk]
@@ -182,14 +182,10 @@ def _run_circuits(model, graph, batch, corrupted_out, masks, metric_fn, clean_la
 
     tokens = batch.clean.repeat(g, 1)
     with torch.no_grad(), split_inputs(model, delta), model.hooks(output_hooks(model, store)):
-        logits = model(tokens)[:, -1].to(wd)
-    values = metric_fn(logits, _repeat(batch, g), clean_last.repeat(g, 1))
+        repeated = batch.repeat(g)
+        logits = repeated.last(model(tokens)).to(wd)
+    values = metric_fn(logits, repeated, clean_last.repeat(g, 1))
     return values.reshape(g, b).sum(1).double().cpu().numpy()
-
-
-def _repeat(batch: TaskBatch, g: int) -> TaskBatch:
-    return TaskBatch(batch.clean.repeat(g, 1), batch.corrupted.repeat(g, 1), batch.answers.repeat(g, 1),
-                     batch.wrong.repeat(g, 1), batch.rows * g)
 
 
 def patch_edges(
@@ -223,7 +219,7 @@ def patch_edges(
         _, corrupted_out = upstream_outputs(model, batch.corrupted)
         diff = (corrupted_out - clean_out) * scale
         del corrupted_out, clean_out
-        clean_last = clean_logits[:, -1].to(wd)
+        clean_last = batch.last(clean_logits).to(wd)
         clean_value = metric_fn(clean_last, batch, clean_last)
         per_chunk = max(1, max_rows // batch.size)
         for start in range(0, len(edges), per_chunk):
@@ -263,8 +259,9 @@ def _run_single_edges(model, graph, batch, diff, edges, metric_fn, clean_last) -
 
     tokens = batch.clean.repeat(g, 1)
     with torch.no_grad(), split_inputs(model, delta):
-        logits = model(tokens)[:, -1].to(wd)
-    values = metric_fn(logits, _repeat(batch, g), clean_last.repeat(g, 1))
+        repeated = batch.repeat(g)
+        logits = repeated.last(model(tokens)).to(wd)
+    values = metric_fn(logits, repeated, clean_last.repeat(g, 1))
     return values.reshape(g, b).sum(1).double().cpu().numpy()
 
 

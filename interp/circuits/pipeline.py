@@ -182,7 +182,7 @@ def discover_circuit(
     progress = progress or _noop_progress
     timings: dict[str, float] = {}
     n_prompts = len(pairs)
-    batches = pairs.encode(model, batch_size=batch_size)  # checks every row before any model work
+    batches = pairs.encode(model, batch_size=batch_size, pad=True)  # checks every row before any model work
 
     start = time.perf_counter()
     scores = edge_attribution(model, batches, method=method, steps=steps, metric=metric, batch_size=batch_size,

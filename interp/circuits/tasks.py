@@ -45,9 +45,12 @@ _ALIASES = {
 
 @dataclass
 class TaskBatch:
-    """Rows of a task with equal token length, tokenized.
+    """Rows of a task, tokenized: ``clean`` and ``corrupted`` are ``[batch, pos]``.
 
     ``answers`` and ``wrong`` are ``[batch, k]`` token ids padded with -1 (rows may have several).
+    ``lengths`` (``[batch]``) is set when rows of different token lengths were right-padded to one
+    width: row ``i``'s prompt is its first ``lengths[i]`` tokens. Under causal attention the pads
+    never reach a real position, so reading each row at :meth:`last` is exact.
     """
 
     clean: torch.Tensor
@@ -55,21 +58,42 @@ class TaskBatch:
     answers: torch.Tensor
     wrong: torch.Tensor
     rows: list[int]
+    lengths: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
         return int(self.clean.shape[0])
 
+    def last(self, values: torch.Tensor) -> torch.Tensor:
+        """``values [batch, pos, ...]`` at each row's last prompt token: ``[batch, ...]``."""
+        if self.lengths is None:
+            return values[:, -1]
+        index = (self.lengths - 1).to(values.device)
+        return values[torch.arange(values.shape[0], device=values.device), index]
+
+    def real(self) -> torch.Tensor | None:
+        """``[batch, pos]`` bool, True on prompt tokens (None when nothing is padded)."""
+        if self.lengths is None:
+            return None
+        return torch.arange(self.clean.shape[1], device=self.clean.device)[None] < self.lengths.to(self.clean.device)[:, None]
+
+    def repeat(self, groups: int) -> TaskBatch:
+        """``groups`` copies of the rows, group-major."""
+        return TaskBatch(self.clean.repeat(groups, 1), self.corrupted.repeat(groups, 1), self.answers.repeat(groups, 1),
+                         self.wrong.repeat(groups, 1), self.rows * groups,
+                         None if self.lengths is None else self.lengths.repeat(groups))
+
     def to(self, device: torch.device | str) -> TaskBatch:
         return TaskBatch(self.clean.to(device), self.corrupted.to(device), self.answers.to(device),
-                         self.wrong.to(device), self.rows)
+                         self.wrong.to(device), self.rows, None if self.lengths is None else self.lengths.to(device))
 
     def split(self, size: int) -> list[TaskBatch]:
         """Pieces of at most ``size`` rows."""
         out = []
         for start in range(0, self.size, max(1, size)):
             s = slice(start, start + size)
-            out.append(TaskBatch(self.clean[s], self.corrupted[s], self.answers[s], self.wrong[s], self.rows[s]))
+            out.append(TaskBatch(self.clean[s], self.corrupted[s], self.answers[s], self.wrong[s], self.rows[s],
+                                 None if self.lengths is None else self.lengths[s]))
         return out
 
 
@@ -91,8 +115,12 @@ class PromptPairs:
     def head(self, n: int) -> PromptPairs:
         return PromptPairs(self.frame.head(n).reset_index(drop=True), self.name, self.description, dict(self.meta))
 
-    def encode(self, model: Any, *, batch_size: int | None = None) -> list[TaskBatch]:
+    def encode(self, model: Any, *, batch_size: int | None = None, pad: bool = False) -> list[TaskBatch]:
         """Tokenize every row with ``model``'s tokenizer and group rows of equal length.
+
+        ``pad``: instead, sort the rows by length and right-pad each batch of ``batch_size`` to its
+        longest row (:attr:`TaskBatch.lengths`), so a dataset of many lengths still runs in full
+        batches. Only for computations that read each row at its own last token under causal attention.
 
         Raises :class:`~interp.errors.InterpError` naming the first bad row: clean and corrupted of
         different token lengths, an empty prompt, or an answer that is not exactly one token.
@@ -113,6 +141,10 @@ class PromptPairs:
             if not answers or not wrong:
                 raise InterpError(f"row {i}: needs at least one answer and one wrong answer")
             groups.setdefault(len(clean), []).append((i, clean, corrupted, answers, wrong))
+        if pad:
+            rows = sorted((r for length in sorted(groups) for r in groups[length]), key=lambda r: len(r[1]))
+            return [_padded_batch(rows[i:i + (batch_size or len(rows))], _pad_id(model))
+                    for i in range(0, len(rows), batch_size or len(rows))]
         batches = []
         for length in sorted(groups):
             rows = groups[length]
@@ -294,6 +326,29 @@ def _answer_id(model: Any, answer: Any, row: int, what: str) -> int:
     elif not isinstance(answer, (str, int)):
         answer = ""  # refused as empty below
     return answer_token(model, answer, what=f"row {row}: {what}")
+
+
+def _pad_id(model: Any) -> int:
+    """A token id to right-pad with (its value never matters under causal attention)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def _padded_batch(rows: list[tuple[int, list[int], list[int], list[int], list[int]]], pad_id: int) -> TaskBatch:
+    lengths = [len(r[1]) for r in rows]
+    width = max(lengths)
+    return TaskBatch(
+        clean=torch.tensor([r[1] + [pad_id] * (width - len(r[1])) for r in rows]),
+        corrupted=torch.tensor([r[2] + [pad_id] * (width - len(r[2])) for r in rows]),
+        answers=_padded([r[3] for r in rows]),
+        wrong=_padded([r[4] for r in rows]),
+        rows=[r[0] for r in rows],
+        lengths=None if len(set(lengths)) == 1 else torch.tensor(lengths),
+    )
 
 
 def _padded(lists: list[list[int]]) -> torch.Tensor:

@@ -143,3 +143,53 @@ def test_dla_sums_to_the_logit_difference(model, pairs):
     lens = logit_lens(model, pairs)
     assert list(lens["layer"]) == [-1, 0, 1]
     assert lens["logit_diff"].iloc[-1] == pytest.approx(frame.attrs["logit_diff"], abs=1e-8)
+
+
+def test_right_padded_batches_equal_batches_of_one_length(model):
+    """Rows of different lengths share a right-padded batch; every result equals grouping by length."""
+    import pandas as pd
+
+    from interp.circuits import PromptPairs
+    from interp.circuits.dla import direct_logit_attribution
+
+    short, long = induction_task(3, model=model, seed=1, block=5, repeat=3), induction_task(3, model=model, seed=2, block=7, repeat=4)
+    mixed = PromptPairs(pd.concat([long.frame, short.frame], ignore_index=True), name="mixed")
+    padded = mixed.encode(model, batch_size=8, pad=True)
+    assert len(padded) == 1 and padded[0].lengths is not None and padded[0].clean.shape[1] == 11
+    grouped = mixed.encode(model)
+    assert len(grouped) == 2
+    for method in ("eap", "eap-ig"):
+        a, b = edge_attribution(model, padded, method=method, steps=2), edge_attribution(model, grouped, method=method, steps=2)
+        assert float(a.scores.abs().max()) > 1e-3
+        assert torch.allclose(a.scores, b.scores, atol=1e-9)
+        assert a.clean_metric == pytest.approx(b.clean_metric, abs=1e-9)
+    graph = CircuitGraph.of(model)
+    mask = top_n_mask(graph, a.scores, 12)
+    ra, rb = evaluate_circuits(model, padded, [mask]), evaluate_circuits(model, grouped, [mask])
+    assert ra["metrics"] == pytest.approx(rb["metrics"], abs=1e-9) and ra["corrupted"] == pytest.approx(rb["corrupted"], abs=1e-9)
+    edges = [graph.edge_index("embed", "a1.kv0", "k"), graph.edge_index("a0.h1", "logits", "logits")]
+    assert np.allclose(patch_edges(model, padded, edges), patch_edges(model, grouped, edges), atol=1e-9)
+    da, db = direct_logit_attribution(model, padded), direct_logit_attribution(model, grouped)
+    assert np.allclose(da["dla"], db["dla"], atol=1e-9)
+    assert np.allclose(logit_lens(model, padded)["logit_diff"], logit_lens(model, grouped)["logit_diff"], atol=1e-9)
+
+
+def test_closed_form_rmsnorm_vjp_equals_autograd():
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from interp.circuits.eap import norm_vjp
+
+    class OtherNorm(LlamaRMSNorm):  # same maths, a class the closed form does not know: autograd path
+        pass
+
+    # (HF's RMSNorm computes in float32 whatever the input, so compare in float32)
+    torch.manual_seed(0)
+    known, other = LlamaRMSNorm(16, eps=1e-5), OtherNorm(16, eps=1e-5)
+    with torch.no_grad():
+        known.weight.normal_()
+        other.weight.copy_(known.weight)
+    x = torch.randn(2, 3, 16)
+    for cotangent in (torch.randn(2, 3, 16), torch.randn(2, 3, 5, 16)):
+        closed, generic = norm_vjp(known, x, cotangent), norm_vjp(other, x, cotangent)
+        assert closed.shape == cotangent.shape
+        assert torch.allclose(closed, generic, rtol=1e-5, atol=1e-6)
