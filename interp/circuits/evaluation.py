@@ -197,6 +197,7 @@ def patch_edges(
     batch_size: int = 16,
     max_rows: int = 64,
     scale: float = 1.0,
+    reuse: str = "auto",
     progress: Progress = None,
 ) -> np.ndarray:
     """Exact effect of each edge alone: ``M(clean with only u -> v fed out_u(corrupted)) - M(clean)``, mean over prompts.
@@ -205,12 +206,21 @@ def patch_edges(
     share one batched forward (``max_rows`` rows at a time). ``scale`` patches
     ``out_u(clean) + scale (out_u(corrupted) - out_u(clean))`` instead (a small ``scale`` divided
     out gives the directional derivative EAP computes, for exact checks of the gradients).
+
+    ``reuse="auto"`` (default) replays the clean run up to each edge's downstream block
+    (:mod:`interp.hooks.replay`, staggered: edges into later layers join the forward later);
+    ``"none"`` runs every edge's forward from the embedding.
     """
+    from interp.hooks.replay import check_reuse, record
+
+    check_reuse(reuse)
     metric_fn = get_metric(metric)
     graph = CircuitGraph.of(model)
     for u, v in edges:
         if not bool(graph.edge_mask[u, v]):
             raise InterpError(f"({u}, {v}) is not an edge of this graph")
+    # Edges into later blocks start later: sorted by their downstream block, each chunk is one staggered forward.
+    order = sorted(range(len(edges)), key=lambda i: (graph.down_info[edges[i][1]][2], i))
     totals = np.zeros(len(edges))
     wd = work_dtype(model)
     n = 0
@@ -221,18 +231,23 @@ def patch_edges(
         del corrupted_out, clean_out
         clean_last = batch.last(clean_logits).to(wd)
         clean_value = metric_fn(clean_last, batch, clean_last)
+        recording = None
+        if reuse != "none":
+            with torch.no_grad():
+                recording, _ = record(model, batch.clean, reuse="layers")  # every position is patched: no prefix
         per_chunk = max(1, max_rows // batch.size)
         for start in range(0, len(edges), per_chunk):
-            chunk = list(edges[start:start + per_chunk])
-            values = _run_single_edges(model, graph, batch, diff, chunk, metric_fn, clean_last)
-            totals[start:start + len(chunk)] += values - float(clean_value.sum())
+            chunk = order[start:start + per_chunk]
+            values = _run_single_edges(model, graph, batch, diff, [edges[i] for i in chunk], metric_fn, clean_last, recording)
+            totals[chunk] += values - float(clean_value.sum())
         n += batch.size
         if progress is not None:
             progress(batch.size)
     return totals / n
 
 
-def _run_single_edges(model, graph, batch, diff, edges, metric_fn, clean_last) -> np.ndarray:
+def _run_single_edges(model, graph, batch, diff, edges, metric_fn, clean_last, recording=None) -> np.ndarray:
+    """Metric sums per edge; ``edges`` sorted by downstream layer when ``recording`` (a staggered replay) is given."""
     g, b = len(edges), batch.size
     wd = diff.dtype
     p, d = batch.clean.shape[1], model.cfg.d_model
@@ -247,7 +262,8 @@ def _run_single_edges(model, graph, batch, diff, edges, metric_fn, clean_last) -
         hits = [(i, u, v) for i, (u, v) in enumerate(edges) if v in cols]
         if not hits:
             return None
-        shape = (g * b, p, graph.slots, d) if group == "attn" else (g * b, p, d)
+        # x holds the edges that have joined the forward so far (all of them without a replay).
+        shape = (x.shape[0], p, graph.slots, d) if group == "attn" else (x.shape[0], p, d)
         out = torch.zeros(shape, device=x.device, dtype=x.dtype)
         for i, u, v in hits:
             rows = slice(i * b, (i + 1) * b)
@@ -257,10 +273,14 @@ def _run_single_edges(model, graph, batch, diff, edges, metric_fn, clean_last) -
                 out[rows] = diff[:, :, u].to(x.dtype)
         return out
 
-    tokens = batch.clean.repeat(g, 1)
+    repeated = batch.repeat(g)
     with torch.no_grad(), split_inputs(model, delta):
-        repeated = batch.repeat(g)
-        logits = repeated.last(model(tokens)).to(wd)
+        if recording is None:
+            logits = model(batch.clean.repeat(g, 1))
+        else:
+            starts = [graph.down_info[v][2] for _, v in edges]
+            logits = recording.run(g, starts=starts, last_only=batch.lengths is None)
+        logits = repeated.last(logits).to(wd)
     values = metric_fn(logits, repeated, clean_last.repeat(g, 1))
     return values.reshape(g, b).sum(1).double().cpu().numpy()
 

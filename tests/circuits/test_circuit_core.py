@@ -168,7 +168,10 @@ def test_right_padded_batches_equal_batches_of_one_length(model):
     ra, rb = evaluate_circuits(model, padded, [mask]), evaluate_circuits(model, grouped, [mask])
     assert ra["metrics"] == pytest.approx(rb["metrics"], abs=1e-9) and ra["corrupted"] == pytest.approx(rb["corrupted"], abs=1e-9)
     edges = [graph.edge_index("embed", "a1.kv0", "k"), graph.edge_index("a0.h1", "logits", "logits")]
-    assert np.allclose(patch_edges(model, padded, edges), patch_edges(model, grouped, edges), atol=1e-9)
+    replayed = patch_edges(model, padded, edges)
+    assert np.abs(replayed).max() > 1e-4
+    assert np.allclose(replayed, patch_edges(model, grouped, edges), atol=1e-9)
+    assert np.allclose(replayed, patch_edges(model, padded, edges, reuse="none"), atol=1e-9)
     da, db = direct_logit_attribution(model, padded), direct_logit_attribution(model, grouped)
     assert np.allclose(da["dla"], db["dla"], atol=1e-9)
     assert np.allclose(logit_lens(model, padded)["logit_diff"], logit_lens(model, grouped)["logit_diff"], atol=1e-9)
