@@ -4,7 +4,9 @@ Workloads (SmolLM2-135M, fp32, CPU):
 
 - ``ioi_resid_pre``: IOI activation patching of ``resid_pre``, every (layer, position) cell, denoising;
 - ``ioi_head_out``: the same prompts, ``head_out`` (every layer x head, all positions);
-- ``trace``: the default ``interp trace`` (resid, attn, mlp; 10 noise samples; window 10) on the Eiffel prompt.
+- ``trace``: the default ``interp trace`` (resid, attn, mlp; 10 noise samples; window 10) on the Eiffel prompt;
+- ``stats``: the scan's statistics forward (every statistic, chunked kernel) against a plain forward
+  of the same model, on a 1,024-token text (the issue's second contention check).
 
 Methods: ``interp`` (the default path: each cell starts at its patched block and token), ``interp
 reuse=none`` (one full forward per cell, stacked on the batch axis: the path before interp.hooks.replay)
@@ -42,7 +44,8 @@ CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When John and Mary went to the store, Mary gave a drink to"
 ANSWERS = (" Mary", " John")
 TRACE = dict(prompt="The Eiffel Tower is located in the city of", subject="The Eiffel Tower", answer=" Paris")
-WORKLOADS = ("ioi_resid_pre", "trace", "ioi_head_out")
+WORKLOADS = ("ioi_resid_pre", "trace", "ioi_head_out", "stats")
+STATS_TOKENS = 1024
 
 BUSY = """
 import os, sys, time, torch
@@ -139,6 +142,26 @@ def nnsight_patching(lm, clean: torch.Tensor, corrupted: torch.Tensor, ids: list
     return torch.stack([results[layer, index].reshape(-1)[0] for layer in range(n_layers) for index in range(n_cells)])
 
 
+def statistics_methods(model: interp.HookedModel) -> dict[str, Callable[[], torch.Tensor]]:
+    """The scan's statistics forward and a plain forward of the same model on a STATS_TOKENS-token text."""
+    from interp.kernels import StatsConfig
+    from interp.probes import natural_text_tokens
+
+    tokens = natural_text_tokens(model, STATS_TOKENS)
+    config = StatsConfig(n_sink=4, window=16, targets=None, received=True)
+
+    def stats() -> torch.Tensor:
+        with torch.no_grad(), model.collect_attention_stats(config) as collected:
+            model(tokens, logits_to_keep=1)
+        return torch.tensor([float(len(collected))])
+
+    def plain() -> torch.Tensor:
+        with torch.no_grad():
+            return model(tokens, logits_to_keep=1)[0, -1, :1].double()
+
+    return {"interp statistics forward": stats, "plain forward (sdpa)": plain}
+
+
 def warm_up(model, lm) -> None:
     """One small call of every method, so one-time allocations (thread pools, lazy imports) are not measured."""
     clean, corrupted = model.to_tokens(CLEAN), model.to_tokens(CORRUPTED)
@@ -148,6 +171,8 @@ def warm_up(model, lm) -> None:
         causal_trace(model, **TRACE, layers=[29], positions=[9], kinds=["resid", "mlp"], samples=2, reuse=reuse)
     if lm is not None:
         nnsight_patching(lm, clean, corrupted, ids, "resid_pre", 1, model.cfg.n_heads, model.cfg.d_head)
+    for method in statistics_methods(model).values():
+        method()
 
 
 def run_rounds(
@@ -171,6 +196,8 @@ def run_rounds(
                     methods["nnsight batched"] = lambda site=site: nnsight_patching(
                         lm, clean, corrupted, ids, site, cfg.n_layers, cfg.n_heads, cfg.d_head
                     ).double()
+            elif workload == "stats":
+                methods = statistics_methods(model)
             else:
                 for name, reuse in (("interp", "auto"), ("interp reuse=none", "none")):
                     methods[name] = lambda reuse=reuse: torch.tensor(
@@ -183,8 +210,8 @@ def run_rounds(
                 values[(workload, name)] = result
                 print(f"[{label} round {round_ + 1}/{rounds}] {workload:14s} {name:18s} {seconds:7.2f} s  "
                       f"peak +{peak / 2**20:7.0f} MB  (load average {os.getloadavg()[0]:.1f})", flush=True)
-            reference = values[(workload, "interp reuse=none")]
-            for name in methods:
+            reference = values.get((workload, "interp reuse=none"))
+            for name in methods if reference is not None else ():
                 if name != "interp reuse=none":
                     diff = (values[(workload, name)].double() - reference.double()).abs().max().item()
                     print(f"{workload}: max |{name} - interp reuse=none| = {diff:.2e}", flush=True)

@@ -1,20 +1,9 @@
 """`interp trace` / `interp patch`: files written atomically, one-line errors."""
 
 import pandas as pd
-import pytest
-import typer
 from typer.testing import CliRunner
 
-from interp.cli_causal import register_commands
-
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def app():
-    app = typer.Typer()
-    register_commands(app)
-    return app
 
 
 def test_trace_writes_csv_and_html_and_refuses_to_overwrite(app, tiny_folder, tmp_path):

@@ -4,22 +4,13 @@ import json
 
 import pandas as pd
 import pytest
-import typer
 from typer.testing import CliRunner
 
 import interp
 from interp.analyses import activation_patching, causal_trace
 from interp.circuits import ioi_task
-from interp.cli_causal import register_commands
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def app():
-    app = typer.Typer()
-    register_commands(app)
-    return app
 
 
 @pytest.fixture(scope="module")
