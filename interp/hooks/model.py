@@ -30,6 +30,7 @@ from interp.hooks.interventions import Index, replace_fn, scale_fn
 from interp.hooks.stats import StatsCollector
 from interp.kernels import AttentionStats, StatsConfig
 from interp.kernels.chunked import reuse_workspace
+from interp.threads import faster_threads
 from interp.hooks.points import HookFn, HookRegistry, NamesFilter, all_hook_names, hook_name, select_names
 
 
@@ -550,7 +551,8 @@ class HookedModel:
         # build an [N, N] mask. GPT-Neo builds its own mask outside transformers' mask interface.
         lean = layers is None and self.spec_arch.attention_entry == "interface"
         try:
-            with key_padding_only_masks(self.model) if lean else nullcontext(), reuse_workspace():
+            # On a shared CPU the kernel's many short parallel ops suffer most from a busy core: pick the thread count.
+            with key_padding_only_masks(self.model) if lean else nullcontext(), reuse_workspace(), faster_threads(self.device):
                 yield collector
         finally:
             self._stats_collector = None

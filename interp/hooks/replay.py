@@ -147,9 +147,12 @@ class Recording:
         ``adapt_threads`` (default: unless ``reuse="none"``, with more than one thread and at least
         ``THREAD_PROBE_EVERY`` batches, so that the probe costs little) the first batches run with the
         default and with one thread, the faster per estimated unit of work is kept, and the other is
-        re-tried every ``THREAD_PROBE_EVERY`` batches. The thread count is restored at the end.
+        re-tried every ``THREAD_PROBE_EVERY`` batches. With fewer batches (on a CPU) the count is
+        chosen once by :func:`interp.threads.faster_thread_count`. The thread count is restored at the end.
         """
         import time
+
+        from interp.threads import faster_thread_count
 
         default = torch.get_num_threads()
         adapt = (self.reuse != "none" and len(plan) >= THREAD_PROBE_EVERY if adapt_threads is None else adapt_threads)
@@ -157,9 +160,13 @@ class Recording:
         choices = (default, 1)
         rate = {default: None, 1: None}  # seconds per unit of estimated cost
         best = default
+        if not adapt and adapt_threads is None and self.reuse != "none" and len(plan) > 1 and self.model.device.type == "cpu":
+            best = faster_thread_count(default)  # too few batches to time them: time a small matrix product
         try:
             for i, batch in enumerate(plan):
                 threads = best
+                if best != default and not adapt:
+                    torch.set_num_threads(best)
                 if adapt:
                     if i < 2:
                         threads = choices[i]

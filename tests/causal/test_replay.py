@@ -4,6 +4,8 @@ The tiny models get peaked attention (query/key weights scaled up) so that a wro
 mask or rotary phase in the replay would move the metrics by far more than the 1e-5 tolerance.
 """
 
+import os
+
 import pytest
 import torch
 from causal_helpers import naive_patch
@@ -202,3 +204,21 @@ def test_unknown_reuse_is_one_line():
     clean, corrupted = tokens_pair()
     with pytest.raises(InterpError, match="unknown reuse"):
         activation_patching(model, clean, corrupted, answers=ANSWERS, reuse="prefix")
+
+
+def test_thread_probe_returns_a_count_it_compared_and_restores_torch():
+    from interp.threads import faster_thread_count
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert faster_thread_count() in (1, 2)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        assert faster_thread_count() == 1
+        torch.set_num_threads(2)
+        os.environ["INTERP_ADAPT_THREADS"] = "0"
+        assert faster_thread_count() == 2  # switched off: torch's count, whatever the load
+    finally:
+        os.environ.pop("INTERP_ADAPT_THREADS", None)
+        torch.set_num_threads(before)
