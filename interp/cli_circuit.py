@@ -30,6 +30,7 @@ def register_commands(app: typer.Typer) -> None:
         steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps")] = 5,
         metric: Annotated[str, typer.Option(help="logit_diff, prob or kl")] = "logit_diff",
         edges: Annotated[int | None, typer.Option(help="circuit size (top edges before pruning) [default: smallest reaching 0.8 faithfulness]")] = None,
+        selection: Annotated[str, typer.Option(help="top: the largest |score| edges; greedy: grown from the logits, every edge on a path to them")] = "top",
         verify: Annotated[int, typer.Option(help="top edges to check by exact single-edge patching")] = 20,
         scan: Annotated[Path | None, typer.Option(help="scan folder whose head roles and scores go into nodes.csv")] = None,
         seed: Annotated[int, typer.Option(help="seed for generated tasks")] = 0,
@@ -52,6 +53,8 @@ def register_commands(app: typer.Typer) -> None:
 
             if metric not in METRICS:
                 raise InterpError(f"unknown --metric {metric!r}; use one of {', '.join(METRICS)}")
+            if selection not in ("top", "greedy"):
+                raise InterpError(f"unknown --selection {selection!r}; use top or greedy")
             if scan is not None and not scan.is_dir():
                 raise InterpError(f"--scan {scan} is not a folder")
             check_out(out, overwrite=overwrite)
@@ -74,7 +77,7 @@ def register_commands(app: typer.Typer) -> None:
                     return lambda k: bars.advance(handle, k)
 
                 result = discover_circuit(hooked, pairs, method=method, steps=steps, metric=metric, n_edges=edges,
-                                          verify=verify, batch_size=batch, roles=roles, progress=step)
+                                          selection=selection, verify=verify, batch_size=batch, roles=roles, progress=step)
             write_atomically(out, result.save, overwrite=overwrite)  # staged, then renamed into place
         except InterpError as error:
             fail(error, debug)

@@ -17,8 +17,10 @@ from interp.circuits.evaluation import (
     evaluate_circuits,
     faithfulness,
     faithfulness_curve,
+    greedy_mask,
     patch_edges,
     prune,
+    select_edges,
     threshold_mask,
     top_n_mask,
 )
@@ -41,5 +43,5 @@ __all__ = [
     "IOI_TEMPLATES", "CircuitGraph", "EdgeScores", "METRICS", "PromptPairs", "TASKS", "TaskBatch", "answer_prob", "circuit_nodes",
     "edge_attribution", "evaluate_circuits", "factual_task", "faithfulness", "faithfulness_curve",
     "greater_than_task", "induction_task", "ioi_task", "kl_to_clean", "logit_diff", "make_task", "patch_edges",
-    "prune", "read_pairs", "split_inputs", "threshold_mask", "top_n_mask",
+    "greedy_mask", "prune", "read_pairs", "select_edges", "split_inputs", "threshold_mask", "top_n_mask",
 ]

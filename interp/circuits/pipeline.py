@@ -26,9 +26,10 @@ import torch
 
 from interp.circuits.dla import direct_logit_attribution, logit_lens
 from interp.circuits.eap import EdgeScores, edge_attribution
-from interp.circuits.evaluation import circuit_nodes, faithfulness_curve, patch_edges, top_n_mask
+from interp.circuits.evaluation import SELECTIONS, circuit_nodes, faithfulness_curve, patch_edges, select_edges
 from interp.circuits.metrics import TaskMetric
 from interp.circuits.tasks import PromptPairs
+from interp.errors import InterpError
 from interp.hooks import HookedModel
 
 SCHEMA_VERSION = 1
@@ -167,6 +168,7 @@ def discover_circuit(
     n_edges: int | None = None,
     sizes: Sequence[int] | None = None,
     target_faithfulness: float = 0.8,
+    selection: str = "top",
     verify: int = 20,
     batch_size: int = 16,
     roles: pd.DataFrame | None = None,
@@ -176,9 +178,12 @@ def discover_circuit(
 
     ``n_edges``: size of the reported circuit (top-n by |score|, then pruned); by default the
     smallest size in the curve (``sizes``, default :func:`default_sizes`) whose faithfulness reaches
-    ``target_faithfulness`` (else the largest). ``verify``: how many top edges to patch one at a time
+    ``target_faithfulness`` (else the largest). ``selection``: ``"top"`` or ``"greedy"`` edges
+    (:func:`~interp.circuits.evaluation.select_edges`). ``verify``: how many top edges to patch one at a time
     for ``verification.csv`` (0 = none).
     """
+    if selection not in SELECTIONS:  # before the long steps
+        raise InterpError(f"unknown edge selection {selection!r}; use 'top' or 'greedy'")
     progress = progress or _noop_progress
     timings: dict[str, float] = {}
     n_prompts = len(pairs)
@@ -192,13 +197,13 @@ def discover_circuit(
     graph = scores.graph
     sizes = sorted(set(int(s) for s in (sizes or default_sizes(graph.n_edges))) | ({int(n_edges)} if n_edges else set()))
     start = time.perf_counter()
-    curve = faithfulness_curve(model, batches, scores, sizes, metric=metric, batch_size=batch_size,
+    curve = faithfulness_curve(model, batches, scores, sizes, metric=metric, batch_size=batch_size, selection=selection,
                                progress=progress("faithfulness curve (exact)", n_prompts))
     timings["faithfulness_curve"] = time.perf_counter() - start
     if n_edges is None:
         good = curve[curve["faithfulness"] >= target_faithfulness]
         n_edges = int(good["n"].iloc[0]) if len(good) else int(curve["n"].iloc[-1])
-    circuit = top_n_mask(graph, scores.scores, n_edges)
+    circuit = select_edges(graph, scores.scores, n_edges, selection)
 
     start = time.perf_counter()
     dla = direct_logit_attribution(model, batches, batch_size=batch_size)
@@ -216,7 +221,7 @@ def discover_circuit(
         verification["exact"] = exact
 
     settings = {"method": scores.method, "steps": scores.steps, "metric": scores.metric, "n_prompts": n_prompts,
-                "batch_size": batch_size, "n_circuit": int(n_edges), "target_faithfulness": target_faithfulness,
+                "batch_size": batch_size, "selection": selection, "n_circuit": int(n_edges), "target_faithfulness": target_faithfulness,
                 **pairs.meta}
     return CircuitResult(model.cfg.name, pairs.name, scores, circuit, curve, dla, lens, verification, settings,
                          timings, roles)

@@ -196,3 +196,21 @@ def test_closed_form_rmsnorm_vjp_equals_autograd():
         closed, generic = norm_vjp(known, x, cotangent), norm_vjp(other, x, cotangent)
         assert closed.shape == cotangent.shape
         assert torch.allclose(closed, generic, rtol=1e-5, atol=1e-6)
+
+
+def test_greedy_selection_grows_from_the_logits_where_top_n_wastes_edges():
+    from interp.circuits import greedy_mask, select_edges
+
+    graph = CircuitGraph(n_layers=2, n_heads=2, n_kv_heads=2)
+    scores = torch.zeros(graph.n_up, graph.n_down, dtype=torch.float64)
+    dangling = graph.edge_index("embed", "a0.h0", "q")  # a0.h0 feeds nothing: no path to the logits
+    out = graph.edge_index("a1.h1", "logits", "logits")
+    into = graph.edge_index("embed", "a1.h1", "q")
+    scores[dangling], scores[out], scores[into] = 10.0, 5.0, -3.0
+    # top-2 picks the dangling edge and a1.h1 -> logits, and pruning leaves nothing (a1.h1 reads no kept edge)
+    assert int(top_n_mask(graph, scores, 2).sum()) == 0
+    greedy = greedy_mask(graph, scores, 2)
+    assert {tuple(e) for e in torch.nonzero(greedy).tolist()} == {out, into}
+    assert torch.equal(select_edges(graph, scores, 2, "greedy"), greedy)
+    with pytest.raises(Exception, match="unknown edge selection"):
+        select_edges(graph, scores, 2, "best")

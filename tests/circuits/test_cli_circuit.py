@@ -69,6 +69,7 @@ def test_circuit_writes_every_file_and_an_offline_html(app, tiny_folder, tmp_pat
     (lambda d: ["--data", str(d / "multi_token.jsonl")], "row 1: answer"),
     (lambda d: ["--data", str(d / "lengths.jsonl")], "row 0: clean prompt is"),
     (lambda d: ["--task", "ioi", "--metric", "loss"], "unknown --metric"),
+    (lambda d: ["--task", "ioi", "--selection", "best"], "unknown --selection"),
 ])
 def test_bad_input_is_one_error_line_and_writes_nothing(app, tiny_folder, tmp_path, make_args, message):
     data = tmp_path / "data"
