@@ -142,19 +142,12 @@ class PromptPairs:
                 raise InterpError(f"row {i}: needs at least one answer and one wrong answer")
             groups.setdefault(len(clean), []).append((i, clean, corrupted, answers, wrong))
         if pad:
-            rows = sorted((r for length in sorted(groups) for r in groups[length]), key=lambda r: len(r[1]))
-            return [_padded_batch(rows[i:i + (batch_size or len(rows))], _pad_id(model))
-                    for i in range(0, len(rows), batch_size or len(rows))]
+            rows = [r for length in sorted(groups) for r in groups[length]]  # shortest first
+            size = batch_size or len(rows)
+            return [_padded_batch(rows[i:i + size], _pad_id(model)) for i in range(0, len(rows), size)]
         batches = []
         for length in sorted(groups):
-            rows = groups[length]
-            batch = TaskBatch(
-                clean=torch.tensor([r[1] for r in rows]),
-                corrupted=torch.tensor([r[2] for r in rows]),
-                answers=_padded([r[3] for r in rows]),
-                wrong=_padded([r[4] for r in rows]),
-                rows=[r[0] for r in rows],
-            )
+            batch = _padded_batch(groups[length], pad_id=0)  # one length: nothing is padded
             batches.extend(batch.split(batch_size) if batch_size else [batch])
         return batches
 
@@ -339,6 +332,7 @@ def _pad_id(model: Any) -> int:
 
 
 def _padded_batch(rows: list[tuple[int, list[int], list[int], list[int], list[int]]], pad_id: int) -> TaskBatch:
+    """Rows ``(index, clean, corrupted, answers, wrong)`` right-padded to the longest (``lengths`` None if all equal)."""
     lengths = [len(r[1]) for r in rows]
     width = max(lengths)
     return TaskBatch(

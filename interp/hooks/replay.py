@@ -160,13 +160,12 @@ class Recording:
         choices = (default, 1)
         rate = {default: None, 1: None}  # seconds per unit of estimated cost
         best = default
-        if not adapt and adapt_threads is None and self.reuse != "none" and len(plan) > 1 and self.model.device.type == "cpu":
-            best = faster_thread_count(default)  # too few batches to time them: time a small matrix product
         try:
+            if not adapt and adapt_threads is None and self.reuse != "none" and len(plan) > 1 and self.model.device.type == "cpu":
+                best = faster_thread_count(default)  # too few batches to time them: time a small matrix product
+                torch.set_num_threads(best)
             for i, batch in enumerate(plan):
                 threads = best
-                if best != default and not adapt:
-                    torch.set_num_threads(best)
                 if adapt:
                     if i < 2:
                         threads = choices[i]
@@ -439,14 +438,8 @@ def plan_batches(
     by (prefix, start) are cut into batches by dynamic programming. The caller must pass
     ``starts=batch.starts`` and give each cell hooks only at or after its own start.
 
-    Otherwise a batch also shares its smallest start, and two kinds of plan are costed:
-
-    - *line plans*: cells ordered by (prefix, start) or by (start, prefix), cut into batches by
-      dynamic programming;
-    - a *grid plan*: the (start, prefix) plane cut into layer bands and position bands, one batch per
-      rectangle (split further to fit ``max_rows``); the cuts alternate between a dynamic program
-      over layer cuts and one over position cuts. This is what a layer x position sweep needs: a
-      line plan must either mix early and late layers or early and late positions in each batch.
+    Otherwise a batch also shares its smallest start: cells ordered by (prefix, start) and by
+    (start, prefix) are each cut by the same dynamic program, and the cheaper plan is kept.
 
     With ``reuse="none"`` cells keep their order and are cut into full batches.
     """
@@ -460,43 +453,34 @@ def plan_batches(
     n_layers, n_pos = recording.model.cfg.n_layers, recording.n_pos
     head = block_cost_ratio(recording.model)
 
-    def cost(k: int, start: int, prefix: int) -> float:
-        rows = k * rows_per_cell
-        run = n_pos - prefix
-        return FORWARD_COST + (n_layers - start) * (BLOCK_CALL_COST + rows * run) + head * rows * (1 if last_only else run)
-
-    if staggered:
-        return _staggered_plan(clamped, per_batch, rows_per_cell, head, last_only, n_layers, n_pos)
-
-    def batch_of(cells: list[int]) -> Batch:
-        start, prefix = min(clamped[i][0] for i in cells), min(clamped[i][1] for i in cells)
-        return Batch(cells, start, prefix, cost(len(cells), start, prefix))
-
-    plans = [_line_plan(order, clamped, per_batch, cost, n_layers, n_pos) for order in (
-        sorted(range(n), key=lambda i: (clamped[i][1], clamped[i][0], i)),
-        sorted(range(n), key=lambda i: (clamped[i][0], clamped[i][1], i)),
-    )]
-    plans.append(_grid_plan(clamped, per_batch, cost))
-    best = min(plans, key=lambda cells_list: sum(batch_of(cells).cost for cells in cells_list))
-    return [batch_of(cells) for cells in best]
-
-
-CostFn = Callable[[int, int, int], float]
-
-
-def _staggered_plan(
-    clamped: list[tuple[int, int]], per_batch: int, rows_per_cell: int, head: float, last_only: bool, n_layers: int, n_pos: int
-) -> list[Batch]:
-    """Cells ordered by (prefix, start), cut into staggered batches by dynamic programming."""
-    order = sorted(range(len(clamped)), key=lambda i: (clamped[i][1], clamped[i][0], i))
-    n = len(order)
-
     def cost(k: int, start: int, prefix: int, blocks: int) -> float:
-        """``k`` cells that run ``blocks`` cell-blocks in all, from ``start`` and ``prefix``."""
+        """``k`` cells from ``start`` and ``prefix`` that run ``blocks`` cell-blocks in all."""
+        if not staggered:
+            blocks = k * (n_layers - start)
         run = n_pos - prefix
         return (FORWARD_COST + (n_layers - start) * BLOCK_CALL_COST + rows_per_cell * run * blocks
                 + head * k * rows_per_cell * (1 if last_only else run))
 
+    def batch_of(cells: list[int]) -> Batch:
+        cells = sorted(cells, key=lambda i: (clamped[i][0], i))  # staggered rows join in start order
+        starts = [clamped[i][0] for i in cells]
+        prefix = min(clamped[i][1] for i in cells)
+        return Batch(cells, starts[0], prefix, cost(len(cells), starts[0], prefix, sum(n_layers - s for s in starts)),
+                     starts if staggered else None)
+
+    orders = [sorted(range(n), key=lambda i: (clamped[i][1], clamped[i][0], i))]
+    if not staggered:
+        orders.append(sorted(range(n), key=lambda i: (clamped[i][0], clamped[i][1], i)))
+    plans = [[batch_of(cells) for cells in _cut(order, clamped, per_batch, cost, n_layers, n_pos)] for order in orders]
+    return min(plans, key=lambda plan: sum(batch.cost for batch in plan))
+
+
+CostFn = Callable[[int, int, int, int], float]
+
+
+def _cut(order: list[int], clamped: list[tuple[int, int]], per_batch: int, cost: CostFn, n_layers: int, n_pos: int) -> list[list[int]]:
+    """Cut ``order`` into consecutive batches of at most ``per_batch`` cells, minimizing total ``cost``."""
+    n = len(order)
     total = [0.0] + [float("inf")] * n
     cut = [0] * (n + 1)
     for end in range(1, n + 1):
@@ -509,124 +493,6 @@ def _staggered_plan(
                 total[end], cut[end] = value, begin
     plan, end = [], n
     while end > 0:
-        cells = sorted((order[i] for i in range(cut[end], end)), key=lambda i: (clamped[i][0], i))
-        starts = [clamped[i][0] for i in cells]
-        prefix = min(clamped[i][1] for i in cells)
-        plan.append(Batch(cells, starts[0], prefix, cost(len(cells), starts[0], prefix, sum(n_layers - s for s in starts)), starts))
-        end = cut[end]
-    return plan[::-1]
-
-
-def _line_plan(order: list[int], clamped: list[tuple[int, int]], per_batch: int, cost: CostFn, n_layers: int, n_pos: int) -> list[list[int]]:
-    """Cut ``order`` into consecutive batches of at most ``per_batch`` cells, minimizing total ``cost``."""
-    n = len(order)
-    total = [0.0] + [float("inf")] * n
-    cut = [0] * (n + 1)
-    for end in range(1, n + 1):
-        start, prefix = n_layers, n_pos
-        for begin in range(end - 1, max(-1, end - 1 - per_batch), -1):
-            s, p = clamped[order[begin]]
-            start, prefix = min(start, s), min(prefix, p)
-            value = total[begin] + cost(end - begin, start, prefix)
-            if value < total[end]:
-                total[end], cut[end] = value, begin
-    plan, end = [], n
-    while end > 0:
         plan.append([order[i] for i in range(cut[end], end)])
         end = cut[end]
     return plan[::-1]
-
-
-# The grid planner considers at most this many distinct cut values per axis (quantiles beyond that).
-GRID_CANDIDATES = 48
-
-
-def _grid_plan(clamped: list[tuple[int, int]], per_batch: int, cost: CostFn) -> list[list[int]]:
-    """Cells grouped by rectangles of the (start, prefix) plane; see :func:`plan_batches`."""
-    import numpy as np
-
-    starts = np.array([s for s, _ in clamped])
-    prefixes = np.array([p for _, p in clamped])
-
-    def candidates(values: np.ndarray) -> np.ndarray:
-        unique = np.unique(values)
-        if len(unique) > GRID_CANDIDATES:
-            unique = np.unique(np.quantile(unique, np.linspace(0, 1, GRID_CANDIDATES), method="lower"))
-        return unique
-
-    s_vals, p_vals = candidates(starts), candidates(prefixes)
-    # counts[a, b]: cells whose start falls in candidate band a (s_vals[a] <= s < s_vals[a + 1]) and prefix band b.
-    s_band = np.searchsorted(s_vals, starts, side="right") - 1
-    p_band = np.searchsorted(p_vals, prefixes, side="right") - 1
-    counts = np.zeros((len(s_vals), len(p_vals)), dtype=np.int64)
-    np.add.at(counts, (s_band, p_band), 1)
-    summed = counts.cumsum(0).cumsum(1)
-
-    def count(a0: int, a1: int, b0: int, b1: int) -> int:
-        """Cells in candidate bands [a0, a1) x [b0, b1)."""
-        total = summed[a1 - 1, b1 - 1]
-        if a0:
-            total -= summed[a0 - 1, b1 - 1]
-        if b0:
-            total -= summed[a1 - 1, b0 - 1]
-        if a0 and b0:
-            total += summed[a0 - 1, b0 - 1]
-        return int(total)
-
-    def rect_cost(a0: int, a1: int, b0: int, b1: int) -> float:
-        k = count(a0, a1, b0, b1)
-        if k == 0:
-            return 0.0
-        full, rest = divmod(k, per_batch)
-        start, prefix = int(s_vals[a0]), int(p_vals[b0])
-        return full * cost(per_batch, start, prefix) + (cost(rest, start, prefix) if rest else 0.0)
-
-    def best_cuts(n_values: int, other: list[int], along_starts: bool) -> tuple[list[int], float]:
-        """Optimal cuts along one axis (candidate indices, first 0) given the other axis' cuts."""
-        bounds = list(zip(other, other[1:] + [len(p_vals) if along_starts else len(s_vals)]))
-        total = [0.0] + [float("inf")] * n_values
-        cut = [0] * (n_values + 1)
-        for end in range(1, n_values + 1):
-            for begin in range(end):
-                if along_starts:
-                    value = sum(rect_cost(begin, end, b0, b1) for b0, b1 in bounds)
-                else:
-                    value = sum(rect_cost(a0, a1, begin, end) for a0, a1 in bounds)
-                value += total[begin]
-                if value < total[end]:
-                    total[end], cut[end] = value, begin
-        cuts, end = [], n_values
-        while end > 0:
-            cuts.append(cut[end])
-            end = cut[end]
-        return cuts[::-1], total[n_values]
-
-    best: tuple[float, list[int], list[int]] | None = None
-    for layers_first in (True, False):
-        s_cuts, p_cuts = [0], [0]
-        previous = float("inf")
-        for _ in range(6):
-            if layers_first:
-                s_cuts, _ = best_cuts(len(s_vals), p_cuts, True)
-                p_cuts, value = best_cuts(len(p_vals), s_cuts, False)
-            else:
-                p_cuts, _ = best_cuts(len(p_vals), s_cuts, False)
-                s_cuts, value = best_cuts(len(s_vals), p_cuts, True)
-            if value >= previous - 1e-9:
-                break
-            previous = value
-        if best is None or previous < best[0]:
-            best = (previous, s_cuts, p_cuts)
-    assert best is not None
-    _, s_cuts, p_cuts = best
-    s_of = np.searchsorted(np.array(s_cuts), s_band, side="right") - 1
-    p_of = np.searchsorted(np.array(p_cuts), p_band, side="right") - 1
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i in range(len(clamped)):
-        groups.setdefault((int(s_of[i]), int(p_of[i])), []).append(i)
-    plan = []
-    for key in sorted(groups):
-        cells = sorted(groups[key], key=lambda i: (clamped[i], i))
-        # Split a rectangle that exceeds per_batch so the later pieces start as late as they can.
-        plan += [cells[i:i + per_batch] for i in range(0, len(cells), per_batch)]
-    return plan
