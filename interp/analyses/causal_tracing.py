@@ -76,8 +76,14 @@ def window_layers(layer: int, window: int, n_layers: int) -> list[int]:
 
 
 def embedding_std(model: HookedModel) -> float:
-    """Std of the model's token embedding matrix (over all entries)."""
-    return float(model.model.get_input_embeddings().weight.detach().float().std())
+    """Std of the token embeddings as ``hook_embed`` sees them: the embedding matrix's std (over all
+    entries), times any scale the embedding module applies (Gemma multiplies by sqrt(d_model))."""
+    embedding = model.model.get_input_embeddings()
+    weight = embedding.weight.detach()
+    ids = torch.linspace(0, weight.shape[0] - 1, min(weight.shape[0], 256)).long().to(weight.device)
+    with torch.no_grad():
+        scale = embedding(ids).float().norm() / weight[ids].float().norm()  # exactly 1 for a plain lookup
+    return float(weight.float().std() * scale)
 
 
 def causal_trace(

@@ -102,3 +102,16 @@ def test_subject_errors(smollm):
         causal_trace(smollm, PROMPT, "the Eiffel Tower", " xqzjv")
     with pytest.raises(InterpError, match="empty"):
         causal_trace(smollm, "", "the Eiffel Tower", " Paris")
+
+
+def test_noise_scale_is_the_std_of_what_hook_embed_sees():
+    """Gemma scales its embeddings by sqrt(d_model) inside the embedding module: the noise must too."""
+    from tiny_models import tiny_model as tiny
+
+    from interp.analyses.causal_tracing import embedding_std
+
+    llama = HookedModel(tiny("llama"))
+    assert embedding_std(llama) == float(llama.model.get_input_embeddings().weight.float().std())
+    gemma = HookedModel(tiny("gemma3_text"))
+    weight_std = float(gemma.model.get_input_embeddings().weight.float().std())
+    assert embedding_std(gemma) == pytest.approx(weight_std * gemma.model.config.hidden_size ** 0.5, rel=1e-3)
