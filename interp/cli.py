@@ -72,6 +72,10 @@ def scan(
     report: Annotated[
         bool, typer.Option("--report/--no-report", help="also write report.html and heads.parquet/heads.json")
     ] = True,
+    threads: Annotated[
+        str | None, typer.Option(metavar="N|auto", help="CPU threads for the whole scan; 'auto' probes the load once (recorded in scan.json)",
+                                 show_default="$INTERP_THREADS, else one per core")
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Scan every head of MODEL and write heads.csv and scan.json into --out.
@@ -82,6 +86,7 @@ def scan(
     from interp.catalog import analysis_names
     from interp.output import check_output_dir, folder_lock
     from interp.settings import ScanSettings, check_backend, parse_size
+    from interp.threads import thread_setting
 
     quiet_loading(debug)
     out = out or _default_out(model)
@@ -93,11 +98,12 @@ def scan(
             needle_samples=needle_samples, streaming_per_head=streaming_per_head,
         )
         max_bytes = parse_size(max_memory) if max_memory else None
+        threads = thread_setting(threads)
         check_output_dir(out, overwrite=overwrite, resume=resume)
         if backend == "triton":
             check_backend(backend, _device_type(device))
         with folder_lock(out, what="scan"):
-            result, hooked = _run_scan(model, out, chosen, settings, max_bytes, device, dtype, overwrite, resume, report)
+            result, hooked = _run_scan(model, out, chosen, settings, max_bytes, device, dtype, overwrite, resume, report, threads)
     except KeyboardInterrupt:
         console.print(f"interrupted: finished analyses are saved in {out / 'analyses'}; continue with --resume")
         raise typer.Exit(130)
@@ -109,7 +115,7 @@ def scan(
     print(out)
 
 
-def _run_scan(model, out, chosen, settings, max_bytes, device, dtype, overwrite, resume, report):
+def _run_scan(model, out, chosen, settings, max_bytes, device, dtype, overwrite, resume, report, threads):
     import time
 
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -139,7 +145,7 @@ def _run_scan(model, out, chosen, settings, max_bytes, device, dtype, overwrite,
 
         result = interp.scan(
             hooked, analyses=chosen, settings=settings, on_progress=on_progress, on_step=on_step,
-            checkpoint_dir=out / "analyses", resume=resume, max_memory=max_bytes, on_resume=_print_resume,
+            checkpoint_dir=out / "analyses", resume=resume, max_memory=max_bytes, on_resume=_print_resume, threads=threads,
         )
     interp.write_scan(result, out, overwrite=overwrite, resume=resume)
     if report:

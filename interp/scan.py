@@ -45,6 +45,7 @@ from interp.numerics import raise_if_nonfinite
 from interp.output import SCAN_FILES, check_output_dir, check_writable, make_dirs
 from interp.probes import check_probe_length, default_probes
 from interp.settings import check_backend
+from interp.threads import run_threads, thread_setting
 
 SCHEMA_VERSION = 1
 KEY_COLUMNS = ("layer", "head", "kv_head")
@@ -173,6 +174,7 @@ def scan(
     resume: bool = False,
     max_memory: int | str | None = None,
     on_resume: Callable[[dict[str, str]], None] | None = None,
+    threads: int | str | None = None,
 ) -> ScanResult:
     """Run ``analyses`` (names; None = all) on ``model`` and merge their tables on ``layer, head``.
 
@@ -187,13 +189,18 @@ def scan(
 
     With ``resume``, ``on_resume({analysis: reason})`` is called before any work with what
     :func:`resume_plan` decided (``"reused"``, or why the analysis is recomputed); the same dict is
-    ``metadata["resume"]``. Bad settings, a length past the model's window, a scan that cannot fit
+    ``metadata["resume"]``.
+
+    ``threads``: torch's CPU thread count for the whole scan (default ``$INTERP_THREADS``, else torch's
+    own), or ``"auto"`` to probe the load once; recorded as ``metadata["threads"]``. The same model,
+    settings and thread count give bit-identical tables (see :mod:`interp.threads`). Bad settings, a length past the model's window, a scan that cannot fit
     and an unusable ``checkpoint_dir`` all fail before any probe is built.
     """
     settings = settings or ScanSettings()
     if not isinstance(settings, ScanSettings):
         raise InterpError(f"settings must be an interp.ScanSettings, got {type(settings).__name__}")
     chosen = resolve_analyses(analyses)
+    thread_setting(threads)
     # Every check that can fail runs before any probe is tokenized or any analysis starts.
     check_backend(settings.backend, model.device.type)
     check_probe_length(model, settings.context_length, beyond_context=settings.beyond_context)
@@ -210,10 +217,12 @@ def scan(
     if on_resume and checkpoints and resume:
         on_resume(reuse)
     torch.manual_seed(settings.seed)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), run_threads(threads, model.device) as n_threads:
         if settings.beyond_context:
             warnings.simplefilter("ignore", BeyondContextWarning)
-        return _run_scan(model, chosen, settings, plan, checkpoints, reuse, fingerprint, on_progress, on_step)
+        result = _run_scan(model, chosen, settings, plan, checkpoints, reuse, fingerprint, on_progress, on_step)
+    result.metadata["threads"] = n_threads
+    return result
 
 
 def _run_scan(model, chosen, settings, plan, checkpoints, reuse, fingerprint, on_progress, on_step) -> ScanResult:

@@ -1,11 +1,19 @@
-"""Choosing torch's CPU thread count on a shared machine.
+"""torch's CPU thread count: fixed for a run by default, so that the same command gives the same bits.
 
-torch runs one thread per core. When another process holds a core, every parallel op waits for its
-slowest thread, so the default can be slower than one thread. :func:`faster_thread_count` times a
-matrix product of the size a sweep's linear layers see with both counts and returns the faster.
-Causal sweeps and the statistics forward use it on a CPU. Results can then differ between runs by
-float rounding (summation order depends on the thread count): set ``INTERP_ADAPT_THREADS=0`` to
-keep torch's count, for bit-for-bit repeatable runs.
+Summation order in some of torch's CPU kernels depends on the thread count, so two runs of the same
+command on different counts differ by float rounding (1e-5 relative in a SmolLM2 forward). interp
+therefore keeps one count for a whole run: torch's own (one per core) unless ``INTERP_THREADS`` says
+otherwise:
+
+- ``INTERP_THREADS=N``: N threads;
+- ``INTERP_THREADS=auto``: adapt to the load. On a shared CPU torch's default can be several times
+  slower than one thread when another process holds a core, because every parallel op waits for its
+  slowest thread. :func:`faster_thread_count` times a matrix product with both counts and keeps the
+  faster. A scan probes once and records the count in ``scan.json``; causal sweeps may also switch
+  between batches. Faster under load, but no longer repeatable bit for bit.
+
+:func:`run_threads` fixes the count for a run (``interp scan`` records it); code inside it never
+changes the count, whatever the setting.
 """
 
 from __future__ import annotations
@@ -15,20 +23,52 @@ import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 
+from interp.errors import InterpError
+
+THREADS_ENV = "INTERP_THREADS"
 # The probe: [rows, d] @ [d, 4d], about 0.5 GFLOP (a few ms on one core), timed PROBE_REPEATS times per count.
 PROBE_SHAPE = (256, 576)
 PROBE_REPEATS = 5
 # One thread must win by this factor to be chosen (the default keeps ties).
 MARGIN = 1.2
 
+# True inside run_threads: the count is fixed for the run, so nothing inside may adapt it.
+_fixed_for_run: ContextVar[bool] = ContextVar("interp_threads_fixed", default=False)
 
-def faster_thread_count(default: int | None = None) -> int:
+
+def thread_setting(value: int | str | None = None) -> int | str | None:
+    """``value`` (default: ``$INTERP_THREADS``) checked: None (torch's count), ``"auto"`` or a count >= 1."""
+    if value is None:
+        value = os.environ.get(THREADS_ENV) or None
+        if value is None and os.environ.get("INTERP_ADAPT_THREADS") == "1":
+            value = "auto"  # the switch of interp <= 0.1 (then adapting was the default)
+        where = f"{THREADS_ENV}={value}"
+    else:
+        where = f"threads={value!r}"
+    if value is None or value == "auto":
+        return value
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        raise InterpError(f"{where} is not a thread count: use a whole number >= 1, or 'auto' to adapt to the load")
+    return count
+
+
+def adaptive() -> bool:
+    """Whether the thread count may adapt to the load here (``INTERP_THREADS=auto``, outside a fixed run)."""
+    return not _fixed_for_run.get() and thread_setting() == "auto"
+
+
+def probe_thread_count(default: int | None = None) -> int:
     """``default`` (torch's current count) or 1, whichever runs the probe faster now; restores the count."""
     default = torch.get_num_threads() if default is None else default
-    if default <= 1 or os.environ.get("INTERP_ADAPT_THREADS", "1") == "0":
+    if default <= 1:
         return default
     rows, d = PROBE_SHAPE
     a, b = torch.randn(rows, d), torch.randn(d, 4 * d)
@@ -48,6 +88,12 @@ def faster_thread_count(default: int | None = None) -> int:
     return 1 if times[1] * MARGIN < times[default] else default
 
 
+def faster_thread_count(default: int | None = None) -> int:
+    """:func:`probe_thread_count` where the count may adapt (:func:`adaptive`), else ``default`` (torch's count)."""
+    default = torch.get_num_threads() if default is None else default
+    return probe_thread_count(default) if adaptive() else default
+
+
 @contextmanager
 def faster_threads(device: torch.device | str = "cpu") -> Iterator[int]:
     """For the ``with`` block, run torch on :func:`faster_thread_count` threads (CPU only); restores the count."""
@@ -57,4 +103,28 @@ def faster_threads(device: torch.device | str = "cpu") -> Iterator[int]:
     try:
         yield chosen
     finally:
+        torch.set_num_threads(previous)
+
+
+@contextmanager
+def run_threads(threads: int | str | None = None, device: torch.device | str = "cpu") -> Iterator[int]:
+    """Fix torch's thread count for the ``with`` block (one run) and yield it; restores the count after.
+
+    ``threads``: a count, ``"auto"`` (probe once now) or None (``$INTERP_THREADS``, else torch's count).
+    Nothing inside the block adapts the count, so the run repeats bit for bit on the count it yields.
+    """
+    setting = thread_setting(threads)
+    previous = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or setting is None:
+        chosen = previous
+    elif setting == "auto":
+        chosen = probe_thread_count(previous)
+    else:
+        chosen = setting
+    torch.set_num_threads(chosen)
+    token = _fixed_for_run.set(True)
+    try:
+        yield chosen
+    finally:
+        _fixed_for_run.reset(token)
         torch.set_num_threads(previous)

@@ -101,3 +101,12 @@ def test_shared_folder_wins_over_pypi(tmp_path, fake_pypi, monkeypatch):
     (tmp_path / "shared" / model.shared_subdir / model.filename).write_bytes(b"x")
     assert resolve_builtin("gemma3-270m") == tmp_path / "shared" / model.shared_subdir / model.filename
     assert not fake_pypi
+
+
+def test_interp_shared_models_replaces_the_default_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("INTERP_SHARED_MODELS", str(tmp_path / "nowhere"))
+    assert builtin_models._shared_model_roots() == [tmp_path / "nowhere"]
+    monkeypatch.setenv("INTERP_SHARED_MODELS", "")
+    assert builtin_models._shared_model_roots() == []
+    monkeypatch.delenv("INTERP_SHARED_MODELS")
+    assert any(root.parts[-2:] == ("shared", "models") for root in builtin_models._shared_model_roots())

@@ -32,12 +32,18 @@ def empty_cache(tmp_path, monkeypatch):
     return cache
 
 
+@pytest.fixture(scope="session")
+def shipped_gguf() -> Path:
+    """The shipped model's GGUF file, resolved (and downloaded if need be) before any test empties the cache."""
+    return resolve_builtin("smollm2-135m")
+
+
 def _written(cache: Path) -> list[Path]:
     return [p for p in cache.rglob("*")] if cache.exists() else []
 
 
-def test_header_of_the_shipped_model():
-    header = read_gguf_header(resolve_builtin("smollm2-135m"))
+def test_header_of_the_shipped_model(shipped_gguf):
+    header = read_gguf_header(shipped_gguf)
     assert header.architecture == "llama" and header.model_type == "llama"
     assert header.n_tensors == 272 and header.bytes_needed == header.file_bytes
 
@@ -53,8 +59,8 @@ def test_unsupported_architecture_fails_fast_and_writes_nothing(tmp_path, empty_
     assert _written(empty_cache) == []
 
 
-def test_truncated_file_is_named_truncated(tmp_path, empty_cache):
-    source = resolve_builtin("smollm2-135m")
+def test_truncated_file_is_named_truncated(shipped_gguf, tmp_path, empty_cache):
+    source = shipped_gguf
     for size in (3_000, 30_000_000):
         cut = tmp_path / f"cut-{size}.gguf"
         with source.open("rb") as handle:

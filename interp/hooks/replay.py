@@ -144,7 +144,7 @@ class Recording:
 
         On a shared CPU, torch's default (one thread per core) can be several times slower than one
         thread when another process holds a core, because every op waits for its slowest thread. With
-        ``adapt_threads`` (default: unless ``reuse="none"``, with more than one thread and at least
+        ``adapt_threads`` (default: only under ``INTERP_THREADS=auto``, unless ``reuse="none"``, with more than one thread and at least
         ``THREAD_PROBE_EVERY`` batches, so that the probe costs little) the first batches run with the
         default and with one thread, the faster per estimated unit of work is kept, and the other is
         re-tried every ``THREAD_PROBE_EVERY`` batches. With fewer batches (on a CPU) the count is
@@ -152,9 +152,11 @@ class Recording:
         """
         import time
 
-        from interp.threads import faster_thread_count
+        from interp.threads import adaptive, faster_thread_count
 
         default = torch.get_num_threads()
+        if adapt_threads is None and not adaptive():
+            adapt_threads = False  # the count stays fixed unless INTERP_THREADS=auto (see interp.threads)
         adapt = (self.reuse != "none" and len(plan) >= THREAD_PROBE_EVERY if adapt_threads is None else adapt_threads)
         adapt = adapt and default > 1 and len(plan) > 2
         choices = (default, 1)

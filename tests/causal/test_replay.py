@@ -206,19 +206,19 @@ def test_unknown_reuse_is_one_line():
         activation_patching(model, clean, corrupted, answers=ANSWERS, reuse="prefix")
 
 
-def test_thread_probe_returns_a_count_it_compared_and_restores_torch():
+def test_thread_probe_returns_a_count_it_compared_and_restores_torch(monkeypatch):
     from interp.threads import faster_thread_count
 
     before = torch.get_num_threads()
     try:
+        monkeypatch.setenv("INTERP_THREADS", "auto")
         torch.set_num_threads(2)
         assert faster_thread_count() in (1, 2)
         assert torch.get_num_threads() == 2
         torch.set_num_threads(1)
         assert faster_thread_count() == 1
         torch.set_num_threads(2)
-        os.environ["INTERP_ADAPT_THREADS"] = "0"
-        assert faster_thread_count() == 2  # switched off: torch's count, whatever the load
+        monkeypatch.delenv("INTERP_THREADS")
+        assert faster_thread_count() == 2  # not adapting (the default): torch's count, whatever the load
     finally:
-        os.environ.pop("INTERP_ADAPT_THREADS", None)
         torch.set_num_threads(before)
