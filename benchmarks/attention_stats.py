@@ -49,7 +49,7 @@ def child(model_name: str, mode: str, length: int, backend: str) -> dict:
 
     import interp
     from interp.kernels import StatsConfig
-    from interp.probes import natural_text_tokens
+    from interp.analyses.probes import natural_text_tokens
 
     torch.manual_seed(0)
     model = interp.load(model_name, device="cpu")

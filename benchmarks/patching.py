@@ -37,8 +37,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 import interp  # noqa: E402
-from interp.analyses.activation_patching import activation_patching  # noqa: E402
-from interp.analyses.causal_tracing import causal_trace  # noqa: E402
+from interp.causal.patching import activation_patching  # noqa: E402
+from interp.causal.tracing import causal_trace  # noqa: E402
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When John and Mary went to the store, Mary gave a drink to"
@@ -101,8 +101,8 @@ def nnsight_model(model: interp.HookedModel):
         return None
     from transformers import AutoModelForCausalLM
 
-    from interp.builtin_models import resolve_builtin
-    from interp.loading import gguf_as_hf_folder
+    from interp.models.builtin import resolve_builtin
+    from interp.models.loading import gguf_as_hf_folder
 
     folder = str(gguf_as_hf_folder(resolve_builtin("smollm2-135m")))
     hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval()
@@ -145,7 +145,7 @@ def nnsight_patching(lm, clean: torch.Tensor, corrupted: torch.Tensor, ids: list
 def statistics_methods(model: interp.HookedModel) -> dict[str, Callable[[], torch.Tensor]]:
     """The scan's statistics forward and a plain forward of the same model on a STATS_TOKENS-token text."""
     from interp.kernels import StatsConfig
-    from interp.probes import natural_text_tokens
+    from interp.analyses.probes import natural_text_tokens
 
     tokens = natural_text_tokens(model, STATS_TOKENS)
     config = StatsConfig(n_sink=4, window=16, targets=None, received=True)

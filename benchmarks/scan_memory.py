@@ -33,7 +33,7 @@ def plain_forward(model_name: str, length: int, batch: int) -> None:
     import torch
 
     import interp
-    from interp.probes import natural_text_tokens
+    from interp.analyses.probes import natural_text_tokens
 
     model = interp.load(model_name, device="cpu")
     tokens = natural_text_tokens(model, length).expand(batch, -1)

@@ -10,6 +10,8 @@ __version__ = "0.1.0"
 
 from typing import TYPE_CHECKING
 
+from interp import _moved
+
 # Public names -> the module defining them. They are imported on first use (PEP 562), so that
 # `import interp.cli` or `import interp.errors` does not pay for torch and transformers.
 _LAZY = {
@@ -18,8 +20,8 @@ _LAZY = {
     "max_attention_scores": "interp.analyses",
     "sink_scores": "interp.analyses",
     "ScanSettings": "interp.settings",
-    "BUILTIN_MODELS": "interp.builtin_models",
-    "DEFAULT_MODEL": "interp.builtin_models",
+    "BUILTIN_MODELS": "interp.models.builtin",
+    "DEFAULT_MODEL": "interp.models.builtin",
     "InterpError": "interp.errors",
     "ActivationCache": "interp.hooks",
     "HookedModel": "interp.hooks",
@@ -27,14 +29,18 @@ _LAZY = {
     "AttentionStats": "interp.kernels",
     "StatsConfig": "interp.kernels",
     "attention_with_stats": "interp.kernels",
-    "load": "interp.loading",
+    "load": "interp.models.loading",
     "CircuitReport": "interp.report",
+    "ScanReport": "interp.report",
     "write_report": "interp.report",
-    "ScanResult": "interp.scan",
-    "load_scan": "interp.scan",
-    "scan": "interp.scan",
-    "write_scan": "interp.scan",
+    "ScanResult": "interp.scanning",
+    "load_scan": "interp.scanning",
+    "scan": "interp.scanning",
+    "write_scan": "interp.scanning",
 }
+
+
+_moved.install()  # old module paths (interp.loading, interp.probes, ...) keep importing
 
 
 def __getattr__(name: str):
@@ -60,17 +66,18 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from interp.analyses import ANALYSES, entropy_scores, max_attention_scores, sink_scores
-    from interp.builtin_models import BUILTIN_MODELS, DEFAULT_MODEL
+    from interp.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL
     from interp.errors import InterpError
     from interp.hooks import ActivationCache, HookedModel, ModelSpec
     from interp.kernels import AttentionStats, StatsConfig, attention_with_stats
-    from interp.loading import load
-    from interp.report import CircuitReport, write_report
-    from interp.scan import ScanResult, load_scan, scan, write_scan
+    from interp.models.loading import load
+    from interp.report import CircuitReport, ScanReport, write_report
+    from interp.scanning import ScanResult, load_scan, scan, write_scan
     from interp.settings import ScanSettings
 
 __all__ = [
     "CircuitReport",
+    "ScanReport",
     "write_report",
     "ANALYSES",
     "ActivationCache",

@@ -1,8 +1,9 @@
-"""The analyses' names, descriptions and columns, readable without importing torch.
+"""The one declaration of every scan analysis: its name, one-sentence description and columns.
 
-``interp analyses`` and the CLI's argument checks read this, so they answer in well under a second.
-It mirrors :data:`interp.analyses.ANALYSES` (the registry is the source of truth); a test keeps the two
-equal, and ``python -m interp.catalog`` rewrites this file from the registry after an analysis changes.
+Each analysis module registers its scan entry under a name declared here
+(:func:`interp.analyses.registry.register`), which takes the columns and description from this table.
+Kept free of torch, so that ``interp analyses`` and the CLI's argument checks answer in well under a
+second. Order = the scan's column order.
 """
 
 from __future__ import annotations
@@ -83,22 +84,3 @@ def analysis_names(names: str | list[str] | None) -> list[str]:
     if unknown:
         raise InterpError(f"unknown analysis {', '.join(unknown)}; choose from: {', '.join(CATALOG)}")
     return list(dict.fromkeys(wanted))
-
-
-def _source() -> str:
-    import pprint
-    from pathlib import Path
-
-    from interp.analyses import ANALYSES
-
-    current = Path(__file__).read_text(encoding="utf-8")
-    head, rest = current.split("CATALOG: dict[str, dict] = ", 1)
-    tail = rest[rest.index("\n\n\ndef analysis_names"):]
-    body = {a.name: {"description": a.description, "columns": dict(a.columns)} for a in ANALYSES.values()}
-    return head + "CATALOG: dict[str, dict] = " + pprint.pformat(body, width=118, sort_dicts=False) + tail
-
-
-if __name__ == "__main__":
-    from pathlib import Path
-
-    Path(__file__).write_text(_source(), encoding="utf-8")

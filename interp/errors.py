@@ -13,7 +13,7 @@ class InterpError(Exception):
 
 
 class UnsupportedArchitectureError(InterpError):
-    """The model's architecture has no adapter in :mod:`interp.hooks.architectures`."""
+    """The model's architecture has no adapter in :mod:`interp.models.architectures`."""
 
 
 class BeyondContextWarning(UserWarning):

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.analyses.context import ScanSettings
 from interp.errors import InterpError
 from interp.hooks import HookedModel
 from interp.kernels.chunked import MIN_CHUNK, default_chunk_size
-from interp.settings import parse_size  # noqa: F401  (re-exported: interp.memory.parse_size)
+from interp.settings import ScanSettings, parse_size  # noqa: F401  (parse_size re-exported: interp.memory.parse_size)
 
 # The chunked kernel keeps two score blocks (scores, pattern) plus about one block of temporaries.
 KERNEL_BLOCKS = 3
@@ -131,11 +130,6 @@ def plan_scan(model: HookedModel, settings: ScanSettings, *, max_bytes: int | No
             f"or raise --max-memory"
         )
     return plan
-
-
-def check_scan_fits(model: HookedModel, settings: ScanSettings, *, max_bytes: int | None = None) -> int:
-    """Raise a one-line :class:`InterpError` when the scan cannot fit ``max_bytes``; returns the estimated peak."""
-    return plan_scan(model, settings, max_bytes=max_bytes).peak_bytes
 
 
 # Causal sweeps: most rows per forward, however much memory is free (fewer, larger calls amortize the

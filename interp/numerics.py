@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from interp.errors import InterpError
-from interp.hooks import HookedModel
+from interp.hooks import HookedModel, hook_name
 
 
 @torch.no_grad()
@@ -24,7 +24,7 @@ def first_nonfinite(model: HookedModel, tokens: torch.Tensor) -> str | None:
             found.append(hook.name)
 
     order = ["hook_embed"] + [
-        f"blocks.{layer}.{site}"
+        hook_name(layer, site)
         for layer in range(model.cfg.n_layers)
         for site in ("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
     ]

@@ -9,14 +9,18 @@ No torch here: the CLI runs these before it loads anything.
   report into the same folder stops at start-up with one line naming that pid; a lock left by a dead
   process is taken over.
 - :func:`make_dirs` / :func:`publish_dir` give folders the user's umask (``mkdtemp`` makes 0700).
+- Every file interp writes goes through :func:`atomic_file` (or :func:`write_text_atomic`), and every
+  folder of results through :func:`staging_dir` or :func:`replace_dir`: written beside its target under
+  a hidden name and moved in only when complete, so an error or Ctrl-C never leaves a half-written output.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -141,3 +145,76 @@ def _remove_empty(created: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             break
+
+
+def _already_exists(path: Path) -> InterpError:
+    return InterpError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends without error, move it to ``path``.
+
+    The file gets the user's umask (``mkstemp`` makes 0600). Without ``overwrite`` an existing ``path``
+    is never replaced: that fails before the block runs, and again atomically at the move (a hard
+    link, which fails if another process created ``path`` meanwhile). On error nothing is left behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite:
+        raise _already_exists(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~umask())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # atomic "create only if absent"
+            except FileExistsError:
+                raise _already_exists(path) from None
+            except OSError:  # filesystems without hard links
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_file`; returns ``path``."""
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+@contextmanager
+def staging_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """A hidden folder beside ``out`` (the user's folder mode) to write results into; removed at the end.
+
+    The caller moves what it wrote into place (:func:`replace_dir`, or file by file with ``os.replace``).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        publish_dir(staging)
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def replace_dir(out: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(staging_folder)``, then put that folder at ``out``, replacing any folder there."""
+    out = Path(out)
+    with staging_dir(out) as staging:
+        write(staging)
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        os.replace(staging, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return out

@@ -2,7 +2,7 @@
 
 :class:`ScanSettings` checks itself in ``__post_init__``, so ``interp.scan(settings=...)`` and
 ``interp scan`` refuse the same bad values with the same one-line :class:`~interp.errors.InterpError`.
-Checks that need the model (the trained window, memory) live in :func:`interp.scan.scan`, which runs
+Checks that need the model (the trained window, memory) live in :func:`interp.scanning.run.scan`, which runs
 them before any probe is tokenized.
 """
 

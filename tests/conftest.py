@@ -20,8 +20,8 @@ def smollm() -> interp.HookedModel:
 @pytest.fixture(scope="session")
 def smollm_folder(smollm) -> str:
     """The HF-format folder interp converted the shipped GGUF into."""
-    from interp.builtin_models import resolve_builtin
-    from interp.loading import gguf_as_hf_folder
+    from interp.models.builtin import resolve_builtin
+    from interp.models.loading import gguf_as_hf_folder
 
     return str(gguf_as_hf_folder(resolve_builtin("smollm2-135m")))
 

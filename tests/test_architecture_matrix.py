@@ -21,8 +21,8 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 import interp
 from interp.errors import InterpError, UnsupportedArchitectureError
-from interp.hooks.architectures import REFUSED, discover
-from interp.hooks.coverage import OVERRIDE_TESTED, PARTIAL, TESTED, architecture_table
+from interp.models.architectures import REFUSED, discover
+from interp.models.coverage import OVERRIDE_TESTED, PARTIAL, TESTED, architecture_table
 
 
 def test_the_matrix_is_well_over_forty_model_types_of_the_installed_transformers():
@@ -85,7 +85,7 @@ def test_gpt_neo_needs_its_override():
 
     with pytest.raises(UnsupportedArchitectureError, match="attention interface"):
         discover(tiny_model("gpt_neo"))
-    assert interp.load(tiny_model("gpt_neo")).spec_arch.discovered is False
+    assert interp.load(tiny_model("gpt_neo")).architecture_spec.discovered is False
     assert discover(model).discovered
 
 

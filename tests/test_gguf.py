@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import interp
-from interp.builtin_models import resolve_builtin
+from interp.models.builtin import resolve_builtin
 from interp.errors import InterpError
-from interp.gguf_header import read_gguf_header
+from interp.models.gguf_header import read_gguf_header
 
 
 def _tiny_gguf(path: Path, architecture: str) -> Path:

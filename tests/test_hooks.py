@@ -11,7 +11,7 @@ import torch
 from tiny_models import ARCHITECTURE_NAMES, VOCAB, tiny_model
 
 from interp.hooks import HookedModel
-from interp.hooks.architectures import supported_architectures
+from interp.models.architectures import supported_architectures
 
 
 def _tokens(batch=2, pos=12, seed=1):
@@ -26,7 +26,7 @@ def _eager_reference(architecture):
 
 
 def test_every_family_here_is_in_the_coverage_matrix_and_every_override_has_a_tiny_model():
-    from interp.hooks.coverage import OVERRIDE_TESTED, TESTED
+    from interp.models.coverage import OVERRIDE_TESTED, TESTED
 
     assert set(ARCHITECTURE_NAMES) <= set(TESTED) | set(OVERRIDE_TESTED)
     assert set(supported_architectures()) <= set(ARCHITECTURE_NAMES)

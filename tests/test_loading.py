@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 from tiny_models import tiny_model
-from transformers import AutoModelForCausalLM, PhiConfig
+from transformers import AutoModelForCausalLM
 
 import interp
 from interp.errors import InterpError, UnsupportedArchitectureError
-from interp.builtin_models import BUILTIN_MODELS, resolve_builtin
-from interp.loading import load
+from interp.models.builtin import BUILTIN_MODELS, resolve_builtin
+from interp.models.loading import load
 
 
 def test_alias_resolves_to_the_shipped_gguf_with_the_documented_shape(smollm):

@@ -10,7 +10,7 @@ from interp.analyses import mass_outside, retrieval_ablation_check, retrieval_sc
 from interp.analyses.retrieval import answer_recall, copy_paste_score, greedy_decode_with_argmax
 from interp.analyses.streaming import _answer_losses, kv_head_table, lambda_blocked
 from interp.hooks import HookedModel
-from interp.needles import NeedleSample, needle_grid, needle_sample
+from interp.analyses.needles import NeedleSample, needle_grid, needle_sample
 
 
 def test_lambda_mask_by_hand():

@@ -82,7 +82,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 import interp
 from interp.analyses import resolve_analyses
 from interp.analyses.context import ScanContext
-from interp.probes import Probe
+from interp.analyses.probes import Probe
 
 n, headroom = int(sys.argv[1]), int(sys.argv[2]) * 2**20
 config = LlamaConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

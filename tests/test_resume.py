@@ -68,8 +68,8 @@ def test_resume_recomputes_when_settings_change(tmp_path, smollm):
 
 def test_resume_says_what_it_reuses_and_why_it_recomputes(tmp_path, smollm):
     import interp
-    from interp.cli import _print_resume
-    from interp.cli_common import console
+    from interp.cli.scan import _print_resume
+    from interp.cli.common import console
 
     out = tmp_path / "ckpt"
     interp.scan(smollm, analyses="sink", settings=interp.ScanSettings(context_length=32, batch=1), checkpoint_dir=out)

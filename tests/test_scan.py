@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 import interp
 from interp.analyses import ANALYSES
 from interp.cli import app
-from interp.probes import default_probes
-from interp.scan import load_scan, write_scan
+from interp.analyses.probes import default_probes
+from interp.scanning.run import load_scan, write_scan
 
 DOCUMENTED_COLUMNS = [
     "layer", "head", "kv_head",
@@ -150,7 +150,7 @@ def test_cli_bad_input_is_one_line_and_leaves_no_output(tmp_path, args, message)
 
 
 def test_beyond_context_probes_run_past_the_trained_window(smollm):
-    from interp.probes import default_probes
+    from interp.analyses.probes import default_probes
 
     length = smollm.cfg.n_ctx + 8
     with pytest.raises(interp.InterpError, match="pass --beyond-context"):

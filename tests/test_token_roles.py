@@ -6,7 +6,7 @@ import torch
 from transformer_lens import head_detector
 
 from interp.analyses import role_scores, role_targets
-from interp.probes import natural_text_tokens, repeated_random_tokens
+from interp.analyses.probes import natural_text_tokens, repeated_random_tokens
 
 TL_PATTERNS = {
     "previous_token": head_detector.get_previous_token_head_detection_pattern,

@@ -95,7 +95,7 @@ def generic_tiny_config(model_type: str) -> PretrainedConfig:
 
 def sharpen_attention(model: torch.nn.Module, factor: float = 2.0) -> torch.nn.Module:
     """Scale every attention input projection so attention is peaked (near-uniform at default init proves little)."""
-    from interp.hooks.architectures import spec_for
+    from interp.models.architectures import spec_for
 
     spec = spec_for(model)
     with torch.no_grad():

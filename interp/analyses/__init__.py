@@ -1,12 +1,21 @@
-"""Analyses: each module computes one family of per-head scores and registers its scan entry.
+"""Analyses: the registered per-head scores of a scan, one family per module.
 
-Public functions return tidy DataFrames with one row per (layer, head)."""
+Nine of the modules register a scan entry (:mod:`~interp.analyses.registry`, declared in
+:mod:`interp.catalog`); :mod:`~interp.analyses.head_stats`, :mod:`~interp.analyses.context`,
+:mod:`~interp.analyses.probes`, :mod:`~interp.analyses.needles` and :mod:`~interp.analyses.composition`
+are what they share. Public functions return tidy DataFrames with one row per (layer, head).
+
+The causal methods live in :mod:`interp.causal`; their names stay importable from here for old code.
+"""
+
+import sys
+import types
 
 from interp.analyses import sink, entropy, max_attention, token_roles, dormant, value_norm, retrieval, streaming, head_ablation  # noqa: F401,I001  (registration order = column order)
-from interp.analyses.activation_patching import activation_patching, plot_patching
-from interp.analyses.attention_knockout import attention_knockout, subject_knockout_sweep
-from interp.analyses.attribution_patching import attribution_patching
-from interp.analyses.causal_tracing import average_traces, causal_trace, plot_causal_trace, to_rome
+from interp.causal.attribution import attribution_patching
+from interp.causal.knockout import attention_knockout, subject_knockout_sweep
+from interp.causal.patching import activation_patching, plot_patching
+from interp.causal.tracing import average_traces, causal_trace, plot_causal_trace, to_rome
 from interp.analyses.composition import composition_scores
 from interp.analyses.entropy import entropy_scores
 from interp.analyses.head_ablation import joint_ablation
@@ -55,3 +64,17 @@ __all__ = [
     "value_norm_scores",
     "token_role_scores",
 ]
+
+
+class _KeepFunctions(types.ModuleType):
+    """Importing an old module path such as ``interp.analyses.activation_patching`` (now
+    ``interp.causal.patching``, see :mod:`interp._moved`) makes Python bind that module here, over the
+    function of the same name; only real submodules of this package are bound."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if isinstance(value, types.ModuleType) and not value.__name__.startswith(f"{self.__name__}."):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _KeepFunctions

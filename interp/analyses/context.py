@@ -10,7 +10,7 @@ import torch
 from interp.analyses.head_stats import head_stat_means
 from interp.hooks import HookedModel
 from interp.kernels import StatsConfig
-from interp.probes import Probe
+from interp.analyses.probes import Probe
 from interp.settings import ScanSettings
 
 __all__ = ["ScanContext", "ScanSettings"]

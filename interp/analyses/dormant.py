@@ -39,16 +39,6 @@ def dormant_frame(model, sink_by_domain: dict[str, torch.Tensor]) -> pd.DataFram
     return frame
 
 
-@register(
-    "dormant",
-    columns={
-        "dormant_sink_natural": "sink mass (first token) on natural text",
-        "dormant_sink_code": "sink mass on Python code",
-        "dormant_sink_repeated": "sink mass on repeated random tokens",
-        "dormant_sink_range": "max minus min sink mass over the three domains",
-        "dormant_switching": "dormant (sink mass >= 0.9) on one domain and active (< 0.5) on another",
-    },
-    description="Active/dormant heads: how a head's sink mass changes with the input domain.",
-)
+@register("dormant")
 def _scan_dormant(ctx) -> pd.DataFrame:
     return dormant_frame(ctx.model, {d: ctx.head_means(d)["first_token_mass"] for d in DOMAINS})

@@ -26,13 +26,6 @@ def _frame(model: HookedModel, means: dict[str, torch.Tensor]) -> pd.DataFrame:
     return head_frame(model, {"entropy_mean": means["entropy"], "entropy_normalized": means["entropy_normalized"]})
 
 
-@register(
-    "entropy",
-    columns={
-        "entropy_mean": "mean attention entropy in nats (queries p>=1, natural text)",
-        "entropy_normalized": "mean of entropy / log(visible keys): 0 = one-hot, 1 = uniform",
-    },
-    description="Attention entropy: collapsed versus diffuse heads.",
-)
+@register("entropy")
 def _scan_entropy(ctx) -> pd.DataFrame:
     return _frame(ctx.model, ctx.head_means("natural"))

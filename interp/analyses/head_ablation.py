@@ -29,7 +29,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import torch
 
-from interp.analyses.causal_common import (
+from interp.causal.common import (
     Metric,
     RowPatch,
     grouped_metric,
@@ -62,7 +62,7 @@ def _replacements(
         return {layer: cache[name].mean(dim=(0, 1)) for layer, name in zip(layers, names)}
     if method == "resample":
         if reference is None:
-            from interp.probes import natural_text_tokens
+            from interp.analyses.probes import natural_text_tokens
 
             reference = natural_text_tokens(model, tokens.shape[1], batch=tokens.shape[0], seed=seed + 1)
         if reference.shape != tokens.shape:
@@ -129,7 +129,7 @@ def _check_heads(model: HookedModel, heads: Iterable[tuple[int, int]] | None) ->
 
 def _inputs(model: HookedModel, tokens: torch.Tensor | None, n_tokens: int, metric: Metric | None) -> tuple[torch.Tensor, Metric]:
     if tokens is None:
-        from interp.probes import natural_text_tokens
+        from interp.analyses.probes import natural_text_tokens
 
         tokens = natural_text_tokens(model, n_tokens, batch=1)
     tokens = tokens[None] if tokens.ndim == 1 else tokens
@@ -245,13 +245,7 @@ def plot_head_ablation(frame: pd.DataFrame, *, value: str = "delta", title: str 
     return fig
 
 
-@register(
-    "head_ablation",
-    columns={
-        "head_ablation_loss_delta": "increase in mean next-token loss (nats) when the head's output is replaced by its mean (natural text)",
-    },
-    description="Head importance: loss increase on natural text when each head is mean-ablated.",
-)
+@register("head_ablation")
 def _scan_head_ablation(ctx) -> pd.DataFrame:
     natural = ctx.probes["natural"].tokens
     n_tokens, n_rows = ctx.settings.ablation_tokens, ctx.settings.ablation_batch

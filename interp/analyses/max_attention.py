@@ -21,14 +21,7 @@ def max_attention_scores(model: HookedModel, tokens: torch.Tensor, *, backend: s
     return head_frame(model, {"max_attention_mean": means["max_prob"]})
 
 
-@register(
-    "max_attention",
-    columns={
-        "max_attention_mean": "mean over queries of the largest attention probability (natural text)",
-        "max_attention_repeated": "the same on repeated random tokens",
-    },
-    description="Maximum attention: how peaked each head is.",
-)
+@register("max_attention")
 def _scan_max_attention(ctx) -> pd.DataFrame:
     return head_frame(
         ctx.model,

@@ -1,7 +1,8 @@
 """The analysis registry: one name per analysis, used by the CLI (``--analyses``), the table and the report.
 
-A new score is one new module in :mod:`interp.analyses` that decorates its scan entry with
-:func:`register`; importing :mod:`interp.analyses` imports every module, which fills the registry.
+A new score is one entry in :data:`interp.catalog.CATALOG` (name, columns, description) and
+one module in :mod:`interp.analyses` that decorates its scan entry with :func:`register`; the first
+use of :data:`ANALYSES` imports every such module, which fills the registry.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from interp.errors import InterpError
+from interp.catalog import CATALOG, analysis_names
 
 if TYPE_CHECKING:
     from interp.analyses.context import ScanContext
@@ -40,13 +41,15 @@ class Analysis:
 ANALYSES: dict[str, Analysis] = {}
 
 
-def register(name: str, *, columns: dict[str, str], description: str) -> Callable[[ScanFn], ScanFn]:
-    """Decorator: register ``fn(ctx) -> DataFrame`` as the scan entry of analysis ``name``."""
+def register(name: str) -> Callable[[ScanFn], ScanFn]:
+    """Decorator: register ``fn(ctx) -> DataFrame`` as the scan entry of analysis ``name`` (declared in the catalog)."""
 
     def decorate(fn: ScanFn) -> ScanFn:
+        if name not in CATALOG:
+            raise RuntimeError(f"analysis {name!r} is not declared in interp/catalog.py")
         if name in ANALYSES:
             raise RuntimeError(f"analysis {name!r} registered twice")
-        ANALYSES[name] = Analysis(name, fn, columns, description)
+        ANALYSES[name] = Analysis(name, fn, CATALOG[name]["columns"], CATALOG[name]["description"])
         return fn
 
     return decorate
@@ -54,12 +57,4 @@ def register(name: str, *, columns: dict[str, str], description: str) -> Callabl
 
 def resolve_analyses(names: str | list[str] | None) -> list[Analysis]:
     """Analyses by name (comma-separated string or list; None = all), with a clear error for unknown names."""
-    if names is None:
-        return list(ANALYSES.values())
-    wanted = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
-    if not wanted:
-        raise InterpError(f"--analyses is empty; choose from: {', '.join(ANALYSES)}")
-    unknown = [n for n in wanted if n not in ANALYSES]
-    if unknown:
-        raise InterpError(f"unknown analysis {', '.join(unknown)}; choose from: {', '.join(ANALYSES)}")
-    return [ANALYSES[n] for n in dict.fromkeys(wanted)]
+    return [ANALYSES[n] for n in analysis_names(names)]

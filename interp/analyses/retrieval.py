@@ -22,7 +22,7 @@ from interp.analyses.head_stats import head_frame
 from interp.analyses.registry import register
 from interp.hooks import HookedModel
 from interp.kernels import AttentionStats, StatsConfig
-from interp.needles import NeedleSample, needle_grid
+from interp.analyses.needles import NeedleSample, needle_grid
 
 RETRIEVAL_THRESHOLD = 0.1
 RECALL_TO_COUNT = 0.5
@@ -154,14 +154,7 @@ def retrieval_ablation_check(
     }
 
 
-@register(
-    "retrieval",
-    columns={
-        "retrieval_score": "Wu et al. copy-paste score on needle-in-a-haystack prompts (mean over retrieved samples)",
-        "retrieval_head": "retrieval_score > 0.1",
-    },
-    description="Retrieval heads: heads that copy the needle's answer while the model retrieves it.",
-)
+@register("retrieval")
 def _scan_retrieval(ctx) -> pd.DataFrame:
     lengths = sorted({max(64, ctx.settings.context_length // 2), max(64, ctx.settings.context_length)})
     samples = needle_grid(ctx.model, context_lengths=lengths, n_samples=ctx.settings.needle_samples, seed=ctx.settings.seed)

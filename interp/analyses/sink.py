@@ -96,16 +96,7 @@ def secondary_sinks(
     return pd.DataFrame(rows, columns=columns).sort_values(["n_heads", "max_alpha"], ascending=False, ignore_index=True)
 
 
-@register(
-    "sink",
-    columns={
-        "sink_mass": "mean attention probability on the first token (queries p>=1, natural text)",
-        "sink_mass_first_k": "mean attention probability on the first n_sink tokens (default 4)",
-        "sink_alpha0": "Gu et al. alpha_0: attention the first token receives per query that sees it (natural text)",
-        "sink_has_sink": "sink_alpha0 > epsilon (0.3)",
-    },
-    description="Attention sinks: mass each head puts on the first token(s); secondary sinks; model sink rate.",
-)
+@register("sink")
 def _scan_sink(ctx) -> pd.DataFrame:
     means = ctx.head_means("natural")
     frame = _frame(ctx.model, means, n_sink=ctx.settings.n_sink, epsilon=SINK_EPSILON)

@@ -36,8 +36,8 @@ from interp.analyses.head_stats import head_frame, head_stat_means
 from interp.analyses.registry import register
 from interp.hooks import HookedModel
 from interp.kernels import StatsConfig
-from interp.needles import NeedleSample, needle_sample
-from interp.probes import natural_text_tokens
+from interp.analyses.needles import NeedleSample, needle_sample
+from interp.analyses.probes import natural_text_tokens
 
 
 def lambda_blocked(n: int, *, n_sink: int, window: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -190,16 +190,7 @@ def kv_head_table(frame: pd.DataFrame, *, sparsity: float = 0.5) -> pd.DataFrame
     return table
 
 
-@register(
-    "streaming",
-    columns={
-        "streaming_mass_outside": "attention mass outside first 4 + last 256 tokens (queries p >= 260, natural text)",
-        "streaming_score": "answer-loss increase (nats/token) on needle prompts when this head alone sees only sink "
-        "+ window (NaN unless --streaming-per-head)",
-        "streaming_score_kv": "the same with the head's whole KV group restricted (DuoAttention granularity)",
-    },
-    description="Streaming heads: what a head loses when it only sees sink tokens plus a recent window.",
-)
+@register("streaming")
 def _scan_streaming(ctx) -> pd.DataFrame:
     settings = ctx.settings
     n_sink, window = settings.streaming_sink, settings.streaming_window

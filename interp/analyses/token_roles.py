@@ -85,16 +85,8 @@ def token_role_scores(model: HookedModel, tokens: torch.Tensor, *, backend: str 
     return head_frame(model, columns)
 
 
-def _register(role: str, meaning: str) -> None:
-    @register(
-        role,
-        columns={
-            f"{role}_score": f"mean attention mass on the {meaning}, over queries that have one (repeated random tokens)",
-            f"{role}_score_tl": "TransformerLens detect_head 'mul' score on the same tokens (mass summed over all queries / count)",
-            f"{role}_score_natural": f"as {role}_score, on natural text",
-        },
-        description=f"{role.replace('_', '-')} heads: attention on the {meaning}.",
-    )
+def _register(role: str) -> None:
+    @register(role)
     def _scan(ctx) -> pd.DataFrame:
         backend = ctx.settings.backend
         score, tl_score = role_scores(ctx.model, ctx.probes["repeated"].tokens, role, backend=backend)
@@ -104,6 +96,5 @@ def _register(role: str, meaning: str) -> None:
         )
 
 
-_register("previous_token", "previous token")
-_register("duplicate_token", "earlier occurrences of the current token")
-_register("induction", "token after an earlier occurrence of the current token")
+for _role in ROLES:  # columns and descriptions: interp.catalog
+    _register(_role)

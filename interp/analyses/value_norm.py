@@ -14,12 +14,12 @@ import torch
 
 from interp.analyses.head_stats import head_frame
 from interp.analyses.registry import register
-from interp.hooks import HookedModel
+from interp.hooks import HookedModel, hook_name
 
 
 def value_norm_scores(model: HookedModel, tokens: torch.Tensor) -> pd.DataFrame:
     """Per (query) head: ``value_norm_first`` and ``value_norm_ratio`` on ``tokens`` ``[batch, pos]``."""
-    names = [f"blocks.{layer}.attn.hook_v" for layer in range(model.cfg.n_layers)]
+    names = [hook_name(layer, "attn.hook_v") for layer in range(model.cfg.n_layers)]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names=names, logits_to_keep=1)
     first, ratio = [], []
@@ -32,13 +32,6 @@ def value_norm_scores(model: HookedModel, tokens: torch.Tensor) -> pd.DataFrame:
     return head_frame(model, {"value_norm_first": torch.stack(first), "value_norm_ratio": torch.stack(ratio)})
 
 
-@register(
-    "value_norm",
-    columns={
-        "value_norm_first": "mean L2 norm of the value vector at the first token (natural text)",
-        "value_norm_ratio": "value_norm_first / mean value norm at positions p >= 1",
-    },
-    description="Value-norm drain: how small the first token's value vectors are.",
-)
+@register("value_norm")
 def _scan_value_norm(ctx) -> pd.DataFrame:
     return value_norm_scores(ctx.model, ctx.probes["natural"].tokens)

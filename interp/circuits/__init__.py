@@ -8,7 +8,7 @@
 
 Graph, hooks and definitions: :mod:`interp.circuits.graph`; scores: :mod:`interp.circuits.eap`;
 circuits and faithfulness: :mod:`interp.circuits.evaluation`; DLA and the logit lens:
-:mod:`interp.circuits.dla`; files and the HTML page: :mod:`interp.circuits.report`.
+:mod:`interp.circuits.dla`; files and the HTML page: :mod:`interp.report.circuit_report`.
 """
 
 from interp.circuits.eap import EdgeScores, edge_attribution
@@ -24,20 +24,10 @@ from interp.circuits.evaluation import (
     threshold_mask,
     top_n_mask,
 )
+from interp.causal.metrics import METRICS, answer_prob, kl_to_clean, logit_diff
+from interp.causal.pairs import PromptPairs, TaskBatch, read_pairs
 from interp.circuits.graph import CircuitGraph, split_inputs
-from interp.circuits.metrics import METRICS, answer_prob, kl_to_clean, logit_diff
-from interp.circuits.tasks import (
-    IOI_TEMPLATES,
-    TASKS,
-    PromptPairs,
-    TaskBatch,
-    factual_task,
-    greater_than_task,
-    induction_task,
-    ioi_task,
-    make_task,
-    read_pairs,
-)
+from interp.circuits.tasks import IOI_TEMPLATES, TASKS, factual_task, greater_than_task, induction_task, ioi_task, make_task
 
 __all__ = [
     "IOI_TEMPLATES", "CircuitGraph", "EdgeScores", "METRICS", "PromptPairs", "TASKS", "TaskBatch", "answer_prob", "circuit_nodes",

@@ -20,10 +20,10 @@ import torch
 
 from interp.circuits.eap import as_batches
 from interp.circuits.graph import CircuitGraph, circuit_modules, upstream_outputs, work_dtype
-from interp.circuits.metrics import _gather_mean, answer_prob
-from interp.circuits.tasks import PromptPairs, TaskBatch
+from interp.causal.metrics import _gather_mean, answer_prob
+from interp.causal.pairs import PromptPairs, TaskBatch
 from interp.errors import InterpError
-from interp.hooks import HookedModel
+from interp.hooks import HookedModel, hook_name
 
 
 def _rms_gain(norm: torch.nn.Module) -> tuple[torch.Tensor, float]:
@@ -63,7 +63,7 @@ def direct_logit_attribution(
         def keep(activation, hook):
             resid["final"] = activation.detach()
 
-        last = f"blocks.{graph.n_layers - 1}.hook_resid_post"
+        last = hook_name(graph.n_layers - 1, "hook_resid_post")
         logits, outputs = upstream_outputs(model, batch.clean, extra_hooks=[(last, keep)])
         final = batch.last(resid["final"]).to(wd)  # [batch, d_model]
         parts = batch.last(outputs)  # [batch, n_up, d_model]
@@ -113,7 +113,7 @@ def logit_lens(model: HookedModel, data: PromptPairs | Sequence[TaskBatch], *, b
     _, _, final_norm = circuit_modules(model)
     unembed = _unembed(model)
     wd = work_dtype(model)
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(graph.n_layers)]
+    names = [hook_name(0, "hook_resid_pre")] + [hook_name(layer, "hook_resid_post") for layer in range(graph.n_layers)]
     diff = torch.zeros(len(names), dtype=torch.float64)
     prob = torch.zeros(len(names), dtype=torch.float64)
     n = 0

@@ -25,10 +25,11 @@ import pandas as pd
 import torch
 
 from interp.circuits.graph import CircuitGraph, circuit_modules, upstream_outputs, work_dtype
-from interp.circuits.metrics import TaskMetric, get_metric
-from interp.circuits.tasks import PromptPairs, TaskBatch
+from interp.causal.metrics import TaskMetric, get_metric
+from interp.causal.pairs import PromptPairs, TaskBatch
 from interp.errors import InterpError
-from interp.hooks import HookedModel
+from interp.hooks import HookedModel, hook_name
+from interp.hooks.modules import module_hooks
 
 Progress = Callable[[int], None] | None
 
@@ -148,7 +149,6 @@ def input_gradients(
     H, KV, D = graph.n_heads, graph.n_kv_heads, model.cfg.d_head
     norm_inputs: dict[tuple[str, int], torch.Tensor] = {}
     watched: dict[tuple[str, int], torch.Tensor] = {}
-    handles = []
 
     def keep_norm(key: tuple[str, int]):
         def hook(module, args, output):
@@ -165,22 +165,18 @@ def input_gradients(
     def start(activation, hook):
         return (activation if embed is None else embed.to(activation.dtype)).detach().requires_grad_(True)
 
-    try:
-        for layer in range(graph.n_layers):
-            attention = model.attention_module(layer)
-            handles.append(attn_norms[layer].register_forward_hook(keep_norm(("attn", layer))))
-            for part in ("q", "k", "v"):
-                handles.append(getattr(attention, f"{part}_proj").register_forward_hook(keep_proj((part, layer))))
-            handles.append(mlp_norms[layer].register_forward_hook(keep_norm(("mlp", layer))))
-        handles.append(final_norm.register_forward_hook(keep_norm(("logits", graph.n_layers))))
-        with torch.enable_grad(), model.hooks([("blocks.0.hook_resid_pre", start)]):
-            logits = model(batch.clean)
-            value = metric_fn(batch.last(logits).to(wd), batch, clean_last).sum()
-            keys = list(watched)
-            found = dict(zip(keys, torch.autograd.grad(value, [watched[k] for k in keys], allow_unused=True)))
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward = []
+    for layer in range(graph.n_layers):
+        attention = model.attention_module(layer)
+        forward.append((attn_norms[layer], keep_norm(("attn", layer))))
+        forward += [(getattr(attention, f"{part}_proj"), keep_proj((part, layer))) for part in ("q", "k", "v")]
+        forward.append((mlp_norms[layer], keep_norm(("mlp", layer))))
+    forward.append((final_norm, keep_norm(("logits", graph.n_layers))))
+    with module_hooks(forward), torch.enable_grad(), model.hooks([(hook_name(0, "hook_resid_pre"), start)]):
+        logits = model(batch.clean)
+        value = metric_fn(batch.last(logits).to(wd), batch, clean_last).sum()
+        keys = list(watched)
+        found = dict(zip(keys, torch.autograd.grad(value, [watched[k] for k in keys], allow_unused=True)))
 
     def grad_of(key: tuple[str, int]) -> torch.Tensor:
         g = found.get(key)

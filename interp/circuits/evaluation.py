@@ -21,8 +21,8 @@ import torch
 
 from interp.circuits.eap import EdgeScores, Progress, as_batches
 from interp.circuits.graph import CircuitGraph, output_hooks, split_inputs, upstream_outputs, work_dtype
-from interp.circuits.metrics import TaskMetric, get_metric
-from interp.circuits.tasks import PromptPairs, TaskBatch
+from interp.causal.metrics import TaskMetric, get_metric
+from interp.causal.pairs import PromptPairs, TaskBatch
 from interp.errors import InterpError
 from interp.hooks import HookedModel
 

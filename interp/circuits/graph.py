@@ -9,7 +9,7 @@ MLP's input ``m{l}`` kind ``mlp``; and ``logits`` (the final norm's input). An e
 exists when ``u`` runs before ``v`` reads: the residual stream at ``v``'s input is
 ``embed + sum_u out_u`` (+ constant biases), so every edge is one term of that sum.
 
-:class:`SplitInputs` gives every downstream input its own copy of the residual stream on the
+:func:`split_inputs` gives every downstream input its own copy of the residual stream on the
 original Hugging Face modules, without re-implementing the model. For block ``l``:
 
 * a forward hook on the pre-attention norm computes ``norm(x[:, :, None] + delta)`` with
@@ -38,31 +38,27 @@ import torch
 from torch import nn
 
 from interp.errors import InterpError
-from interp.hooks import HookedModel
+from interp.models.architectures import BLOCK_NORMS
+from interp.hooks import HookedModel, hook_name
+from interp.hooks.modules import module_hooks
 
 # Per architecture: (pre-attention norm, pre-MLP norm) inside a block, and the final norm.
 # Only architectures whose blocks add attention and MLP outputs straight into the residual stream
 # (no post-norms, no embedding scale applied outside the embedding module) qualify.
-_NORMS: dict[str, tuple[str, str, str]] = {
-    "llama": ("input_layernorm", "post_attention_layernorm", "model.norm"),
-    "mistral": ("input_layernorm", "post_attention_layernorm", "model.norm"),
-    "qwen2": ("input_layernorm", "post_attention_layernorm", "model.norm"),
-    "qwen3": ("input_layernorm", "post_attention_layernorm", "model.norm"),
-}
 KINDS = ("q", "k", "v", "mlp", "logits")
 
 
 def circuit_modules(model: HookedModel) -> tuple[list[nn.Module], list[nn.Module], nn.Module]:
     """(pre-attention norms, pre-MLP norms, final norm) of ``model``, or an error for unsupported architectures."""
-    arch = model.cfg.architecture
-    if arch not in _NORMS:
+    spec = model.architecture_spec
+    if spec.attn_norm is None or spec.mlp_norm is None or spec.final_norm is None:
         raise InterpError(
-            f"circuit discovery does not support architecture {arch!r} yet; supported: {', '.join(sorted(_NORMS))}"
+            f"circuit discovery does not support architecture {model.cfg.architecture!r} yet; "
+            f"supported: {', '.join(sorted(BLOCK_NORMS))}"
         )
-    attn_norm, mlp_norm, final = _NORMS[arch]
-    return ([block.get_submodule(attn_norm) for block in model.layers],
-            [block.get_submodule(mlp_norm) for block in model.layers],
-            model.model.get_submodule(final))
+    return ([block.get_submodule(spec.attn_norm) for block in model.layers],
+            [block.get_submodule(spec.mlp_norm) for block in model.layers],
+            model.model.get_submodule(spec.final_norm))
 
 
 @dataclass(frozen=True)
@@ -213,7 +209,6 @@ def split_inputs(model: HookedModel, delta: DeltaFn) -> Iterator[None]:
     attn_norms, mlp_norms, final_norm = circuit_modules(model)
     H, KV, D = graph.n_heads, graph.n_kv_heads, model.cfg.d_head
     normed: dict[int, torch.Tensor] = {}
-    handles = []
 
     def attn_norm_hook(layer: int):
         def hook(module, args, output):
@@ -250,19 +245,17 @@ def split_inputs(model: HookedModel, delta: DeltaFn) -> Iterator[None]:
             return (x + d, *args[1:])
         return hook
 
+    forward, pre = [], []
+    for layer in range(graph.n_layers):
+        attention = model.attention_module(layer)
+        forward += [(attn_norms[layer], attn_norm_hook(layer)), (attention.q_proj, proj_hook(layer, 0, H)),
+                    (attention.k_proj, proj_hook(layer, H, KV)), (attention.v_proj, proj_hook(layer, H + KV, KV))]
+        pre.append((mlp_norms[layer], pre_hook("mlp", layer)))
+    pre.append((final_norm, pre_hook("logits", graph.n_layers)))
     try:
-        for layer in range(graph.n_layers):
-            attention = model.attention_module(layer)
-            handles.append(attn_norms[layer].register_forward_hook(attn_norm_hook(layer)))
-            handles.append(attention.q_proj.register_forward_hook(proj_hook(layer, 0, H)))
-            handles.append(attention.k_proj.register_forward_hook(proj_hook(layer, H, KV)))
-            handles.append(attention.v_proj.register_forward_hook(proj_hook(layer, H + KV, KV)))
-            handles.append(mlp_norms[layer].register_forward_pre_hook(pre_hook("mlp", layer)))
-        handles.append(final_norm.register_forward_pre_hook(pre_hook("logits", graph.n_layers)))
-        yield
+        with module_hooks(forward, pre):
+            yield
     finally:
-        for handle in handles:
-            handle.remove()
         normed.clear()
 
 
@@ -292,10 +285,10 @@ def output_hooks(model: HookedModel, store: Callable[[int, torch.Tensor], None])
             store(graph.mlp_index(layer), activation.unsqueeze(2))
         return fn
 
-    pairs = [("blocks.0.hook_resid_pre", embed)]
+    pairs = [(hook_name(0, "hook_resid_pre"), embed)]
     for layer in range(graph.n_layers):
-        pairs.append((f"blocks.{layer}.attn.hook_result", result(layer)))
-        pairs.append((f"blocks.{layer}.hook_mlp_out", mlp(layer)))
+        pairs.append((hook_name(layer, "attn.hook_result"), result(layer)))
+        pairs.append((hook_name(layer, "hook_mlp_out"), mlp(layer)))
     return pairs
 
 

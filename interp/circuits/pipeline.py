@@ -27,8 +27,8 @@ import torch
 from interp.circuits.dla import direct_logit_attribution, logit_lens
 from interp.circuits.eap import EdgeScores, edge_attribution
 from interp.circuits.evaluation import SELECTIONS, circuit_nodes, faithfulness_curve, patch_edges, select_edges
-from interp.circuits.metrics import TaskMetric
-from interp.circuits.tasks import PromptPairs
+from interp.causal.metrics import TaskMetric
+from interp.causal.pairs import PromptPairs
 from interp.errors import InterpError
 from interp.hooks import HookedModel
 
@@ -127,7 +127,7 @@ class CircuitResult:
 
     def save(self, out: str | Path, *, scan_dir: str | Path | None = None) -> Path:
         """Write every file into the folder ``out`` (created; existing files replaced)."""
-        from interp.circuits.report import circuit_html
+        from interp.report.circuit_report import circuit_html
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -233,7 +233,7 @@ def scan_roles(scan_dir: str | Path) -> pd.DataFrame:
 
     heads = load_heads(scan_dir)
     if "roles" not in heads.columns:
-        from interp.report.export import head_roles
+        from interp.scanning.files import head_roles
 
         heads = heads.copy()
         heads["roles"] = head_roles(heads)

@@ -1,6 +1,6 @@
 """Hooked Hugging Face models: named hook points, activation caching and interventions."""
 
-from interp.hooks.architectures import OVERRIDES, REFUSED, ArchitectureSpec, discover, supported_architectures
+from interp.models.architectures import OVERRIDES, REFUSED, ArchitectureSpec, discover, supported_architectures
 from interp.hooks.model import ActivationCache, HookedModel, ModelSpec
 from interp.hooks.points import LAYER_SITES, HookPoint, all_hook_names, hook_name
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from interp.errors import BeyondContextWarning, InterpError
-from interp.hooks.architectures import ArchitectureSpec, check_eager_name_tests, spec_for, statistics_refusal, text_config
+from interp.models.architectures import ArchitectureSpec, check_eager_name_tests, spec_for, statistics_refusal, text_config
 from interp.hooks.attention import (
     AttentionSite,
     gpt_neo_attn,
@@ -123,31 +123,36 @@ class HookedModel:
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any = None, *, name: str | None = None) -> None:
-        self.spec_arch: ArchitectureSpec = spec_for(model)
+        self.architecture_spec: ArchitectureSpec = spec_for(model)
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.cfg = _model_spec(model, self.spec_arch, name or getattr(model.config, "name_or_path", "") or model.config.model_type)
+        self.cfg = _model_spec(model, self.architecture_spec, name or getattr(model.config, "name_or_path", "") or model.config.model_type)
         self.hooks_registry = HookRegistry(self.cfg.n_layers)
         self._knockouts: dict[int, list[tuple[torch.Tensor, list[int] | None]]] = {}
         self._stats_collector: Any = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._install()
 
+    @property
+    def spec_arch(self) -> ArchitectureSpec:
+        """Old name of :attr:`architecture_spec` (interp <= 0.1)."""
+        return self.architecture_spec
+
     # ------------------------------------------------------------------ installation
     @property
     def layers(self) -> nn.ModuleList:
-        return self.model.get_submodule(self.spec_arch.layers)
+        return self.model.get_submodule(self.architecture_spec.layers)
 
     def attention_module(self, layer: int) -> nn.Module:
         """The HF module whose attention step interp hooks for ``layer``."""
-        return self.layers[layer].get_submodule(self.spec_arch.attention)
+        return self.layers[layer].get_submodule(self.architecture_spec.attention)
 
     def out_proj(self, layer: int) -> nn.Module:
         """The output projection of ``layer``'s attention (concatenated heads -> d_model)."""
-        return getattr(self.attention_module(layer), self.spec_arch.out_proj)
+        return getattr(self.attention_module(layer), self.architecture_spec.out_proj)
 
     def _install(self) -> None:
-        spec = self.spec_arch
+        spec = self.architecture_spec
         attention0 = self.attention_module(0)
         # Tools such as TransformerLens' bridge swap HF attention modules for their own components,
         # which never call the attention function interp hooks: q/k/v/pattern/z/statistics cannot fire.
@@ -198,7 +203,7 @@ class HookedModel:
                 attention._attn = attention._interp_original_attn
                 del attention._interp_original_attn
             del attention._interp_site
-        if self.spec_arch.attention_entry == "interface":
+        if self.architecture_spec.attention_entry == "interface":
             self.model.config._attn_implementation = self._original_implementation  # restores a renamed eager
         return self.model
 
@@ -549,7 +554,7 @@ class HookedModel:
         self._stats_collector = collector
         # With every layer on the kernel (which applies causality and windows itself) the model need not
         # build an [N, N] mask. GPT-Neo builds its own mask outside transformers' mask interface.
-        lean = layers is None and self.spec_arch.attention_entry == "interface"
+        lean = layers is None and self.architecture_spec.attention_entry == "interface"
         try:
             # On a shared CPU the kernel's many short parallel ops suffer most from a busy core: pick the thread count.
             with key_padding_only_masks(self.model) if lean else nullcontext(), reuse_workspace(), faster_threads(self.device):

@@ -1,7 +1,8 @@
-"""Reports and exports of a scan: the head-importance table (CSV / Parquet / JSON) and the HTML circuit report.
+"""HTML reports: the scan report (``report.html``, :mod:`~interp.report.scan_report`) and the circuit page
+(``circuit.html``, :mod:`~interp.report.circuit_report`), each one self-contained file.
 
     import interp
-    from interp.report import CircuitReport, write_report
+    from interp.report import ScanReport, write_report
     result = interp.scan(model)
     write_report(result, "interp-out/smollm2-135m", model=model)   # report.html + heads.{csv,parquet,json}
 """
@@ -14,20 +15,11 @@ from pathlib import Path
 
 from interp.errors import InterpError
 from interp.hooks import HookedModel
-from interp.report.export import (
-    DERIVED_COLUMNS,
-    FORMATS,
-    ROLE_RULES,
-    RoleRule,
-    head_roles,
-    head_table,
-    load_heads,
-    write_exports,
-)
-from interp.report.html import CircuitReport, write_text_atomic
-from interp.scan import ScanResult, load_scan
-
-from interp.output import REPORT_FILE  # noqa: E402
+from interp.output import REPORT_FILE, write_text_atomic
+from interp.report.scan_report import CircuitReport, ScanReport
+from interp.scanning.files import FORMATS, load_heads, load_scan, write_exports
+from interp.scanning.result import ScanResult
+from interp.scanning.table import DERIVED_COLUMNS, ROLE_RULES, RoleRule, head_roles, head_table
 
 
 def write_report(
@@ -47,7 +39,7 @@ def write_report(
         folder = source
     folder = Path(folder)
     result = source if isinstance(source, ScanResult) else load_scan(source)
-    report = CircuitReport(result, model)
+    report = ScanReport(result, model)
     target = folder / REPORT_FILE
     if target.exists() and not overwrite:
         raise InterpError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
@@ -63,6 +55,7 @@ __all__ = [
     "ROLE_RULES",
     "CircuitReport",
     "RoleRule",
+    "ScanReport",
     "head_roles",
     "head_table",
     "load_heads",

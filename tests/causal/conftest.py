@@ -3,7 +3,7 @@
 import pytest
 import typer
 
-from interp.cli_causal import register_commands
+from interp.cli.causal import register_commands
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from causal_helpers import bridge_for, ioi_inputs, logit_diff, naive_patch, random_pair, tiny_model
 from transformer_lens import patching as tl_patching
 
-from interp.analyses.activation_patching import SITES, activation_patching, plot_patching
+from interp.causal.patching import SITES, activation_patching, plot_patching
 from interp.errors import InterpError
 from interp.hooks import HookedModel, hook_name
 

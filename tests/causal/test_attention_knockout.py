@@ -6,7 +6,7 @@ import pytest
 import torch
 from causal_helpers import tiny_model
 
-from interp.analyses.attention_knockout import attention_knockout, plot_knockout_sweep, subject_knockout_sweep
+from interp.causal.knockout import attention_knockout, plot_knockout_sweep, subject_knockout_sweep
 from interp.hooks import HookedModel
 
 PROMPT = "The Eiffel Tower is located in the city of"

@@ -4,8 +4,8 @@ import pytest
 import torch
 from causal_helpers import ioi_inputs, logit_diff, random_pair, tiny_model
 
-from interp.analyses.activation_patching import activation_patching
-from interp.analyses.attribution_patching import attribution_patching
+from interp.causal.patching import activation_patching
+from interp.causal.attribution import attribution_patching
 from interp.hooks import HookedModel
 
 ANSWERS = torch.tensor([[3, 5], [7, 9]])

@@ -5,7 +5,7 @@ import pytest
 import torch
 from causal_helpers import tiny_model
 
-from interp.analyses.causal_tracing import causal_trace, find_subject, plot_causal_trace, to_rome, window_layers
+from interp.causal.tracing import causal_trace, find_subject, plot_causal_trace, to_rome, window_layers
 from interp.errors import InterpError
 from interp.hooks import HookedModel, hook_name
 
@@ -108,7 +108,7 @@ def test_noise_scale_is_the_std_of_what_hook_embed_sees():
     """Gemma scales its embeddings by sqrt(d_model) inside the embedding module: the noise must too."""
     from tiny_models import tiny_model as tiny
 
-    from interp.analyses.causal_tracing import embedding_std
+    from interp.causal.tracing import embedding_std
 
     llama = HookedModel(tiny("llama"))
     assert embedding_std(llama) == float(llama.model.get_input_embeddings().weight.float().std())

@@ -8,7 +8,7 @@ from interp.analyses.context import ScanContext, ScanSettings
 from interp.analyses.head_ablation import head_ablation, joint_ablation, plot_head_ablation
 from interp.analyses.registry import ANALYSES
 from interp.hooks import HookedModel
-from interp.probes import Probe
+from interp.analyses.probes import Probe
 
 
 def _loss(logits, tokens):

@@ -4,7 +4,6 @@ The tiny models get peaked attention (query/key weights scaled up) so that a wro
 mask or rotary phase in the replay would move the metrics by far more than the 1e-5 tolerance.
 """
 
-import os
 
 import pytest
 import torch
@@ -12,9 +11,9 @@ from causal_helpers import naive_patch
 from tiny_models import ARCHITECTURE_NAMES, VOCAB, tiny_config, tiny_model
 from transformers import AutoModelForCausalLM
 
-from interp.analyses.activation_patching import SITES, activation_patching
-from interp.analyses.attention_knockout import subject_knockout_sweep
-from interp.analyses.causal_tracing import causal_trace
+from interp.causal.patching import SITES, activation_patching
+from interp.causal.knockout import subject_knockout_sweep
+from interp.causal.tracing import causal_trace
 from interp.analyses.head_ablation import head_ablation, joint_ablation
 from interp.errors import InterpError
 from interp.hooks import HookedModel

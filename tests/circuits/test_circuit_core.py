@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_models import tiny_model  # noqa: E402
 
-from interp.analyses.attribution_patching import attribution_patching  # noqa: E402
+from interp.causal.attribution import attribution_patching  # noqa: E402
 from interp.circuits import (  # noqa: E402
     CircuitGraph,
     edge_attribution,

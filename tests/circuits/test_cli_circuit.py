@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from interp.circuits import ioi_task, read_pairs  # noqa: E402
-from interp.circuits.report import report_section  # noqa: E402
-from interp.cli_circuit import register_commands  # noqa: E402
+from interp.report.circuit_report import report_section  # noqa: E402
+from interp.cli.circuit import register_commands  # noqa: E402
 from interp.errors import InterpError  # noqa: E402
 
 runner = CliRunner()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.analyses.attribution_patching import attribution_patching
+from interp.causal.attribution import attribution_patching
 from interp.circuits import IOI_TEMPLATES, edge_attribution, ioi_task, patch_edges
 
 

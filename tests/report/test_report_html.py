@@ -8,10 +8,10 @@ import typer
 from typer.testing import CliRunner
 
 import interp
-from interp.cli_report import register_commands
+from interp.cli.report import register_commands
 from interp.errors import InterpError
 from interp.report import CircuitReport, load_heads, write_report
-from interp.report.html import _circuitsvis_bundle
+from interp.report.scan_report import _circuitsvis_bundle
 
 
 @pytest.fixture(scope="module")

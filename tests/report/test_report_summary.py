@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from interp.report import CircuitReport
-from interp.scan import ScanResult
+from interp.scanning.run import ScanResult
 
 
 def _fake_scan() -> ScanResult:
@@ -79,7 +79,7 @@ def test_attention_section_shows_the_top_head_of_each_role(small_scan, smollm):
 
 
 def test_trace_figure_colour_bars_sit_right_of_the_panels_and_rows_are_tall_enough():
-    from interp.analyses.causal_tracing import plot_causal_trace
+    from interp.causal.tracing import plot_causal_trace
 
     tokens = [f"t{i}" for i in range(12)]
     rows = [(kind, layer, pos) for kind in ("resid", "attn", "mlp") for pos in range(12) for layer in range(6)]

@@ -139,7 +139,7 @@ def check_gguf(path: str | Path) -> GGUFHeader:
     from transformers import AutoConfig
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
-    from interp.hooks.architectures import spec_for_config
+    from interp.models.architectures import spec_for_config
 
     header = read_gguf_header(path)
     if header.file_bytes < header.bytes_needed:

@@ -12,9 +12,9 @@ from typing import Annotated
 
 import typer
 
-from interp.builtin_models import DEFAULT_MODEL
-from interp.cli_causal import check_out, write_atomically
-from interp.cli_common import DebugOption, DtypeOption, check_source, console, fail, task_or_data
+from interp.models.builtin import DEFAULT_MODEL
+from interp.cli.causal import check_out, write_atomically
+from interp.cli.common import DebugOption, DtypeOption, check_source, console, fail, task_or_data
 from interp.errors import InterpError
 
 
@@ -49,7 +49,7 @@ def register_commands(app: typer.Typer) -> None:
                 raise InterpError("--n, --batch and --steps must be at least 1")
             if method.lower().replace("_", "-") not in ("eap", "eap-ig"):
                 raise InterpError(f"unknown --method {method!r}; use eap or eap-ig")
-            from interp.circuits.metrics import METRICS
+            from interp.causal.metrics import METRICS
 
             if metric not in METRICS:
                 raise InterpError(f"unknown --metric {metric!r}; use one of {', '.join(METRICS)}")
@@ -59,7 +59,7 @@ def register_commands(app: typer.Typer) -> None:
                 raise InterpError(f"--scan {scan} is not a folder")
             check_out(out, overwrite=overwrite)
             from interp.circuits.pipeline import discover_circuit, scan_roles
-            from interp.circuits.tasks import read_pairs
+            from interp.causal.pairs import read_pairs
 
             pairs = read_pairs(data) if data is not None else None
             roles = scan_roles(scan) if scan is not None else None

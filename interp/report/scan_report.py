@@ -1,4 +1,4 @@
-"""``CircuitReport``: one self-contained HTML file per scan that opens offline.
+"""``ScanReport``: one self-contained HTML file per scan (``report.html``) that opens offline.
 
 Sections: model card and settings; a layer x head heatmap per score column (plotly); the ranked head
 table (click a header to sort); attention patterns of the top heads on the probe prompts (circuitsvis);
@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import os
 import re
-import tempfile
 from functools import cached_property
 from pathlib import Path
 
@@ -23,9 +22,11 @@ import plotly.offline
 import torch
 
 from interp.errors import InterpError
-from interp.hooks import HookedModel
-from interp.report.export import ROLE_RULES, _umask, column_meanings, head_table
-from interp.scan import KEY_COLUMNS, ScanResult, load_scan
+from interp.hooks import HookedModel, hook_name
+from interp.output import write_text_atomic
+from interp.scanning.files import load_scan
+from interp.scanning.result import KEY_COLUMNS, ScanResult
+from interp.scanning.table import ROLE_RULES, column_meanings, head_table
 
 SKIP_HEATMAP = ("importance_rank",)
 PATTERN_PROBES = ("natural", "repeated")
@@ -57,33 +58,7 @@ def _inline_script(code: str) -> str:
     return "<script>\n" + code.replace("</script", "<\\/script") + "\n</script>"
 
 
-def write_text_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
-    """Write ``text`` to a temporary file beside ``path`` and move it in; never clobbers without ``overwrite``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not overwrite:
-        raise InterpError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual file mode
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # atomic "create only if absent"
-            except FileExistsError:
-                raise InterpError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it") from None
-            except OSError:  # filesystems without hard links
-                os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-class CircuitReport:
+class ScanReport:
     """The HTML circuit report of a scan.
 
     Args:
@@ -122,7 +97,7 @@ class CircuitReport:
     # ------------------------------------------------------------------ data
     @cached_property
     def table(self) -> pd.DataFrame:
-        """The head-importance table (:func:`interp.report.export.head_table`)."""
+        """The head-importance table (:func:`interp.scanning.files.head_table`)."""
         return head_table(self.result)
 
     @property
@@ -183,7 +158,7 @@ class CircuitReport:
         self, heads: list[tuple[int, int]] | None = None
     ) -> dict[str, tuple[list[str], torch.Tensor, list[tuple[int, int]]]]:
         """Per probe: ``(token strings, patterns [head, query, key], heads)`` of ``heads`` (default :meth:`top_heads`)."""
-        from interp.probes import default_probes
+        from interp.analyses.probes import default_probes
 
         if self.model is None:
             return {}
@@ -193,7 +168,7 @@ class CircuitReport:
             length = min(length, self.model.cfg.n_ctx)
         probes = default_probes(self.model, context_length=length, batch=1, seed=seed)
         heads = self.top_heads() if heads is None else list(heads)
-        names = sorted({f"blocks.{layer}.attn.hook_pattern" for layer, _ in heads})
+        names = sorted({hook_name(layer, "attn.hook_pattern") for layer, _ in heads})
         out = {}
         for name in PATTERN_PROBES:
             if name not in probes:
@@ -201,7 +176,7 @@ class CircuitReport:
             tokens = probes[name].tokens[:, :length]
             with torch.no_grad():
                 _, cache = self.model.run_with_cache(tokens, names=names, logits_to_keep=1)
-            patterns = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][0, h] for l, h in heads]).float().cpu()
+            patterns = torch.stack([cache[hook_name(l, "attn.hook_pattern")][0, h] for l, h in heads]).float().cpu()
             strings = [self.model.tokenizer.decode([t]) if self.model.tokenizer else str(t) for t in tokens[0].tolist()]
             out[name] = (strings, patterns, heads)
         return out
@@ -307,7 +282,7 @@ class CircuitReport:
     def _attention(self) -> str:
         if self.model is None:
             return ('<section id="attention"><h2>Attention patterns</h2><p>No model was given: rebuild with '
-                    "<code>CircuitReport(scan, model=interp.load(...))</code> or <code>interp report DIR --model MODEL</code> "
+                    "<code>ScanReport(scan, model=interp.load(...))</code> or <code>interp report DIR --model MODEL</code> "
                     "to include the attention patterns of the top heads.</p></section>")
         from circuitsvis.utils.convert_props import convert_props
 
@@ -397,7 +372,7 @@ class CircuitReport:
 
     def html(self) -> str:
         """The whole report as one HTML document."""
-        from interp.circuits.report import report_section
+        from interp.report.circuit_report import report_section
 
         name = html.escape(str(self.result.metadata.get("model", {}).get("name", "model")))
         scripts = _inline_script(plotly.offline.get_plotlyjs())
@@ -474,3 +449,7 @@ function sortTable(th) {
   rows.forEach((row) => body.appendChild(row));
 }
 """
+
+
+# The scan report's name in interp <= 0.1 (it never was a circuit report; that is interp.report.circuit_report).
+CircuitReport = ScanReport

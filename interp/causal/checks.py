@@ -81,8 +81,8 @@ def check_prompts_differ(clean_tokens: Any, corrupted_tokens: Any) -> None:
 
 
 def check_patching(model: Any, clean: Any, corrupted: Any, answers: Any, metric: Any, batch_size: Any = 1) -> None:
-    """Everything :func:`interp.analyses.activation_patching` and ``attribution_patching`` refuse up front."""
-    from interp.analyses.causal_common import answer_pairs, paired_tokens
+    """Everything :func:`interp.causal.patching` and ``attribution_patching`` refuse up front."""
+    from interp.causal.common import answer_pairs, paired_tokens
 
     check_batch_size(batch_size)
     clean_tokens, corrupted_tokens = paired_tokens(model, clean, corrupted)

@@ -38,7 +38,7 @@ def _discovery_note(model_type: str) -> tuple[str, str]:
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     from interp.errors import UnsupportedArchitectureError
-    from interp.hooks.architectures import spec_for_config
+    from interp.models.architectures import spec_for_config
 
     try:
         with warnings.catch_warnings():
@@ -60,7 +60,7 @@ def architecture_table():
     import pandas as pd
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from interp.hooks.architectures import REFUSED
+    from interp.models.architectures import REFUSED
 
     rows = []
     for model_type in sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):

@@ -15,7 +15,7 @@ import torch
 
 from interp.errors import InterpError
 from interp.hooks import HookedModel
-from interp.probes import natural_text_tokens
+from interp.analyses.probes import natural_text_tokens
 
 ADJECTIVES = ["amber", "silent", "crimson", "golden", "frozen", "hollow", "bright", "quiet", "copper", "velvet"]
 NOUNS = ["harbor", "lantern", "meadow", "falcon", "orchard", "compass", "glacier", "violin", "canyon", "pebble"]

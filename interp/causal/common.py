@@ -15,6 +15,7 @@ import torch
 from interp.errors import InterpError
 from interp.hooks import HookedModel
 from interp.hooks.points import HookFn, HookPoint
+from interp.memory import sweep_batch_rows
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
 Prompts = str | Sequence[str] | torch.Tensor
@@ -174,8 +175,6 @@ def sweep_rows(model: HookedModel, n_pos: int, batch_size: int | None, *, reuse:
         return batch_size
     if reuse == "none":
         return plain
-    from interp.memory import sweep_batch_rows  # memory imports the analyses package
-
     return sweep_batch_rows(model, n_pos, last_only=last_only)
 
 

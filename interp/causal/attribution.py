@@ -6,7 +6,7 @@ For a base run (the corrupted prompt when denoising) and a source run (the clean
 
 (Nanda 2023, "Attribution Patching"; Syed et al. 2023). Cost: one forward on the source prompt, one
 forward plus one backward on the base prompt, whatever the number of cells. Same sites, columns and
-normalization as :func:`~interp.analyses.activation_patching.activation_patching`, with ``metric``
+normalization as :func:`~interp.causal.patching.activation_patching`, with ``metric``
 the estimated patched metric (base + effect). The estimate is linear: it is good for small,
 spread-out changes and can be poor where the model saturates (e.g. the residual stream at the
 positions that differ, or attention that flips between tokens).
@@ -20,10 +20,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from interp.analyses.activation_patching import SITES, cells_frame, finish_patching_frame, patching_sweep
-from interp.analyses.causal_common import Metric, Prompts
+from interp.causal.patching import SITES, cells_frame, finish_patching_frame, patching_sweep
+from interp.causal.common import Metric, Prompts
 from interp.hooks import HookedModel
-from interp.validation import check_patching
+from interp.causal.checks import check_patching
 from interp.hooks.points import HookPoint
 
 
@@ -46,7 +46,7 @@ def attribution_patching(
         DataFrame ``site, layer, position, head, token, metric, delta, normalized``: ``delta`` is the
         estimated effect and ``metric`` the base metric plus it. ``attrs`` as in activation patching.
     """
-    check_patching(model, clean, corrupted, answers, metric)  # interp.validation
+    check_patching(model, clean, corrupted, answers, metric)  # interp.causal.checks
     sweep = patching_sweep(
         model, clean, corrupted, answers=answers, metric=metric, sites=sites, direction=direction,
         layers=layers, positions=positions, heads=heads,

@@ -1,151 +1,40 @@
-"""The head-importance table of a scan and its CSV / Parquet / JSON exports.
+"""A scan's files: the scan folder (``heads.csv``, ``scan.json``, extra tables) and the head-table exports.
 
-:func:`head_table` turns a :class:`~interp.scan.ScanResult` into one tidy row per (layer, head): the
-scan's columns plus three derived ones (:data:`DERIVED_COLUMNS`):
+Output folder layout (``SCHEMA_VERSION`` 1):
 
-- ``roles``: semicolon-separated role labels, from :data:`ROLE_RULES` (``score > threshold`` on
-  columns that exist; a head may carry several, ``""`` for none);
-- ``importance``: the value heads are ranked by: ``head_ablation_loss_delta`` when the scan has it
-  (loss increase when the head is ablated), else the largest of the role scores that exist
-  (:data:`IMPORTANCE_SCORES`), else ``max_attention_mean``;
-- ``importance_rank``: 1 = most important; ties keep (layer, head) order, NaN ranks last.
+- ``heads.csv``: one row per (layer, head): ``layer, head, kv_head`` then each analysis's columns,
+  which start with the analysis name (documented in docs/analyses.md);
+- ``scan.json``: model, settings (seed included), thread count, analyses, column meanings,
+  model-level summaries (e.g. the sink rate), versions, timings;
+- ``<table>.csv``: extra tables some analyses produce (e.g. ``secondary_sinks.csv``);
+- ``heads.parquet`` and ``heads.json``: the exports of :func:`~interp.scanning.table.head_table`. Each
+  reads back through :func:`load_heads` into the same DataFrame, dtypes included. ``schema_version``
+  lives in ``scan.json`` (CSV), in the Parquet key-value metadata (``interp.schema_version``, plus
+  ``interp.columns`` with each column's meaning), and at the top of the JSON document
+  (``{"schema_version", "columns", "dtypes", "rows"}``).
 
-Exports are ``heads.csv``, ``heads.parquet`` and ``heads.json`` in the scan folder; each reads back
-through :func:`load_heads` into the same DataFrame, dtypes included. ``schema_version`` lives in
-``scan.json`` (CSV), in the Parquet key-value metadata (``interp.schema_version``, plus
-``interp.columns`` with each column's meaning), and at the top of the JSON document
-(``{"schema_version", "columns", "dtypes", "rows"}``).
+Files are staged in a hidden folder beside the output and moved in only when complete, so an error
+or Ctrl-C never leaves a half-written table.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from interp.errors import InterpError
-from interp.output import EXPORT_FORMATS
-from interp.scan import KEY_COLUMNS, SCHEMA_VERSION, ScanResult
+from interp.output import EXPORT_FORMATS, SCAN_FILES, atomic_file, check_output_dir, make_dirs, staging_dir
+from interp.scanning.result import KEY_COLUMNS, SCHEMA_VERSION, ScanResult
+from interp.scanning.table import column_meanings, head_table
 
 FORMATS = EXPORT_FORMATS
-DERIVED_COLUMNS = {
-    "roles": "semicolon-separated role labels (see interp.report.export.ROLE_RULES); empty when none applies",
-    "importance": "value the heads are ranked by (head_ablation_loss_delta, else the largest role score)",
-    "importance_rank": "1 = most important head by `importance`; ties keep (layer, head) order",
-}
 PARQUET_KEYS = {"schema_version": b"interp.schema_version", "columns": b"interp.columns", "run_id": b"interp.run_id"}
-
-
-@dataclass(frozen=True)
-class RoleRule:
-    """``role`` applies to a head when ``column > threshold`` (skipped when the scan lacks ``column``).
-
-    ``only_if_inactive``: apply only to heads that carry no role besides ``sink``/``dormant``/``long_range``.
-    """
-
-    role: str
-    column: str
-    threshold: float
-    only_if_inactive: bool = False
-
-
-ROLE_RULES: tuple[RoleRule, ...] = (
-    # Xiao et al. 2023: most of the head's attention parks on the first token.
-    RoleRule("sink", "sink_mass", 0.5),
-    # Guo et al. 2024 ("active-dormant" heads): almost all attention on the first token of natural text,
-    # i.e. the head is off. Induction heads also park on the sink when nothing repeats, so a head with
-    # an active role is not called dormant.
-    RoleRule("dormant", "sink_mass", 0.9, only_if_inactive=True),
-    # The token-role scores are means over queries that have a target, so 1 = a perfect head.
-    RoleRule("previous_token", "previous_token_score", 0.5),
-    RoleRule("duplicate_token", "duplicate_token_score", 0.3),
-    RoleRule("induction", "induction_score", 0.3),
-    # Wu et al. 2024's threshold, the same as the retrieval_head column.
-    RoleRule("retrieval", "retrieval_score", 0.1),
-    # Restricting the head's KV group to sink + recent window costs the needle answer > 0.5 nats/token:
-    # DuoAttention would keep it on full attention (it cannot stream). Per KV group, so every query
-    # head of the group carries it; streaming_score itself is NaN unless --streaming-per-head.
-    RoleRule("long_range", "streaming_score_kv", 0.5),
-)
-ABLATION_COLUMN = "head_ablation_loss_delta"
-IMPORTANCE_SCORES = ("previous_token_score", "duplicate_token_score", "induction_score", "retrieval_score")
-
-
-def head_roles(heads: pd.DataFrame, *, rules: Iterable[RoleRule] = ROLE_RULES) -> pd.Series:
-    """Per row, the roles whose rule holds, joined by ``;`` in rule order (``""`` for none)."""
-    rules = list(rules)
-    labels: list[list[str]] = [[] for _ in range(len(heads))]
-    for rule in rules:
-        if rule.column in heads:
-            for i in np.flatnonzero(heads[rule.column].to_numpy(dtype=float) > rule.threshold):
-                labels[i].append(rule.role)
-    # long_range is decided per KV group, so it says nothing about whether this query head is active.
-    passive = {"sink", "long_range"} | {r.role for r in rules if r.only_if_inactive}
-    conditional = {r.role for r in rules if r.only_if_inactive}
-    for roles in labels:
-        if any(r not in passive for r in roles):
-            roles[:] = [r for r in roles if r not in conditional]
-    return pd.Series([";".join(roles) for roles in labels], index=heads.index, dtype="str", name="roles")
-
-
-def importance(heads: pd.DataFrame) -> tuple[pd.Series, str]:
-    """``(importance per row, basis)`` where basis names the column(s) used (see module docstring)."""
-    if ABLATION_COLUMN in heads:
-        return heads[ABLATION_COLUMN].astype("float64"), ABLATION_COLUMN
-    scores = [c for c in IMPORTANCE_SCORES if c in heads]
-    if scores:
-        return heads[scores].astype("float64").max(axis=1, skipna=True), f"max({', '.join(scores)})"
-    if "max_attention_mean" in heads:
-        return heads["max_attention_mean"].astype("float64"), "max_attention_mean"
-    return pd.Series(np.nan, index=heads.index, dtype="float64"), "none"
-
-
-def head_table(result: ScanResult, *, rules: Iterable[RoleRule] = ROLE_RULES) -> pd.DataFrame:
-    """The scan's per-head table plus ``roles``, ``importance`` and ``importance_rank``.
-
-    Idempotent: derived columns already present are recomputed. ``attrs["importance_basis"]`` says
-    what ``importance`` is.
-    """
-    table = result.heads.drop(columns=[c for c in DERIVED_COLUMNS if c in result.heads]).reset_index(drop=True)
-    table["roles"] = head_roles(table, rules=rules)
-    table["importance"], basis = importance(table)
-    rank = table["importance"].rank(method="first", ascending=False, na_option="bottom")
-    table["importance_rank"] = rank.astype("int64")
-    table.attrs["importance_basis"] = basis
-    return table
-
-
-def column_meanings(result: ScanResult) -> dict[str, str]:
-    """Every column of :func:`head_table` with its one-line meaning."""
-    keys = {"layer": "0-based layer", "head": "0-based query head", "kv_head": "key/value head it reads"}
-    return {**keys, **result.metadata.get("columns", {}), **DERIVED_COLUMNS}
-
-
-# ---------------------------------------------------------------------------------------------- writing
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _replaceable(path: Path, table: pd.DataFrame) -> bool:
@@ -202,7 +91,8 @@ def write_exports(
     meanings = {c: columns.get(c, "") for c in table.columns}
     for fmt, path in zip(formats, paths):
         if fmt == "csv":
-            _write_atomic(path, lambda p: table.to_csv(p, index=False))
+            with atomic_file(path, overwrite=True) as tmp:
+                table.to_csv(tmp, index=False)
         elif fmt == "parquet":
             arrow = pa.Table.from_pandas(table, preserve_index=False)
             metadata = {
@@ -211,10 +101,12 @@ def write_exports(
                 PARQUET_KEYS["columns"]: json.dumps(meanings).encode(),
                 **({PARQUET_KEYS["run_id"]: run_id.encode()} if run_id else {}),
             }
-            _write_atomic(path, lambda p: pq.write_table(arrow.replace_schema_metadata(metadata), p))
+            with atomic_file(path, overwrite=True) as tmp:
+                pq.write_table(arrow.replace_schema_metadata(metadata), tmp)
         else:
             text = json.dumps(_json_document(table, meanings, run_id), indent=1, allow_nan=False) + "\n"
-            _write_atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
+            with atomic_file(path, overwrite=True) as tmp:
+                tmp.write_text(text, encoding="utf-8")
     return paths
 
 
@@ -318,12 +210,68 @@ def export_run_id(path: str | os.PathLike) -> str | None:
     return None
 
 
-def export_schema_version(path: str | os.PathLike) -> int | None:
-    """The ``schema_version`` a Parquet or JSON export records (None for CSV: see ``scan.json``)."""
-    path = Path(path)
-    if path.suffix == ".parquet":
-        value = (pq.read_schema(path).metadata or {}).get(PARQUET_KEYS["schema_version"])
-        return None if value is None else int(value)
-    if path.suffix == ".json":
-        return json.loads(path.read_text(encoding="utf-8")).get("schema_version")
-    return None
+def write_scan(
+    result: ScanResult,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    extra: dict[str, str] | None = None,
+) -> Path:
+    """Write ``heads.csv``, ``scan.json`` (and ``extra`` files: name -> text) into ``out``, all or nothing."""
+    out = Path(out)
+    check_output_dir(out, overwrite=overwrite, resume=resume)
+    with staging_dir(out) as staging:
+        result.heads.to_csv(staging / "heads.csv", index=False)
+        for name, table in result.tables.items():
+            table.to_csv(staging / f"{name}.csv", index=False)
+        (staging / "scan.json").write_text(json.dumps(result.metadata, indent=2) + "\n")
+        for name, text in (extra or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
+        make_dirs(out)
+        remove_previous_scan(out, keep_fingerprint=result.metadata.get("fingerprint"))
+        for item in staging.iterdir():
+            os.replace(item, out / item.name)
+    return out
+
+
+def previous_scan_files(out: Path, *, keep_fingerprint: str | None = None) -> list[Path]:
+    """Every file an earlier scan (or report) wrote into ``out``: the heads table and its exports, scan.json,
+    report.html, the extra tables scan.json lists, and the checkpoints in ``analyses/`` not made with
+    ``keep_fingerprint`` (those of the scan being written stay: ``--resume`` may reuse them later)."""
+    out = Path(out)
+    found = [out / name for name in SCAN_FILES]
+    try:
+        tables = json.loads((out / "scan.json").read_text()).get("tables", [])
+    except (OSError, ValueError, AttributeError):
+        tables = []
+    found += [out / f"{name}.csv" for name in tables if isinstance(name, str) and "/" not in name]
+    checkpoints = out / "analyses"
+    if checkpoints.is_dir():
+        for meta_path in checkpoints.glob("*.json"):
+            try:
+                fingerprint = json.loads(meta_path.read_text()).get("fingerprint")
+            except (OSError, ValueError, AttributeError):
+                fingerprint = None
+            if keep_fingerprint is None or fingerprint != keep_fingerprint:
+                name = meta_path.stem
+                found += [meta_path, checkpoints / f"{name}.csv", *checkpoints.glob(f"{name}.*.csv")]
+    return [path for path in dict.fromkeys(found) if path.is_file()]
+
+
+def remove_previous_scan(out: Path, *, keep_fingerprint: str | None = None) -> list[Path]:
+    """Delete :func:`previous_scan_files` so that no file of an older run survives next to the new one."""
+    removed = previous_scan_files(out, keep_fingerprint=keep_fingerprint)
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+def load_scan(folder: str | os.PathLike) -> ScanResult:
+    """Read a scan folder written by :func:`write_scan` (heads from CSV, Parquet or JSON) into a :class:`ScanResult`."""
+    folder = Path(folder)
+    if not (folder / "scan.json").exists() or not any((folder / f"heads.{f}").exists() for f in ("csv", "parquet", "json")):
+        raise InterpError(f"{folder} holds no scan (heads.csv and scan.json); run interp scan MODEL --out {folder}")
+    metadata = json.loads((folder / "scan.json").read_text())
+    tables = {name: pd.read_csv(folder / f"{name}.csv") for name in metadata.get("tables", []) if (folder / f"{name}.csv").exists()}
+    return ScanResult(heads=load_heads(folder, prefer=("csv", "parquet", "json")), metadata=metadata, tables=tables)

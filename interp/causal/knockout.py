@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from interp.analyses.causal_common import (
+from interp.causal.common import (
     Metric,
     Prompts,
     answer_prob_metric,
@@ -29,7 +29,7 @@ from interp.analyses.causal_common import (
     sweep_rows,
     token_strings,
 )
-from interp.analyses.causal_tracing import find_subject
+from interp.causal.tracing import find_subject
 from interp.errors import InterpError
 from interp.hooks import HookedModel
 from interp.hooks.replay import check_reuse, plan_batches, record

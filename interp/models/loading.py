@@ -3,7 +3,7 @@
 Resolution order for ``interp.load(ref)``:
 
 1. an ``nn.Module`` (a Hugging Face model, or a TransformerLens ``TransformerBridge``) is wrapped as is;
-2. a built-in alias (``smollm2-135m``) resolves to a shipped GGUF file (see :mod:`interp.builtin_models`);
+2. a built-in alias (``smollm2-135m``) resolves to a shipped GGUF file (see :mod:`interp.models.builtin`);
 3. an existing path: a ``.gguf`` file, or a folder with ``config.json`` (HF format) or one ``.gguf`` file;
 4. anything else is a Hugging Face hub id, loaded by ``from_pretrained`` (from the local HF cache or hub).
 
@@ -26,20 +26,16 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from interp.models.cache import cache_dir
 from interp.errors import InterpError
 from interp.hooks import HookedModel
-from interp.hooks.architectures import spec_for_config
+from interp.models.architectures import spec_for_config
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
-def cache_dir() -> Path:
-    """Where interp keeps converted models: ``$INTERP_CACHE`` or ``~/.cache/interp``."""
-    return Path(os.environ.get("INTERP_CACHE", Path.home() / ".cache" / "interp"))
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -108,7 +104,7 @@ def _gguf_to_safetensors(gguf_path: Path, target: Path) -> None:
 
 def gguf_as_hf_folder(gguf_path: Path) -> Path:
     """The cached HF-format folder for a GGUF file, converting it on first use."""
-    from interp.gguf_header import check_gguf
+    from interp.models.gguf_header import check_gguf
 
     target = cache_dir() / "gguf" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
     if not (target / "config.json").exists():
@@ -227,7 +223,7 @@ def load(
         device_map: passed to ``from_pretrained`` (needs ``accelerate``) for models larger than one
             GPU, e.g. ``"auto"``; ``device`` is then ignored. Hooks work across devices.
     """
-    from interp.builtin_models import BUILTIN_MODELS, resolve_builtin
+    from interp.models.builtin import BUILTIN_MODELS, resolve_builtin
 
     if isinstance(model, nn.Module):
         hf_model = _unwrap_module(model)

@@ -27,7 +27,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from interp.analyses.causal_common import (
+from interp.causal.common import (
     RowPatch,
     answer_token,
     check_layers,
@@ -38,7 +38,7 @@ from interp.analyses.causal_common import (
     token_strings,
 )
 from interp.errors import InterpError
-from interp.validation import check_trace_args
+from interp.causal.checks import check_trace_args
 from interp.hooks import HookedModel, hook_name
 from interp.hooks.points import HookPoint
 from interp.hooks.replay import check_reuse, plan_batches, record
@@ -128,7 +128,7 @@ def causal_trace(
         clean_prob``; ``attrs`` has ``answer``, ``answer_id``, ``low_score``, ``high_score``,
         ``subject_range``, ``input_ids``, ``input_tokens``, ``samples``, ``noise_std``, ``window``.
     """
-    check_trace_args(window=window, noise=noise, samples=samples, batch_size=batch_size)  # interp.validation
+    check_trace_args(window=window, noise=noise, samples=samples, batch_size=batch_size)  # interp.causal.checks
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         raise InterpError(f"unknown trace kind(s) {unknown or list(kinds)}; choose from: {', '.join(KINDS)}")

@@ -41,7 +41,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import torch
 
-from interp.analyses.causal_common import (
+from interp.causal.common import (
     Metric,
     Prompts,
     RowPatch,
@@ -57,7 +57,7 @@ from interp.analyses.causal_common import (
     token_strings,
 )
 from interp.errors import InterpError
-from interp.validation import check_patching
+from interp.causal.checks import check_patching
 from interp.hooks import HookedModel, hook_name
 from interp.hooks.replay import check_reuse, plan_batches, record
 
@@ -249,7 +249,7 @@ def activation_patching(
         ``direction`` and ``tokens``. ``position``/``head`` are ``<NA>`` where the site has no such axis.
     """
     reuse = check_reuse(reuse)
-    check_patching(model, clean, corrupted, answers, metric, batch_size)  # interp.validation
+    check_patching(model, clean, corrupted, answers, metric, batch_size)  # interp.causal.checks
     sweep = patching_sweep(
         model, clean, corrupted, answers=answers, metric=metric, sites=sites, direction=direction,
         layers=layers, positions=positions, heads=heads,

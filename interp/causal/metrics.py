@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from interp.circuits.tasks import TaskBatch
+from interp.causal.pairs import TaskBatch
 from interp.errors import InterpError
 
 TaskMetric = Callable[[torch.Tensor, TaskBatch, torch.Tensor], torch.Tensor]

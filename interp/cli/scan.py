@@ -1,0 +1,158 @@
+"""``interp scan`` and ``interp analyses``: parse the arguments, check them before any model loads, call :func:`interp.scan`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from interp.cli.common import DebugOption, DtypeOption, console, fail, quiet_loading
+from interp.models.builtin import DEFAULT_MODEL
+
+
+def _default_out(model: str) -> Path:
+    slug = Path(model).stem if Path(model).suffix else Path(model).name or model
+    return Path("interp-out") / slug.replace("/", "--")
+
+
+def _device_type(device: str) -> str:
+    """``cpu`` / ``cuda`` for ``--device`` (``auto`` and ``map`` ask torch whether a GPU is there)."""
+    if device == "cpu" or device.startswith("cuda"):
+        return device.split(":")[0]
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _print_resume(plan: dict[str, str]) -> None:
+    reused = [name for name, why in plan.items() if why == "reused"]
+    console.print(f"resume: reusing {', '.join(reused) if reused else 'nothing (no checkpoint matches these settings)'}")
+    for name, why in plan.items():
+        if why != "reused":
+            console.print(f"resume: recomputing {name}: {why}", highlight=False)
+
+
+def _run_scan(model, out, chosen, settings, max_bytes, device, dtype, overwrite, resume, report, threads):
+    import time
+
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    import interp
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=console, transient=False,
+    ) as progress:
+        loading = progress.add_task(f"loading {model}", total=1)
+        start = time.perf_counter()
+        if device == "map":
+            hooked = interp.load(model, dtype=dtype, device_map="auto")
+        else:
+            hooked = interp.load(model, device=device, dtype=dtype)
+        progress.update(loading, completed=1, description=f"loaded {hooked.cfg.name} ({time.perf_counter() - start:.1f}s)")
+        task = progress.add_task("analyses", total=len(chosen))
+        step = progress.add_task("", total=None, visible=False)
+
+        def on_progress(name: str, done: int, total: int) -> None:
+            progress.update(task, completed=done, description=f"analysis: {name}")
+            progress.update(step, visible=False)
+
+        def on_step(name: str, done: int, total: int) -> None:
+            progress.update(step, completed=done, total=total, description=f"  {name}", visible=True)
+
+        result = interp.scan(
+            hooked, analyses=chosen, settings=settings, on_progress=on_progress, on_step=on_step,
+            checkpoint_dir=out / "analyses", resume=resume, max_memory=max_bytes, on_resume=_print_resume, threads=threads,
+        )
+    interp.write_scan(result, out, overwrite=overwrite, resume=resume)
+    if report:
+        from interp.report import write_report
+
+        write_report(result, out, model=hooked, overwrite=True)  # write_scan removed the previous run's report
+    return result, hooked
+
+
+def register_commands(app: typer.Typer) -> None:
+    """Add ``interp scan`` and ``interp analyses`` to ``app``."""
+
+    @app.command()
+    def scan(
+        model: Annotated[str, typer.Argument(metavar="MODEL", help=f"alias ({DEFAULT_MODEL}), local HF folder, .gguf file, or hub id")] = DEFAULT_MODEL,
+        out: Annotated[Path | None, typer.Option(metavar="DIR", help="output folder", show_default="interp-out/<model>")] = None,
+        analyses: Annotated[
+            str | None, typer.Option(metavar="NAMES", help="comma-separated analyses (see `interp analyses`)", show_default="all")
+        ] = None,
+        context_length: Annotated[int, typer.Option("--context-length", "-c", metavar="TOKENS", help="tokens per probe sequence")] = 256,
+        beyond_context: Annotated[
+            bool, typer.Option("--beyond-context", help="allow --context-length past the model's trained window (positions there extrapolate)")
+        ] = False,
+        batch: Annotated[int, typer.Option(metavar="N", help="probe sequences per probe kind")] = 2,
+        seed: Annotated[int, typer.Option(metavar="SEED", help="seed for the probes")] = 0,
+        needle_samples: Annotated[int, typer.Option(metavar="N", help="needle-in-a-haystack prompts for the retrieval analysis")] = 6,
+        streaming_per_head: Annotated[
+            bool, typer.Option("--streaming-per-head", help="also score streaming per query head (costs n_heads/n_kv_heads more)")
+        ] = False,
+        device: Annotated[str, typer.Option(metavar="DEVICE", help="cpu, cuda, cuda:N, auto, or 'map' to spread layers over GPUs (accelerate)")] = "auto",
+        dtype: DtypeOption = "float32",
+        backend: Annotated[str, typer.Option(metavar="NAME", help="attention-statistics backend: auto, triton (CUDA), chunked, reference")] = "auto",
+        max_memory: Annotated[
+            str | None, typer.Option(metavar="SIZE", help="memory the scan may use beyond the weights, e.g. 8GB", show_default="what is free")
+        ] = None,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing scan in --out (every file it wrote)")] = False,
+        resume: Annotated[bool, typer.Option("--resume", help="reuse analyses already finished in --out with the same settings")] = False,
+        report: Annotated[
+            bool, typer.Option("--report/--no-report", help="also write report.html and heads.parquet/heads.json")
+        ] = True,
+        threads: Annotated[
+            str | None, typer.Option(metavar="N|auto", help="CPU threads for the whole scan; 'auto' probes the load once (recorded in scan.json)",
+                                     show_default="$INTERP_THREADS, else one per core")
+        ] = None,
+        debug: DebugOption = False,
+    ) -> None:
+        """Scan every head of MODEL and write heads.csv and scan.json into --out.
+
+        Each analysis is saved under --out/analyses/ as it finishes, so an interrupted scan continues
+        with --resume. The folder is locked (--out/.interp.lock) while the scan runs.
+        """
+        from interp.catalog import analysis_names
+        from interp.output import check_output_dir, folder_lock
+        from interp.settings import ScanSettings, check_backend, parse_size
+        from interp.threads import thread_setting
+
+        quiet_loading(debug)
+        out = out or _default_out(model)
+        try:
+            # Everything that can be checked without the model, before anything is imported or loaded.
+            chosen = analysis_names(analyses)
+            settings = ScanSettings(
+                context_length=context_length, beyond_context=beyond_context, batch=batch, seed=seed, backend=backend,
+                needle_samples=needle_samples, streaming_per_head=streaming_per_head,
+            )
+            max_bytes = parse_size(max_memory) if max_memory else None
+            threads = thread_setting(threads)
+            check_output_dir(out, overwrite=overwrite, resume=resume)
+            if backend == "triton":
+                check_backend(backend, _device_type(device))
+            with folder_lock(out, what="scan"):
+                result, hooked = _run_scan(model, out, chosen, settings, max_bytes, device, dtype, overwrite, resume, report, threads)
+        except KeyboardInterrupt:
+            console.print(f"interrupted: finished analyses are saved in {out / 'analyses'}; continue with --resume")
+            raise typer.Exit(130)
+        except Exception as error:  # noqa: BLE001 - every failure becomes one line unless --debug
+            fail(error, debug)
+        rows = len(result.heads)
+        written = "heads.csv, scan.json" + (", report.html, heads.parquet, heads.json" if report else "")
+        console.print(f"scanned {rows} heads of {hooked.cfg.name}; wrote {written} into {out}")
+        print(out)
+
+
+    @app.command("analyses")
+    def list_analyses() -> None:
+        """List the analyses `interp scan --analyses` accepts, with their columns."""
+        from interp.catalog import CATALOG  # the registry's names and columns, without importing torch
+
+        for name, analysis in CATALOG.items():
+            print(f"{name}: {analysis['description']}")
+            for column, meaning in analysis["columns"].items():
+                print(f"    {column}: {meaning}")
