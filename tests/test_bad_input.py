@@ -70,9 +70,9 @@ def test_help_analyses_and_argument_errors_start_fast(args):
 
 
 def test_lazy_package_keeps_the_public_api():
-    import interp.scanning.run as scan_module  # binds the submodule to interp.scan
+    import interp.scanning.run  # noqa: F401  (a submodule import must not shadow the function interp.scan)
 
-    assert callable(interp.scan) and interp.scan is scan_module
+    assert callable(interp.scan) and interp.scan is interp.scanning.run.scan
     assert interp.ScanSettings is interp.analyses.context.ScanSettings
     assert {"load", "scan", "HookedModel", "StatsConfig"} <= set(dir(interp))
     code = "import interp; print(interp.analyses.causal_trace.__name__, interp.report.load_heads.__name__, callable(interp.scan))"
@@ -294,7 +294,7 @@ def test_trace_and_patch_report_progress_per_cell_batch(tiny):
 
 # ------------------------------------------------------------------------------------------ stale files, run ids
 def _result(value: float, run_id: str):
-    from interp.scanning.run import ScanResult
+    from interp.scanning import ScanResult
 
     heads = pd.DataFrame({"layer": [0, 0], "head": [0, 1], "kv_head": [0, 0], "sink_mass": [value, value / 2]})
     metadata = {"schema_version": 1, "run_id": run_id, "fingerprint": run_id, "columns": {"sink_mass": "m"},
@@ -304,7 +304,7 @@ def _result(value: float, run_id: str):
 
 def test_overwrite_removes_every_file_of_the_previous_scan(tmp_path):
     from interp.report import load_heads, write_exports
-    from interp.scanning.run import write_scan
+    from interp.scanning import write_scan
 
     out = tmp_path / "out"
     first = _result(0.9, "run-one")
@@ -326,7 +326,7 @@ def test_overwrite_removes_every_file_of_the_previous_scan(tmp_path):
 def test_load_heads_never_mixes_runs(tmp_path):
     from interp.report import load_heads, write_exports
     from interp.scanning.files import export_run_id
-    from interp.scanning.run import write_scan
+    from interp.scanning import write_scan
 
     stale, fresh = tmp_path / "stale", tmp_path / "fresh"
     write_exports(_result(0.9, "run-one"), stale)
@@ -345,7 +345,7 @@ def test_load_heads_never_mixes_runs(tmp_path):
 
 def test_a_truncated_heads_csv_is_one_error(tmp_path, no_model_load):
     from interp.report import load_heads
-    from interp.scanning.run import write_scan
+    from interp.scanning import write_scan
 
     out = tmp_path / "scan"
     write_scan(_result(0.5, "r"), out)

@@ -14,7 +14,7 @@ import interp
 from interp.analyses import ANALYSES
 from interp.cli import app
 from interp.analyses.probes import default_probes
-from interp.scanning.run import load_scan, write_scan
+from interp.scanning import load_scan, write_scan
 
 DOCUMENTED_COLUMNS = [
     "layer", "head", "kv_head",

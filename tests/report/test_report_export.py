@@ -9,7 +9,7 @@ import pytest
 
 from interp.errors import InterpError
 from interp.report import DERIVED_COLUMNS, FORMATS, head_table, load_heads, write_exports
-from interp.scanning.run import SCHEMA_VERSION, ScanResult, load_scan, write_scan
+from interp.scanning import SCHEMA_VERSION, ScanResult, load_scan, write_scan
 
 
 def _result(**columns) -> ScanResult:

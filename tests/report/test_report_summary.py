@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from interp.report import CircuitReport
-from interp.scanning.run import ScanResult
+from interp.scanning import ScanResult
 
 
 def _fake_scan() -> ScanResult:
