@@ -29,14 +29,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import torch
 
-from interp.causal.common import (
-    Metric,
-    RowPatch,
-    grouped_metric,
-    last_position_only,
-    next_token_loss,
-    row_patch_hook,
-)
+from interp.causal.common import RowPatch, row_patch_hook
+from interp.causal.metrics import Metric, grouped_metric, last_position_only, next_token_loss
 from interp.analyses.registry import register
 from interp.errors import InterpError
 from interp.hooks import HookedModel, hook_name

@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 
 from interp.causal.patching import SITES, cells_frame, finish_patching_frame, patching_sweep
-from interp.causal.common import Metric, Prompts
+from interp.causal.common import Prompts
+from interp.causal.metrics import Metric
 from interp.hooks import HookedModel
 from interp.causal.checks import check_patching
 from interp.hooks.points import HookPoint

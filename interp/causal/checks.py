@@ -80,6 +80,16 @@ def check_prompts_differ(clean_tokens: Any, corrupted_tokens: Any) -> None:
         )
 
 
+def check_pair_rows(batch: Any) -> None:
+    """Every row of a :class:`~interp.causal.pairs.TaskBatch` can move the logit difference: its corrupted
+    prompt differs from the clean one and no correct answer is also a wrong one (the error names the row)."""
+    for k, row in enumerate(batch.rows):
+        if bool((batch.clean[k] == batch.corrupted[k]).all()):
+            raise InterpError(f"row {row}: the corrupted prompt equals the clean prompt, so there is nothing to patch")
+        if set(batch.answers[k].tolist()) & set(batch.wrong[k].tolist()) - {-1}:
+            raise InterpError(f"row {row}: a correct answer is also a wrong answer; the logit difference would not move")
+
+
 def check_patching(model: Any, clean: Any, corrupted: Any, answers: Any, metric: Any, batch_size: Any = 1) -> None:
     """Everything :func:`interp.causal.patching` and ``attribution_patching`` refuse up front."""
     from interp.causal.common import answer_pairs, paired_tokens

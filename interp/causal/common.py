@@ -1,13 +1,12 @@
-"""Shared pieces of the causal analyses: prompt and answer checks, metrics, and row-wise patch hooks.
+"""Shared pieces of the causal methods: prompt and answer checks, sweep sizes, and row-wise patch hooks.
 
-A *metric* is any callable ``metric(logits [batch, pos, vocab]) -> [batch]``; the causal analyses
-average it over prompts. Sweeps replicate the base input along the batch axis, one group of rows
+Metrics live in :mod:`interp.causal.metrics`; the causal methods average them over prompts. Sweeps replicate the base input along the batch axis, one group of rows
 per cell, and write each cell's intervention into its own rows with :func:`row_patch_hook`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -17,7 +16,6 @@ from interp.hooks import HookedModel
 from interp.hooks.points import HookFn, HookPoint
 from interp.memory import sweep_batch_rows
 
-Metric = Callable[[torch.Tensor], torch.Tensor]
 Prompts = str | Sequence[str] | torch.Tensor
 # One patch: (rows of the replicated batch, index into the activation after the batch axis, value).
 RowPatch = tuple[slice, tuple, torch.Tensor]
@@ -99,59 +97,6 @@ def answer_pairs(model: HookedModel, answers: Any, n_prompts: int) -> torch.Tens
             f"answers must be one (correct, wrong) pair or one pair per prompt ({n_prompts}), got shape {tuple(ids.shape)}"
         )
     return ids.expand(n_prompts, 2).to(torch.long)
-
-
-def logit_diff_metric(answer_ids: torch.Tensor, *, position: int = -1) -> Metric:
-    """``logits[b, position, correct_b] - logits[b, position, wrong_b]`` for ``answer_ids [batch, 2]``."""
-
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        ids = answer_ids.to(logits.device)
-        last = logits[:, position]
-        rows = torch.arange(last.shape[0], device=logits.device)
-        return last[rows, ids[:, 0]] - last[rows, ids[:, 1]]
-
-    return reads_last_position(metric) if position == -1 else metric
-
-
-def answer_prob_metric(answer_ids: torch.Tensor | int, *, position: int = -1) -> Metric:
-    """Probability of ``answer_ids`` (an id, or ``[batch]`` ids) at ``position``."""
-
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(logits[:, position].float(), dim=-1)
-        ids = torch.as_tensor(answer_ids, device=logits.device).expand(probs.shape[0])
-        return probs[torch.arange(probs.shape[0], device=logits.device), ids]
-
-    return reads_last_position(metric) if position == -1 else metric
-
-
-def next_token_loss(tokens: torch.Tensor) -> Metric:
-    """Mean next-token cross-entropy per row: ``logits [batch, pos, vocab]`` against ``tokens [batch, pos]``."""
-
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        targets = tokens.to(logits.device)[:, 1:].expand(logits.shape[0], -1)
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), targets, reduction="none"
-        )
-        return loss.mean(dim=1)
-
-    return metric
-
-
-def reads_last_position(metric: Metric) -> Metric:
-    """Mark ``metric`` as reading only ``logits[:, -1]``: sweeps then unembed the last position alone."""
-    metric.last_position_only = True  # type: ignore[attr-defined]
-    return metric
-
-
-def last_position_only(metric: Metric) -> bool:
-    """Whether ``metric`` was marked by :func:`reads_last_position` (then it gets ``[batch, 1, vocab]`` logits)."""
-    return bool(getattr(metric, "last_position_only", False))
-
-
-def grouped_metric(metric: Metric, logits: torch.Tensor, group: int) -> torch.Tensor:
-    """``[cells]``: the metric averaged over each consecutive group of ``group`` rows."""
-    values = [metric(logits[i : i + group]).float().mean() for i in range(0, logits.shape[0], group)]
-    return torch.stack(values)
 
 
 def row_patch_hook(patches: list[RowPatch]) -> HookFn:

@@ -17,18 +17,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from interp.causal.common import (
-    Metric,
-    Prompts,
-    answer_prob_metric,
-    answer_token,
-    check_layers,
-    grouped_metric,
-    last_position_only,
-    prompt_tokens,
-    sweep_rows,
-    token_strings,
-)
+from interp.causal.common import Prompts, answer_token, check_layers, prompt_tokens, sweep_rows, token_strings
+from interp.causal.metrics import Metric, answer_prob_metric, grouped_metric, last_position_only
 from interp.causal.tracing import find_subject
 from interp.errors import InterpError
 from interp.hooks import HookedModel

@@ -42,20 +42,17 @@ import plotly.graph_objects as go
 import torch
 
 from interp.causal.common import (
-    Metric,
     Prompts,
     RowPatch,
     answer_pairs,
     check_layers,
     check_positions,
-    grouped_metric,
-    last_position_only,
-    logit_diff_metric,
     paired_tokens,
     row_patch_hook,
     sweep_rows,
     token_strings,
 )
+from interp.causal.metrics import Metric, grouped_metric, last_position_only, logit_diff_metric
 from interp.errors import InterpError
 from interp.causal.checks import check_patching
 from interp.hooks import HookedModel, hook_name

@@ -128,13 +128,11 @@ def _trace_source(task: str | None, data: Path | None) -> pd.DataFrame | None:
 
 def _patch_rows(pairs: PromptPairs, hooked: HookedModel) -> tuple[TaskBatch, str | None]:
     """The largest group of ``pairs``' rows with one token length (ties: the shorter), checked; and a note if rows were left out."""
+    from interp.causal.checks import check_pair_rows
+
     batches = pairs.encode(hooked)  # one error line naming the row: lengths, multi-token answers
     batch = max(batches, key=lambda b: b.size)
-    for k, row in enumerate(batch.rows):
-        if bool((batch.clean[k] == batch.corrupted[k]).all()):
-            raise InterpError(f"row {row}: the corrupted prompt equals the clean prompt, so there is nothing to patch")
-        if set(batch.answers[k].tolist()) & set(batch.wrong[k].tolist()) - {-1}:
-            raise InterpError(f"row {row}: a correct answer is also a wrong answer; the logit difference would not move")
+    check_pair_rows(batch)
     note = None
     if len(batches) > 1:
         lengths = ", ".join(f"{b.size} of {b.clean.shape[1]}" for b in batches)
@@ -350,7 +348,7 @@ def register_commands(app: typer.Typer) -> None:
             if single:
                 prompts, corrupted, how = clean, corrupt, {"answers": pairs if len(pairs) > 1 else pairs[0]}
             else:
-                from interp.causal.common import reads_last_position
+                from interp.causal.metrics import reads_last_position
                 from interp.causal.metrics import logit_diff
 
                 dataset = task_or_data(task, rows, n, model=hooked, seed=seed, default_n=16)
