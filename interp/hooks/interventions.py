@@ -7,11 +7,16 @@ Each builder returns a :data:`~interp.hooks.points.HookFn` for ``HookedModel.hoo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
-from interp.hooks.points import HookFn, HookPoint
+from interp.errors import InterpError
+from interp.hooks.points import HookFn, HookPoint, hook_name
+
+if TYPE_CHECKING:
+    from interp.hooks.model import HookedModel
 
 PER_HEAD_SITES = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "attn.hook_result")
 
@@ -63,3 +68,35 @@ def scale_fn(factor: float, *, heads: Index = None, positions: Index = None) -> 
         return out
 
     return fn
+
+
+def head_ablation_hooks(
+    model: HookedModel,
+    heads: Iterable[tuple[int, int]],
+    *,
+    method: str = "zero",
+    reference: torch.Tensor | None = None,
+    positions: Index = None,
+) -> list[tuple[str, HookFn]]:
+    """``(hook_z name, fn)`` pairs ablating ``(layer, head)`` pairs (see ``HookedModel.ablate_heads``)."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
+            raise InterpError(
+                f"head ({layer}, {head}) does not exist: layers 0..{model.cfg.n_layers - 1}, heads 0..{model.cfg.n_heads - 1}"
+            )
+        by_layer.setdefault(layer, []).append(head)
+    names = {layer: hook_name(layer, "attn.hook_z") for layer in by_layer}
+    if method == "zero":
+        fns = [(names[layer], scale_fn(0.0, heads=hs, positions=positions)) for layer, hs in by_layer.items()]
+    elif method == "mean":
+        if reference is None:
+            raise InterpError("mean ablation needs reference= tokens [batch, pos] to average each head over")
+        _, cache = model.run_with_cache(reference, names=list(names.values()))
+        fns = [
+            (names[layer], replace_fn(cache[names[layer]][:, :, hs].mean(dim=(0, 1)), heads=hs, positions=positions))
+            for layer, hs in by_layer.items()
+        ]
+    else:
+        raise InterpError(f"unknown ablation method {method!r}; use 'zero' or 'mean'")
+    return fns

@@ -26,7 +26,8 @@ from interp.hooks.attention import (
     register_interp_implementation,
     route_in_place,
 )
-from interp.hooks.interventions import Index, replace_fn, scale_fn
+from interp.hooks.knockout import Knockouts
+from interp.hooks.interventions import Index, head_ablation_hooks, replace_fn, scale_fn
 from interp.hooks.stats import StatsCollector
 from interp.kernels import AttentionStats, StatsConfig
 from interp.kernels.chunked import reuse_workspace
@@ -94,20 +95,6 @@ class ActivationCache(dict):
         return torch.stack([self[hook_name(layer, site)] for layer in layers])
 
 
-def _fit_edges(edges: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Knockout ``edges [..., n, n]`` for scores ``[batch, head, query, key]``: the keys must be the prompt's
-    ``n`` tokens; with a cached prefix (fewer queries than keys) the edges of the last queries apply."""
-    n_query, n_key = shape[2], shape[3]
-    if edges.shape[-1] != n_key or edges.shape[-2] < n_query:
-        raise InterpError(
-            f"knockout edges cover {edges.shape[-2]} x {edges.shape[-1]} (query x key) tokens but the input has "
-            f"{n_key} tokens; build edges of shape [..., {n_key}, {n_key}]"
-        )
-    if edges.ndim >= 3 and edges.shape[0] not in (1, shape[0]):
-        raise InterpError(f"knockout edges have {edges.shape[0]} batch rows but the input has {shape[0]}")
-    return edges[..., edges.shape[-2] - n_query :, :]
-
-
 def _first(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
@@ -128,7 +115,7 @@ class HookedModel:
         self.tokenizer = tokenizer
         self.cfg = _model_spec(model, self.architecture_spec, name or getattr(model.config, "name_or_path", "") or model.config.model_type)
         self.hooks_registry = HookRegistry(self.cfg.n_layers)
-        self._knockouts: dict[int, list[tuple[torch.Tensor, list[int] | None]]] = {}
+        self._knockouts = Knockouts(self.cfg.n_layers, self.cfg.n_heads)
         self._stats_collector: Any = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._install()
@@ -395,58 +382,21 @@ class HookedModel:
         ``method="zero"`` sets the head's output to 0; ``method="mean"`` replaces it by its mean over
         the ``reference`` tokens ``[batch, pos]`` (all batch items and positions).
         """
-        by_layer: dict[int, list[int]] = {}
-        for layer, head in heads:
-            if not (0 <= layer < self.cfg.n_layers and 0 <= head < self.cfg.n_heads):
-                raise InterpError(
-                    f"head ({layer}, {head}) does not exist: layers 0..{self.cfg.n_layers - 1}, heads 0..{self.cfg.n_heads - 1}"
-                )
-            by_layer.setdefault(layer, []).append(head)
-        names = {layer: hook_name(layer, "attn.hook_z") for layer in by_layer}
-        if method == "zero":
-            fns = [(names[layer], scale_fn(0.0, heads=hs, positions=positions)) for layer, hs in by_layer.items()]
-        elif method == "mean":
-            if reference is None:
-                raise InterpError("mean ablation needs reference= tokens [batch, pos] to average each head over")
-            _, cache = self.run_with_cache(reference, names=list(names.values()))
-            fns = [
-                (names[layer], replace_fn(cache[names[layer]][:, :, hs].mean(dim=(0, 1)), heads=hs, positions=positions))
-                for layer, hs in by_layer.items()
-            ]
-        else:
-            raise InterpError(f"unknown ablation method {method!r}; use 'zero' or 'mean'")
+        fns = head_ablation_hooks(self, heads, method=method, reference=reference, positions=positions)
         with self.hooks(fns):
             yield self
 
     def intervening(self) -> bool:
         """Whether any hook function or attention knockout is active now."""
-        return self.hooks_registry.any_active() or bool(self._knockouts)
+        return self.hooks_registry.any_active() or self._knockouts.any_active()
 
-    # ------------------------------------------------------------------ attention-edge knockout
+    # ------------------------------------------------------------------ attention-edge knockout (hooks/knockout.py)
     def has_knockout(self, layer: int) -> bool:
-        return layer in self._knockouts
+        return self._knockouts.active(layer)
 
     def knockout_mask(self, layer: int, shape: torch.Size, device: torch.device) -> torch.Tensor | None:
         """Boolean ``[batch|1, head, query, key]`` mask of blocked edges for ``layer`` (True = blocked)."""
-        entries = self._knockouts.get(layer)
-        if not entries:
-            return None
-        per_row = any(edges.ndim >= 3 for edges, _ in entries)
-        blocked = torch.zeros(shape[0] if per_row else 1, *shape[1:], dtype=torch.bool, device=device)
-        for edges, heads in entries:
-            edges = _fit_edges(edges, shape).to(device)
-            if edges.ndim == 3:  # [batch, query, key]: the same for every selected head
-                edges = edges[:, None]
-                if heads is not None:
-                    blocked[:, heads] |= edges
-                    continue
-            if edges.ndim == 4:  # [batch, head, query, key]
-                blocked |= edges
-            elif heads is None:
-                blocked |= edges
-            else:
-                blocked[:, heads] |= edges
-        return blocked
+        return self._knockouts.mask(layer, shape, device)
 
     @contextmanager
     def knockout(
@@ -459,46 +409,9 @@ class HookedModel:
         ``layers`` (default all) and ``heads`` (default all query heads of those layers). Knocked-out
         layers compute attention explicitly (the pattern is materialized for them).
         """
-        if edges.dtype != torch.bool or edges.ndim not in (2, 3, 4):
-            raise InterpError(
-                "knockout edges must be a boolean [query, key], [batch, query, key] or [batch, head, query, key] "
-                "tensor (True = block that edge)"
-            )
         self._require_attention_hooks("attention knockout")
-        if edges.ndim == 4 and heads is not None:
-            raise InterpError("knockout edges with a head axis select heads themselves; drop heads=")
-        if edges.ndim == 4 and edges.shape[1] != self.cfg.n_heads:
-            raise InterpError(
-                f"knockout edges [batch, head, query, key] have {edges.shape[1]} heads but the model has {self.cfg.n_heads}"
-            )
-        if edges.shape[-1] != edges.shape[-2]:
-            raise InterpError(
-                f"knockout edges must be square over the prompt's tokens ([..., n, n]), got {tuple(edges.shape)}"
-            )
-        chosen = range(self.cfg.n_layers) if layers is None else list(layers)
-        bad = [layer for layer in chosen if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.cfg.n_layers]
-        if bad or (layers is not None and not chosen):
-            raise InterpError(
-                f"knockout layers {bad or list(chosen)} are out of range: the model has layers 0..{self.cfg.n_layers - 1}"
-            )
-        if heads is not None:
-            heads = list(heads)
-            bad = [h for h in heads if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < self.cfg.n_heads]
-            if bad or not heads:
-                raise InterpError(
-                    f"knockout heads {bad or heads} are out of range: the model has query heads 0..{self.cfg.n_heads - 1}"
-                )
-        entry = (edges, list(heads) if heads is not None else None)
-        for layer in chosen:
-            self._knockouts.setdefault(layer, []).append(entry)
-        try:
+        with self._knockouts.added(edges, layers=layers, heads=heads):
             yield self
-        finally:
-            for layer in chosen:
-                # Remove by identity: comparing tuples of tensors with == is elementwise.
-                self._knockouts[layer] = [e for e in self._knockouts[layer] if e is not entry]
-                if not self._knockouts[layer]:
-                    del self._knockouts[layer]
 
     def layer_window(self, layer: int, passed: int | None) -> int | None:
         """The sliding window of ``layer``: the config's per-layer type where it has one, else what the module passed.
