@@ -31,6 +31,10 @@ def test_two_identical_scans_give_bit_identical_tables(tiny_folder, tmp_path):
     runs = [_scan(tiny_folder, tmp_path / f"run{i}", {}) for i in range(2)]
     for run in runs:
         assert run.returncode == 0, run.stderr[-2000:]
+    # Not a terminal: one plain line per finished analysis, with its time (a log can read it).
+    finished = [line.split(":")[0] for line in runs[0].stderr.splitlines() if line.startswith("analysis ")]
+    names = ANALYSES.split(",")
+    assert finished == [f"analysis {i}/{len(names)} {name}" for i, name in enumerate(names, 1)], runs[0].stderr[-2000:]
     first, second = ((tmp_path / f"run{i}" / "heads.csv").read_bytes() for i in range(2))
     assert first == second
     meta = json.loads((tmp_path / "run0" / "scan.json").read_text())

@@ -33,38 +33,72 @@ def _print_resume(plan: dict[str, str]) -> None:
             console.print(f"resume: recomputing {name}: {why}", highlight=False)
 
 
+class _LogLines:
+    """Progress for a log file or CI (stdout/stderr not a terminal): one plain line per finished step."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.perf_counter
+        self._current: tuple[str, float] | None = None
+
+    def line(self, text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
+
+    def on_progress(self, name: str, done: int, total: int) -> None:
+        now = self._clock()
+        if self._current is not None:
+            finished, began = self._current
+            self.line(f"analysis {done}/{total} {finished}: {now - began:.1f}s")
+        self._current = None if name == "done" else (name, now)
+
+    def on_step(self, name: str, done: int, total: int) -> None:
+        """Sub-steps stay silent: a log gets one line per analysis."""
+
+
 def _run_scan(model, out, chosen, settings, max_bytes, device, dtype, overwrite, resume, report, threads):
     import time
 
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     import interp
 
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console, transient=False,
-    ) as progress:
-        loading = progress.add_task(f"loading {model}", total=1)
-        start = time.perf_counter()
+    def load():
         if device == "map":
-            hooked = interp.load(model, dtype=dtype, device_map="auto")
-        else:
-            hooked = interp.load(model, device=device, dtype=dtype)
-        progress.update(loading, completed=1, description=f"loaded {hooked.cfg.name} ({time.perf_counter() - start:.1f}s)")
-        task = progress.add_task("analyses", total=len(chosen))
-        step = progress.add_task("", total=None, visible=False)
+            return interp.load(model, dtype=dtype, device_map="auto")
+        return interp.load(model, device=device, dtype=dtype)
 
-        def on_progress(name: str, done: int, total: int) -> None:
-            progress.update(task, completed=done, description=f"analysis: {name}")
-            progress.update(step, visible=False)
-
-        def on_step(name: str, done: int, total: int) -> None:
-            progress.update(step, completed=done, total=total, description=f"  {name}", visible=True)
-
-        result = interp.scan(
+    def run(hooked, on_progress, on_step):
+        return interp.scan(
             hooked, analyses=chosen, settings=settings, on_progress=on_progress, on_step=on_step,
             checkpoint_dir=out / "analyses", resume=resume, max_memory=max_bytes, on_resume=_print_resume, threads=threads,
         )
+
+    start = time.perf_counter()
+    if not console.is_terminal:
+        log = _LogLines()
+        hooked = load()
+        log.line(f"loaded {hooked.cfg.name} ({time.perf_counter() - start:.1f}s)")
+        result = run(hooked, log.on_progress, log.on_step)
+    else:
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(), console=console, transient=False,
+        ) as progress:
+            loading = progress.add_task(f"loading {model}", total=1)
+            hooked = load()
+            progress.update(loading, completed=1, description=f"loaded {hooked.cfg.name} ({time.perf_counter() - start:.1f}s)")
+            task = progress.add_task("analyses", total=len(chosen))
+            step = progress.add_task("", total=None, visible=False)
+
+            def on_progress(name: str, done: int, total: int) -> None:
+                progress.update(task, completed=done, description=f"analysis: {name}")
+                progress.update(step, visible=False)
+
+            def on_step(name: str, done: int, total: int) -> None:
+                progress.update(step, completed=done, total=total, description=f"  {name}", visible=True)
+
+            result = run(hooked, on_progress, on_step)
     interp.write_scan(result, out, overwrite=overwrite, resume=resume)
     if report:
         from interp.report import write_report
