@@ -91,3 +91,27 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise InterpError(f"memory size {text!r} must be more than zero bytes")
     return size
+
+
+# interp.threads reads it; kept here (torch-free) so the CLI checks --threads before importing torch.
+THREADS_ENV = "INTERP_THREADS"
+
+
+def thread_setting(value: int | str | None = None) -> int | str | None:
+    """``value`` (default: ``$INTERP_THREADS``) checked: None (torch's count), ``"auto"`` or a count >= 1."""
+    if value is None:
+        value = os.environ.get(THREADS_ENV) or None
+        if value is None and os.environ.get("INTERP_ADAPT_THREADS") == "1":
+            value = "auto"  # the switch of interp <= 0.1 (then adapting was the default)
+        where = f"{THREADS_ENV}={value}"
+    else:
+        where = f"threads={value!r}"
+    if value is None or value == "auto":
+        return value
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        raise InterpError(f"{where} is not a thread count: use a whole number >= 1, or 'auto' to adapt to the load")
+    return count

@@ -18,7 +18,6 @@ changes the count, whatever the setting.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -27,9 +26,8 @@ from contextvars import ContextVar
 
 import torch
 
-from interp.errors import InterpError
+from interp.settings import thread_setting
 
-THREADS_ENV = "INTERP_THREADS"
 # The probe: [rows, d] @ [d, 4d], about 0.5 GFLOP (a few ms on one core), timed PROBE_REPEATS times per count.
 PROBE_SHAPE = (256, 576)
 PROBE_REPEATS = 5
@@ -38,26 +36,6 @@ MARGIN = 1.2
 
 # True inside run_threads: the count is fixed for the run, so nothing inside may adapt it.
 _fixed_for_run: ContextVar[bool] = ContextVar("interp_threads_fixed", default=False)
-
-
-def thread_setting(value: int | str | None = None) -> int | str | None:
-    """``value`` (default: ``$INTERP_THREADS``) checked: None (torch's count), ``"auto"`` or a count >= 1."""
-    if value is None:
-        value = os.environ.get(THREADS_ENV) or None
-        if value is None and os.environ.get("INTERP_ADAPT_THREADS") == "1":
-            value = "auto"  # the switch of interp <= 0.1 (then adapting was the default)
-        where = f"{THREADS_ENV}={value}"
-    else:
-        where = f"threads={value!r}"
-    if value is None or value == "auto":
-        return value
-    try:
-        count = int(value)
-    except (TypeError, ValueError):
-        count = 0
-    if count < 1:
-        raise InterpError(f"{where} is not a thread count: use a whole number >= 1, or 'auto' to adapt to the load")
-    return count
 
 
 def adaptive() -> bool:

@@ -151,8 +151,7 @@ def register_commands(app: typer.Typer) -> None:
         """
         from interp.catalog import analysis_names
         from interp.output import check_output_dir, folder_lock
-        from interp.settings import ScanSettings, check_backend, parse_size
-        from interp.threads import thread_setting
+        from interp.settings import ScanSettings, check_backend, parse_size, thread_setting
 
         quiet_loading(debug)
         out = out or _default_out(model)
