@@ -10,8 +10,13 @@ so every statistic is derived from as few of them as possible:
 * the causal mask touches only the trailing [chunk, chunk] square (every earlier key is visible);
 * one fused ``softmax`` gives the pattern ``A``; a blocked ``amax`` gives the row maximum ``m`` of
   the scores and their argmax; then ``max_prob = A[argmax]`` and ``lse = m - log(max_prob)``;
-* ``entropy = lse - sum(A * s)`` is one fused row dot product, ``received`` a matrix product;
+* ``entropy = (lse - m) - sum(A * (s - m))`` is one in-place subtraction and one fused row dot
+  product; ``received`` is a sum over queries;
 * the other statistics read a few columns of ``A``.
+
+Everything is kept relative to ``m``: ``lse - m = -log(max_prob)`` and ``s - m`` are small (or exactly
+representable), while ``lse`` itself reaches the hundreds (Gemma 3: ~355, where a float32 ulp is 3e-5),
+so ``lse - sum(A * s)`` would cancel two numbers of that size and lose 1e-5..1e-4 of the entropy.
 """
 
 from __future__ import annotations
@@ -252,20 +257,27 @@ def attention_with_stats_chunked(
             row_ok = row_max > _MASKED / 2
             probs = probs * row_ok[..., None] if track else probs.mul_(row_ok[..., None])
         peak = probs.gather(-1, row_argmax[..., None])[..., 0]  # = 1 / sum(exp(s - max))
-        # Rows that see no key (peak 0) get lse = -inf below; log(1) here keeps their gradient finite.
-        row_lse = row_max - torch.log(peak if key_padding_mask is None else torch.where(row_ok, peak, 1.0))
-        # sum(A * s) per row; einsum lowers it to a batched dot product (no [c, span] temporary).
-        expected_score = torch.einsum("...s,...s->...", probs, scores)
-        row_entropy = (row_lse - expected_score).clamp_min(0.0)
+        # log_norm = lse - m = log(sum(exp(s - m))) >= 0. Rows that see no key (peak 0) get lse = -inf
+        # below; log(1) here keeps their gradient finite.
+        log_norm = -torch.log(peak if key_padding_mask is None else torch.where(row_ok, peak, 1.0))
+        # The scores are not read again: shift them in place (masked ones stay huge and negative, and
+        # A = 0 there, so they add 0). sum(A * (s - m)) per row; einsum lowers it to a batched dot
+        # product (no [c, span] temporary). Both terms are >= 0, so the entropy is too.
+        shifted = scores - row_max[..., None] if track else scores.sub_(row_max[..., None])
+        row_entropy = log_norm - torch.einsum("...s,...s->...", probs, shifted)
         if sink_logits is not None:
-            # A learned sink is one more logit in the softmax denominator: every key keeps the share
-            # kept = exp(lse - lse') of its mass, and the sink takes the rest (see interp.kernels).
-            sink_lse = torch.logaddexp(row_lse, sink_logits)
-            kept = torch.exp(row_lse - sink_lse)
-            row_entropy = kept * row_entropy - torch.special.xlogy(kept, kept) - torch.special.xlogy(1 - kept, 1 - kept)
-            row_lse, peak = sink_lse, peak * kept
-            learned_sink[..., rows] = 1 - kept
+            # A learned sink is one more logit in the softmax denominator: relative to m the keys
+            # weigh exp(log_norm) together and the sink exp(sink - m), so every key keeps the share
+            # kept = sigmoid(gap) of its mass and the sink takes 1 - kept = sigmoid(-gap) (see
+            # interp.kernels). log-sigmoids keep both shares accurate when either is tiny.
+            gap = log_norm - (sink_logits - row_max)
+            log_kept, log_sink = torch.nn.functional.logsigmoid(gap), torch.nn.functional.logsigmoid(-gap)
+            kept, sink_share = torch.exp(log_kept), torch.exp(log_sink)
+            row_entropy = kept * row_entropy - kept * log_kept - sink_share * log_sink
+            log_norm, peak = log_norm - log_kept, peak * kept  # lse' = lse - log(kept)
+            learned_sink[..., rows] = sink_share
             probs = probs * kept[..., None] if track else probs.mul_(kept[..., None])
+        row_lse = row_max + log_norm
 
         flat_probs = probs.view(batch, n_kv_heads, group * c, span)
         if track:
@@ -277,7 +289,6 @@ def attention_with_stats_chunked(
                     torch.mm(flat_probs[b, h], v32[b, h, key_lo:key_hi], out=out_c[b, h])
         out[:, :, :, rows] = out_c.view(batch, n_kv_heads, group, c, d_head_v).to(q.dtype)
         lse[..., rows] = row_lse
-        # lse and sum(A * s) both carry eps * |s| of rounding: keep a near-one-hot row's entropy >= 0.
         entropy[..., rows] = row_entropy
         max_prob[..., rows] = peak
         argmax[..., rows] = row_argmax + key_lo

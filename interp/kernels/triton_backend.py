@@ -1,6 +1,6 @@
 """Triton backend: pass 1 (forward + row statistics), pass 2 (received), and two small
 PyTorch gathers for the statistics that concern a handful of specific keys per query
-(sink_mass_per_position, target_mass), computed exactly as exp(s - lse) at those keys.
+(sink_mass_per_position, target_mass), computed exactly as exp((s - m) - (lse - m)) at those keys.
 
 Importing this module imports triton; `interp.kernels.dispatch` only does so on demand.
 """
@@ -46,17 +46,19 @@ def attention_with_stats_triton(
         diag_mass=row["diag_mass"], prev_mass=row["prev_mass"],
     )
     batch, _, n_query, _ = q.shape
+    # Probabilities relative to the row max (lse itself is too large to subtract without rounding).
+    normalizer = dict(row_max=row["row_max"], log_norm=row["log_norm"])
     if config.n_sink > 0:
         sinks = torch.arange(config.n_sink, device=q.device).expand(batch, n_query, config.n_sink)
-        stats.sink_mass_per_position = probs_at_keys(q, k, stats.lse, sinks, scale=scale, **masking)
+        stats.sink_mass_per_position = probs_at_keys(q, k, sinks, scale=scale, **normalizer, **masking)
         stats.sink_mass = row["sink_mass"]
     if config.window > 0:
         stats.window_mass = row["window_mass"]
     if config.targets is not None:
         targets = dedupe_targets(config.targets, n_key=k.shape[2])
-        stats.target_mass = probs_at_keys(q, k, stats.lse, targets, scale=scale, **masking).sum(-1)
+        stats.target_mass = probs_at_keys(q, k, targets, scale=scale, **normalizer, **masking).sum(-1)
     if config.received:
-        stats.received = attention_received(q, k, stats.lse, scale=scale, **masking)
+        stats.received = attention_received(q, k, scale=scale, **normalizer, **masking)
     return out, stats
 
 
@@ -71,9 +73,10 @@ def dedupe_targets(targets: Tensor, n_key: int) -> Tensor:
 def probs_at_keys(
     q: Tensor,
     k: Tensor,
-    lse: Tensor,
     key_index: Tensor,
     *,
+    row_max: Tensor,
+    log_norm: Tensor,
     scale: float,
     sliding_window: int | None,
     softcap: float | None,
@@ -81,8 +84,9 @@ def probs_at_keys(
 ) -> Tensor:
     """Attention probabilities A[b, h, i, key_index[b, i, t]] -> float32 [b, h, q, T].
 
-    Entries whose key is -1, out of range, or invisible to query i are 0; so are rows with
-    lse = -inf. Memory is O(n_query * T * d_head) per kv head.
+    row_max, log_norm: [b, h, q] from pass 1, A = exp((s - row_max) - log_norm). Entries whose key
+    is -1, out of range, or invisible to query i are 0; so are rows with row_max = -inf (no key).
+    Memory is O(n_query * T * d_head) per kv head.
     """
     batch, n_heads, n_query, d_head = q.shape
     n_kv_heads, n_key = k.shape[1], k.shape[2]
@@ -103,6 +107,6 @@ def probs_at_keys(
     s = scale * torch.einsum("bgrqd,bgqtd->bgrqt", q_grouped, k_at).reshape(batch, n_heads, n_query, n_t)
     if softcap is not None:
         s = softcap * torch.tanh(s / softcap)
-    row_ok = torch.isfinite(lse)[..., None]
-    p = torch.exp(s - torch.where(row_ok, lse[..., None], 0.0))
+    row_ok = torch.isfinite(row_max)[..., None]
+    p = torch.exp((s - torch.where(row_ok, row_max[..., None], 0.0)) - log_norm[..., None])
     return torch.where(valid[:, None] & row_ok, p, 0.0)

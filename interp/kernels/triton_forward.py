@@ -13,6 +13,10 @@ statistics ride along the same way:
 - argmax is the position of the running max score (strict ">" across blocks, first index
   within a block, so ties go to the lowest key index); max_prob = exp(m - lse) = 1 / l.
 
+Besides lse = m + log(l), the row max m and log(l) = lse - m are written separately: later
+probabilities are computed as exp((s - m) - log(l)), because lse is large when the scores are
+(Gemma 3: ~355, where a float32 ulp is 3e-5) and exp(s - lse) would inherit its rounding.
+
 Memory is O(n_query) per (batch, head) beyond the inputs and output.
 """
 
@@ -29,6 +33,10 @@ from interp.kernels.triton_common import apply_softcap, dot_in_fp32, head_dim_bl
 # in this order.
 ROW_STATS = ("lse", "entropy", "max_prob", "sink_mass", "diag_mass", "prev_mass", "window_mass")
 N_ROW_STATS = len(ROW_STATS)
+# Not statistics, so in a buffer of their own [2, batch, heads, n_query] that the returned statistics
+# do not keep alive: the row max m (-inf for a row without keys) and log_norm = log(l) = lse - m (0 for
+# such a row), which later passes need to compute probabilities without cancellation.
+NORMALIZER = ("row_max", "log_norm")
 
 
 def forward_config(d_head: int, d_head_v: int) -> dict[str, int]:
@@ -46,7 +54,7 @@ def forward_config(d_head: int, d_head_v: int) -> dict[str, int]:
 
 @triton.jit
 def _attention_forward_kernel(
-    q_ptr, k_ptr, v_ptr, pad_ptr, out_ptr, stats_ptr, argmax_ptr,
+    q_ptr, k_ptr, v_ptr, pad_ptr, out_ptr, stats_ptr, norm_ptr, argmax_ptr,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -171,6 +179,9 @@ def _attention_forward_kernel(
     tl.store(row + 4 * stats_plane, diag * inv_l, mask=row_ok)
     tl.store(row + 5 * stats_plane, prev * inv_l, mask=row_ok)
     tl.store(row + 6 * stats_plane, recent * inv_l, mask=row_ok)
+    norm = norm_ptr + pid_bh.to(tl.int64) * n_query + offs_m
+    tl.store(norm, m_i, mask=row_ok)
+    tl.store(norm + stats_plane, log_l, mask=row_ok)
     tl.store(argmax_ptr + pid_bh.to(tl.int64) * n_query + offs_m, arg_i.to(tl.int64), mask=row_ok)
 
 
@@ -188,12 +199,14 @@ def attention_forward(
 ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """Launch pass 1. Inputs must already be validated (see `validation.validate_inputs`).
 
-    Returns (out [b, h, q, d_v] in q.dtype, {name in ROW_STATS: float32 [b, h, q]}, argmax int64 [b, h, q]).
+    Returns (out [b, h, q, d_v] in q.dtype, {name in ROW_STATS + NORMALIZER: float32 [b, h, q]},
+    argmax int64 [b, h, q]).
     """
     batch, n_heads, n_query, d_head = q.shape
     n_kv_heads, n_key, d_head_v = k.shape[1], k.shape[2], v.shape[3]
     out = torch.empty(batch, n_heads, n_query, d_head_v, device=q.device, dtype=q.dtype)
     stats = torch.empty(N_ROW_STATS, batch, n_heads, n_query, device=q.device, dtype=torch.float32)
+    normalizer = torch.empty(len(NORMALIZER), batch, n_heads, n_query, device=q.device, dtype=torch.float32)
     argmax = torch.empty(batch, n_heads, n_query, device=q.device, dtype=torch.int64)
     if key_padding_mask is not None:
         pad = key_padding_mask.to(torch.int8)
@@ -203,7 +216,7 @@ def attention_forward(
     cfg = forward_config(d_head, d_head_v)
     grid = (triton.cdiv(n_query, cfg["BLOCK_M"]), batch * n_heads)
     _attention_forward_kernel[grid](
-        q, k, v, pad, out, stats, argmax,
+        q, k, v, pad, out, stats, normalizer, argmax,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *pad.stride(),
         n_heads, n_query, n_key, d_head, d_head_v, n_heads // n_kv_heads,
         scale, softcap if softcap is not None else 1.0,
@@ -215,4 +228,4 @@ def attention_forward(
         HAS_PADDING=key_padding_mask is not None, DOT_FP32=dot_in_fp32(q.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    return out, dict(zip(ROW_STATS, stats.unbind(0))), argmax
+    return out, dict(zip(ROW_STATS, stats.unbind(0))) | dict(zip(NORMALIZER, normalizer.unbind(0))), argmax

@@ -4,9 +4,10 @@ Column sums need the final softmax normalizer of every row, which pass 1 only kn
 end. Rather than atomically adding partial columns from pass 1 (which cannot work before the
 row's lse is final, and would make results run-to-run nondeterministic), this pass is
 organized by key blocks: one program owns BLOCK_N keys of one (batch, head), loops over the
-query blocks that can see them, recomputes the scores and sums exp(s - lse) using the lse
-from pass 1. It costs one more Q.K^T, writes each output once, needs no extra memory and is
-deterministic.
+query blocks that can see them, recomputes the scores and sums exp((s - m) - log(l)) using the
+row max m and log-normalizer log(l) = lse - m from pass 1 (not exp(s - lse): lse reaches the
+hundreds, and its float32 rounding would pass into every probability). It costs one more Q.K^T,
+writes each output once, needs no extra memory and is deterministic.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def received_config(d_head: int) -> dict[str, int]:
 
 @triton.jit
 def _attention_received_kernel(
-    q_ptr, k_ptr, pad_ptr, lse_ptr, received_ptr,
+    q_ptr, k_ptr, pad_ptr, row_max_ptr, log_norm_ptr, received_ptr,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_pb, stride_pn,
@@ -61,7 +62,8 @@ def _attention_received_kernel(
         real = tl.load(pad_ptr + b * stride_pb + offs_n * stride_pn, mask=key_ok, other=0)
         key_real = key_real & (real != 0)
     q_base = q_ptr + b * stride_qb + h * stride_qh
-    lse_base = lse_ptr + pid_bh * n_query
+    row_max_base = row_max_ptr + pid_bh * n_query
+    log_norm_base = log_norm_ptr + pid_bh * n_query
 
     # Queries that can see some key of this block: position >= first key (causal) and, with a
     # sliding window, position <= last key + sliding_window - 1.
@@ -80,7 +82,8 @@ def _attention_received_kernel(
             q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
             mask=row_ok[:, None] & (offs_d[None, :] < d_head), other=0.0,
         )
-        lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("-inf"))
+        m = tl.load(row_max_base + offs_m, mask=row_ok, other=float("-inf"))
+        log_norm = tl.load(log_norm_base + offs_m, mask=row_ok, other=0.0)
         if DOT_FP32:
             s = tl.dot(q.to(tl.float32), k_t, input_precision="ieee")
         else:
@@ -92,9 +95,9 @@ def _attention_received_kernel(
         if HAS_SLIDING:
             visible = visible & (offs_n[None, :] > q_pos[:, None] - sliding_window)
         s = tl.where(visible, s, float("-inf"))
-        # Rows with no visible key have lse = -inf; subtracting +inf instead gives p = 0, not NaN.
-        lse_safe = tl.where(lse == float("-inf"), float("inf"), lse)
-        p = tl.exp(s - lse_safe[:, None])
+        # Rows with no visible key have m = -inf; subtracting +inf instead gives p = 0, not NaN.
+        m_safe = tl.where(m == float("-inf"), float("inf"), m)
+        p = tl.exp((s - m_safe[:, None]) - log_norm[:, None])
         col += tl.sum(p, axis=0)
 
     tl.store(received_ptr + pid_bh * n_key + offs_n, col, mask=key_ok)
@@ -103,19 +106,21 @@ def _attention_received_kernel(
 def attention_received(
     q: Tensor,
     k: Tensor,
-    lse: Tensor,
+    row_max: Tensor,
+    log_norm: Tensor,
     *,
     scale: float,
     sliding_window: int | None,
     softcap: float | None,
     key_padding_mask: Tensor | None,
 ) -> Tensor:
-    """Launch pass 2 given the float32 lse [b, h, q] from pass 1; returns received [b, h, n_key] float32."""
+    """Launch pass 2 given pass 1's float32 row_max and log_norm [b, h, q]; returns received [b, h, n_key] float32."""
     batch, n_heads, n_query, d_head = q.shape
     n_kv_heads, n_key = k.shape[1], k.shape[2]
-    if lse.shape != (batch, n_heads, n_query) or lse.dtype != torch.float32:
-        raise ValueError(f"lse must be float32 {(batch, n_heads, n_query)}, got {lse.dtype} {tuple(lse.shape)}")
-    lse = lse.contiguous()
+    for name, t in (("row_max", row_max), ("log_norm", log_norm)):
+        if t.shape != (batch, n_heads, n_query) or t.dtype != torch.float32:
+            raise ValueError(f"{name} must be float32 {(batch, n_heads, n_query)}, got {t.dtype} {tuple(t.shape)}")
+    row_max, log_norm = row_max.contiguous(), log_norm.contiguous()
     received = torch.empty(batch, n_heads, n_key, device=q.device, dtype=torch.float32)
     if key_padding_mask is not None:
         pad = key_padding_mask.to(torch.int8)
@@ -125,7 +130,7 @@ def attention_received(
     cfg = received_config(d_head)
     grid = (triton.cdiv(n_key, cfg["BLOCK_N"]), batch * n_heads)
     _attention_received_kernel[grid](
-        q, k, pad, lse, received,
+        q, k, pad, row_max, log_norm, received,
         *q.stride(), *k.stride(), *pad.stride(),
         n_heads, n_query, n_key, d_head, n_heads // n_kv_heads,
         scale, softcap if softcap is not None else 1.0,
