@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from interp.errors import InterpError
 
+# Names the CLI checks before anything heavy is imported; tests keep them equal to the registries
+# they name (interp.circuits.tasks.TASKS, interp.causal.metrics.METRICS).
+TASK_NAMES: tuple[str, ...] = ("ioi", "greater_than", "induction", "factual")
+METRIC_NAMES: tuple[str, ...] = ("logit_diff", "prob", "kl")
+
 CATALOG: dict[str, dict] = {'sink': {'description': 'Attention sinks: mass each head puts on the first token(s); secondary sinks; model sink '
                          'rate.',
           'columns': {'sink_mass': 'mean attention probability on the first token (queries p>=1, natural text)',

@@ -52,7 +52,11 @@ def test_importing_the_cli_does_not_import_torch_transformers_or_pandas():
     assert run.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["analyses"], ["scan", "--batch", "0"], ["trace", "--help"]])
+@pytest.mark.parametrize("args", [
+    ["--help"], ["analyses"], ["scan", "--batch", "0"], ["trace", "--help"], ["circuit", "--task", "nope"],
+    ["circuit", "--task", "ioi", "--edges", "-5"], ["circuit", "--task", "ioi", "--metric", "loss"],
+    ["patch", "smollm2-135m", "--task", "ioi", "--n", "-1", "--out", "unused-out"],
+])
 def test_help_analyses_and_argument_errors_start_fast(args):
     import resource
 
@@ -126,6 +130,15 @@ def test_help_shows_defaults_and_readable_types():
         (["trace", "smollm2-135m", "--task", "ioi"], "has no subject to corrupt"),
         (["patch", "smollm2-135m", "--data", "/nonexistent/pairs.jsonl"], "does not exist"),
         (["trace", "smollm2-135m", "--task", "factual", "--n", "0"], "--n must be at least 1"),
+        (["patch", "smollm2-135m", "--task", "ioi", "--n", "-1"], "--n must be at least 1"),
+        (["circuit", "smollm2-135m", "--task", "nope"], "unknown task 'nope'"),
+        (["circuit", "smollm2-135m", "--task", "ioi", "--n", "0"], "--n must be at least 1"),
+        (["circuit", "smollm2-135m", "--task", "ioi", "--steps", "0"], "--steps must be at least 1"),
+        (["circuit", "smollm2-135m", "--task", "ioi", "--edges", "-5"], "--edges must be at least 1"),
+        (["circuit", "smollm2-135m", "--task", "ioi", "--verify", "-1"], "--verify must be 0"),
+        (["circuit", "smollm2-135m", "--task", "ioi", "--method", "acdc"], "unknown --method"),
+        (["circuit", "smollm2-135m", "--task", "ioi", "--metric", "loss"], "unknown --metric"),
+        (["circuit", "smollm2-135m", "--data", "/nonexistent/pairs.jsonl"], "does not exist"),
     ],
 )
 def test_cli_refuses_bad_arguments_before_loading_the_model(tmp_path, no_model_load, monkeypatch, args, message):

@@ -214,3 +214,11 @@ def test_readme_is_a_landing_page_and_its_doc_links_resolve():
     assert len(readme.splitlines()) < 250
     for target in re.findall(r"\]\((docs/[^)#]+)", readme):
         assert (ROOT / target).exists(), target
+
+
+def test_the_torch_free_name_lists_match_their_registries():
+    from interp.catalog import METRIC_NAMES, TASK_NAMES
+    from interp.causal.metrics import METRICS
+    from interp.circuits.tasks import TASKS
+
+    assert list(TASK_NAMES) == list(TASKS) and list(METRIC_NAMES) == list(METRICS)

@@ -12,24 +12,49 @@ DataFrame. Sweeps replay the clean run from each patched block (:mod:`interp.hoo
 - :mod:`~interp.causal.checks`: the argument checks the CLI also runs before loading a model.
 """
 
-from interp.causal.attribution import attribution_patching
-from interp.causal.knockout import attention_knockout, subject_knockout_sweep
-from interp.causal.metrics import METRICS, answer_prob, kl_to_clean, logit_diff
-from interp.causal.patching import activation_patching, plot_patching
-from interp.causal.tracing import average_traces, causal_trace, plot_causal_trace, to_rome
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "METRICS",
-    "activation_patching",
-    "answer_prob",
-    "attention_knockout",
-    "attribution_patching",
-    "average_traces",
-    "causal_trace",
-    "kl_to_clean",
-    "logit_diff",
-    "plot_causal_trace",
-    "plot_patching",
-    "subject_knockout_sweep",
-    "to_rome",
-]
+# Public names -> their module, imported on first use (PEP 562), so that the torch-free
+# interp.causal.checks answers the CLI's argument checks without importing the methods.
+_LAZY = {
+    "METRICS": "interp.causal.metrics",
+    "answer_prob": "interp.causal.metrics",
+    "kl_to_clean": "interp.causal.metrics",
+    "logit_diff": "interp.causal.metrics",
+    "activation_patching": "interp.causal.patching",
+    "plot_patching": "interp.causal.patching",
+    "attribution_patching": "interp.causal.attribution",
+    "attention_knockout": "interp.causal.knockout",
+    "subject_knockout_sweep": "interp.causal.knockout",
+    "average_traces": "interp.causal.tracing",
+    "causal_trace": "interp.causal.tracing",
+    "plot_causal_trace": "interp.causal.tracing",
+    "to_rome": "interp.causal.tracing",
+    "PromptPairs": "interp.causal.pairs",
+    "read_pairs": "interp.causal.pairs",
+}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name not in _LAZY:
+        raise AttributeError(f"module 'interp.causal' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:
+    from interp.causal.attribution import attribution_patching
+    from interp.causal.knockout import attention_knockout, subject_knockout_sweep
+    from interp.causal.metrics import METRICS, answer_prob, kl_to_clean, logit_diff
+    from interp.causal.pairs import PromptPairs, read_pairs
+    from interp.causal.patching import activation_patching, plot_patching
+    from interp.causal.tracing import average_traces, causal_trace, plot_causal_trace, to_rome
+
+__all__ = sorted(_LAZY)

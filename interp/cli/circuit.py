@@ -45,14 +45,17 @@ def register_commands(app: typer.Typer) -> None:
 
         try:
             check_source(task, data)
-            if n < 1 or batch < 1 or steps < 1:
-                raise InterpError("--n, --batch and --steps must be at least 1")
+            for flag, value in (("--n", n), ("--batch", batch), ("--steps", steps), ("--edges", edges)):
+                if value is not None and value < 1:
+                    raise InterpError(f"{flag} must be at least 1, got {value}")
+            if verify < 0:
+                raise InterpError(f"--verify must be 0 (no exact check) or more, got {verify}")
             if method.lower().replace("_", "-") not in ("eap", "eap-ig"):
                 raise InterpError(f"unknown --method {method!r}; use eap or eap-ig")
-            from interp.causal.metrics import METRICS
+            from interp.catalog import METRIC_NAMES
 
-            if metric not in METRICS:
-                raise InterpError(f"unknown --metric {metric!r}; use one of {', '.join(METRICS)}")
+            if metric not in METRIC_NAMES:
+                raise InterpError(f"unknown --metric {metric!r}; use one of {', '.join(METRIC_NAMES)}")
             if selection not in ("top", "greedy"):
                 raise InterpError(f"unknown --selection {selection!r}; use top or greedy")
             if scan is not None and not scan.is_dir():

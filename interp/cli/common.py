@@ -57,10 +57,10 @@ def check_source(task: str | None, data: Any, *, single: str | None = None, sing
         mixed = f" (got {' and '.join(given)})" if given else ""
         raise InterpError(f"give exactly one of {', '.join(choices[:-1])} or {choices[-1]}{mixed}")
     if task is not None:
-        from interp.circuits.tasks import TASKS
+        from interp.catalog import TASK_NAMES  # torch-free: answers before anything heavy is imported
 
-        if task.replace("-", "_") not in TASKS:
-            raise InterpError(f"unknown task {task!r}; built-in tasks: {', '.join(TASKS)} (or --data FILE)")
+        if task.replace("-", "_") not in TASK_NAMES:
+            raise InterpError(f"unknown task {task!r}; built-in tasks: {', '.join(TASK_NAMES)} (or --data FILE)")
 
 
 def task_or_data(task: str | None, rows: Any, n: int | None, *, model: Any, seed: int, default_n: int) -> Any:
