@@ -57,4 +57,8 @@ if TYPE_CHECKING:
     from interp.causal.patching import activation_patching, plot_patching
     from interp.causal.tracing import average_traces, causal_trace, plot_causal_trace, to_rome
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "METRICS", "PromptPairs", "activation_patching", "answer_prob", "attention_knockout", "attribution_patching",
+    "average_traces", "causal_trace", "kl_to_clean", "logit_diff", "plot_causal_trace", "plot_patching",
+    "read_pairs", "subject_knockout_sweep", "to_rome",
+]
