@@ -7,7 +7,7 @@ layer it
 
 1. runs the ``hook_q/k/v`` functions,
 2. computes attention: by calling the model's *original* implementation when nothing needs more
-   (logits stay bit-identical), by an explicit softmax when ``hook_pattern`` is hooked or attention
+   (logits stay bit-identical), by an explicit softmax when ``hook_attn_scores`` or ``hook_pattern`` is hooked or attention
    edges are knocked out, or by :func:`interp.kernels.attention_with_stats` when statistics are
    being collected,
 3. runs the ``hook_z`` functions on the per-head output ``[batch, pos, head, d_head]``.
@@ -101,6 +101,7 @@ class AttentionSite:
         self.k_name = hook_name(layer, "attn.hook_k")
         self.v_name = hook_name(layer, "attn.hook_v")
         self.pattern_name = hook_name(layer, "attn.hook_pattern")
+        self.scores_name = hook_name(layer, "attn.hook_attn_scores")
         self.z_name = hook_name(layer, "attn.hook_z")
 
     def hook_qkv(
@@ -139,6 +140,7 @@ class AttentionSite:
         knockout = self.owner.knockout_mask(self.layer, scores.shape, scores.device)
         if knockout is not None:
             scores = scores.masked_fill(knockout, torch.finfo(scores.dtype).min)
+        scores = self.owner.hooks_registry.apply(self.scores_name, scores)
         if sinks is None:
             pattern = torch.softmax(scores, dim=-1)
         else:
@@ -149,7 +151,8 @@ class AttentionSite:
         return torch.matmul(pattern.to(value.dtype), repeat_kv(value, n_groups))
 
     def needs_explicit_pattern(self) -> bool:
-        return self.owner.hooks_registry.active(self.pattern_name) or self.owner.has_knockout(self.layer)
+        registry = self.owner.hooks_registry
+        return registry.active(self.pattern_name) or registry.active(self.scores_name) or self.owner.has_knockout(self.layer)
 
     def hook_z(self, z: torch.Tensor) -> torch.Tensor:
         """``z``: ``[batch, pos, head, d_head]``."""
