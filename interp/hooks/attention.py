@@ -68,14 +68,15 @@ def attention_scores(
     softcap: float | None = None,
     sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """Masked pre-softmax scores ``[batch, head, query, key]`` in float32, as HF's eager attention computes them.
+    """Masked pre-softmax scores ``[batch, head, query, key]`` in float32 (float64 for float64 models), as HF's eager attention computes them.
 
     ``attention_mask`` is what the model passes to its attention function: a boolean mask (True = attend),
     an additive float mask, a ``[batch, key]`` padding mask (see :func:`key_padding_only_masks`), or None
     for plain causal attention.
     """
     n_groups = query.shape[1] // key.shape[1]
-    scores = torch.matmul(query.float(), repeat_kv(key, n_groups).float().transpose(-1, -2)) * scaling
+    dtype = torch.promote_types(query.dtype, torch.float32)  # float64 models keep float64
+    scores = torch.matmul(query.to(dtype), repeat_kv(key, n_groups).to(dtype).transpose(-1, -2)) * scaling
     if softcap is not None:
         scores = softcap * torch.tanh(scores / softcap)
     floor = torch.finfo(scores.dtype).min
@@ -144,7 +145,7 @@ class AttentionSite:
         if sinks is None:
             pattern = torch.softmax(scores, dim=-1)
         else:
-            column = sinks.float().view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+            column = sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
             pattern = torch.softmax(torch.cat([scores, column], dim=-1), dim=-1)[..., :-1]
         pattern = self.owner.hooks_registry.apply(self.pattern_name, pattern)
         n_groups = query.shape[1] // value.shape[1]

@@ -332,7 +332,9 @@ class HookedModel:
                 # gradient reaching the input is the norm's own, unchanged.
                 scale = norm_scale(x.detach(), norm.kind, norm.eps)
                 if torch.is_grad_enabled() and x.requires_grad:
-                    scale.requires_grad_()
+                    # Joined to the graph by an exact zero: backward reaches the scale (and its hooks) from the
+                    # loss, and sends nothing through this link to the input.
+                    scale = scale + 0 * x[..., :1]
                 new_scale = self._shaped(scale_name, scale, layer)
                 if new_scale is not scale or registry.has_backward(scale_name):
                     bias = getattr(module, "bias", None)
