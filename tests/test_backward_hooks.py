@@ -249,25 +249,6 @@ def test_hooks_keeps_positional_forward_hooks_and_run_with_hooks_takes_bwd_hooks
     assert logits.shape[-1] == hooked.cfg.d_vocab
 
 
-def test_parallel_blocks_refuse_resid_mid_and_moe_blocks_refuse_neurons_with_one_line():
-    for architecture, name in (("gptj", "blocks.0.hook_resid_mid"), ("mixtral", "blocks.0.mlp.hook_pre"),
-                               ("olmo2", "blocks.0.ln1.hook_normalized"), ("llama", "blocks.0.mlp.hook_router")):
-        hooked = interp.load(generic_tiny_model(architecture))
-        with pytest.raises(InterpError) as error:
-            with hooked.hooks([(name, lambda a, h: None)]):
-                pass
-        assert "\n" not in str(error.value) and name in str(error.value)
-        assert name not in hooked.hook_names()
-
-
-def test_traced_block_norms_agree_with_the_circuit_table():
-    from interp.models.architectures import BLOCK_NORMS
-
-    for architecture, (attn_norm, mlp_norm) in BLOCK_NORMS.items():
-        layout = interp.load(tiny_model(architecture)).layout
-        assert all(lay.ln1.path == attn_norm and lay.ln2.path == mlp_norm and not lay.parallel for lay in layout.layers)
-
-
 def test_router_gradient_equals_autograd_at_the_routers_logits():
     """MoE experts run grouped matmuls that need float32, so this one is float32."""
     model = generic_tiny_model("mixtral")

@@ -240,12 +240,14 @@ def trace_layout(hooked: HookedModel) -> ModelLayout:
         watched.append(unembed)
     handles = [module.register_forward_hook(record, with_kwargs=True) for module in watched]
     tokens = (torch.arange(_TRACE_TOKENS) % max(hooked.cfg.d_vocab - 3, 1) + 3).clamp_max(hooked.cfg.d_vocab - 1)
+    # Nothing the user has active (statistics, knockouts sized for their inputs, hook functions) sees this pass.
     collector, hooked._stats_collector = hooked._stats_collector, None
+    knockouts, hooked._knockouts = hooked._knockouts, type(hooked._knockouts)(hooked.cfg.n_layers, hooked.cfg.n_heads)
     try:
         with torch.no_grad(), hooked.hooks_registry.paused():
             model(input_ids=tokens[None].to(hooked.device), use_cache=False)
     finally:
-        hooked._stats_collector = collector
+        hooked._stats_collector, hooked._knockouts = collector, knockouts
         for handle in handles:
             handle.remove()
 

@@ -1,0 +1,51 @@
+"""The hook points beyond interp 0.1's (norms, resid_mid, attention scores, MLP neurons, router): refusals,
+the traced block layout, and tracing that leaves the user's active hooks alone. Their values and replacements
+are checked on every tested model type by matrix check (g) in ``architecture_checks``."""
+
+import pytest
+import torch
+from tiny_models import generic_tiny_model, tiny_model
+
+import interp
+from interp.errors import InterpError
+
+
+def test_parallel_blocks_refuse_resid_mid_and_moe_blocks_refuse_neurons_with_one_line():
+    for architecture, name in (("gptj", "blocks.0.hook_resid_mid"), ("mixtral", "blocks.0.mlp.hook_pre"),
+                               ("olmo2", "blocks.0.ln1.hook_normalized"), ("llama", "blocks.0.mlp.hook_router")):
+        hooked = interp.load(generic_tiny_model(architecture))
+        with pytest.raises(InterpError) as error:
+            with hooked.hooks([(name, lambda a, h: None)]):
+                pass
+        assert "\n" not in str(error.value) and name in str(error.value)
+        assert name not in hooked.hook_names()
+
+
+def test_traced_block_norms_agree_with_the_circuit_table():
+    from interp.models.architectures import BLOCK_NORMS
+
+    for architecture, (attn_norm, mlp_norm) in BLOCK_NORMS.items():
+        layout = interp.load(tiny_model(architecture)).layout
+        assert all(lay.ln1.path == attn_norm and lay.ln2.path == mlp_norm and not lay.parallel for lay in layout.layers)
+
+
+def test_tracing_the_layout_inside_active_hooks_and_knockouts_leaves_them_alone():
+    hooked = interp.load(tiny_model("llama"))
+    tokens = torch.randint(3, 90, (1, 9))
+    seen = []
+    with hooked.hooks([("blocks.0.hook_resid_post", lambda a, h: seen.append(a.shape[1]))]):
+        with hooked.knockout(torch.eye(9, dtype=torch.bool), layers=[1]):
+            with torch.no_grad(), hooked.hooks([("blocks.1.hook_resid_mid", lambda a, h: None)]):  # traces here
+                hooked(tokens)
+    assert seen == [9]
+
+
+def test_every_new_point_is_listed_in_the_docs_and_the_points_docstring():
+    from pathlib import Path
+
+    from interp.hooks import points
+
+    docs = (Path(__file__).parent.parent / "docs" / "hooks.md").read_text()
+    for site in points.LAYER_SITES + points.GLOBAL_SITES:
+        assert f"``{site}``" in points.__doc__ or f"``blocks.{{l}}.{site}``" in points.__doc__, site
+        assert site.split(".")[-1] in docs, site
