@@ -122,14 +122,14 @@ def _reference(model: torch.nn.Module, hooked: HookedModel, tokens, metric):
         pattern, g_pattern = acts[p + "attn.hook_pattern"], expected[p + "attn.hook_pattern"]
         g_scores = pattern * (g_pattern - (pattern * g_pattern).sum(-1, keepdim=True))
         expected[p + "attn.hook_attn_scores"] = g_scores
-        q, k, v = acts[p + "attn.hook_q"], acts[p + "attn.hook_k"], acts[p + "attn.hook_v"]
+        q, k = acts[p + "attn.hook_q"], acts[p + "attn.hook_k"]
         scaling, softcap = _scaling_and_softcap(blocks[layer].get_submodule(spec.attention), q.shape[-1])
         g_raw = g_scores
         if softcap is not None:
             scores = acts[p + "attn.hook_attn_scores"]
             g_raw = g_scores * (1 - (scores / softcap) ** 2).clamp_min(0)
         groups = c.n_heads // k.shape[2]
-        k_rep, v_rep = k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)
+        k_rep = k.repeat_interleave(groups, dim=2)
         expected[p + "attn.hook_q"] = scaling * torch.einsum("bhqk,bkhd->bqhd", g_raw, k_rep)
         g_k = scaling * torch.einsum("bhqk,bqhd->bkhd", g_raw, q)
         expected[p + "attn.hook_k"] = g_k.reshape(batch, pos, -1, groups, c.d_head).sum(3)
@@ -180,7 +180,7 @@ def test_gradients_at_every_hook_point_equal_autograd_on_the_plain_model(archite
     for name in hooked.hook_names():
         assert name in expected, name
         scale = float(expected[name].detach().abs().max())
-        tolerance = dict(atol=1e-5 * scale, rtol=1e-4) if float32_inside else dict(atol=1e-10 * scale, rtol=1e-8)
+        tolerance = {"atol": 1e-5 * scale, "rtol": 1e-4} if float32_inside else {"atol": 1e-10 * scale, "rtol": 1e-8}
         # (OPT's hook_mlp_out is its fc2 output, flat [batch * pos, d_model], as in interp 0.1)
         torch.testing.assert_close(got[name].reshape(expected[name].shape), expected[name], **tolerance, msg=name)
     assert all(p.grad is None for p in hooked.model.parameters()), "gradients() must not accumulate parameter gradients"

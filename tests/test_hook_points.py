@@ -14,9 +14,8 @@ def test_parallel_blocks_refuse_resid_mid_and_moe_blocks_refuse_neurons_with_one
     for architecture, name in (("gptj", "blocks.0.hook_resid_mid"), ("mixtral", "blocks.0.mlp.hook_pre"),
                                ("olmo2", "blocks.0.ln1.hook_normalized"), ("llama", "blocks.0.mlp.hook_router")):
         hooked = interp.load(generic_tiny_model(architecture))
-        with pytest.raises(InterpError) as error:
-            with hooked.hooks([(name, lambda a, h: None)]):
-                pass
+        with pytest.raises(InterpError) as error, hooked.hooks([(name, lambda a, h: None)]):
+            pass
         assert "\n" not in str(error.value) and name in str(error.value)
         assert name not in hooked.hook_names()
 
@@ -33,10 +32,13 @@ def test_tracing_the_layout_inside_active_hooks_and_knockouts_leaves_them_alone(
     hooked = interp.load(tiny_model("llama"))
     tokens = torch.randint(3, 90, (1, 9))
     seen = []
-    with hooked.hooks([("blocks.0.hook_resid_post", lambda a, h: seen.append(a.shape[1]))]):
-        with hooked.knockout(torch.eye(9, dtype=torch.bool), layers=[1]):
-            with torch.no_grad(), hooked.hooks([("blocks.1.hook_resid_mid", lambda a, h: None)]):  # traces here
-                hooked(tokens)
+    with (
+        hooked.hooks([("blocks.0.hook_resid_post", lambda a, h: seen.append(a.shape[1]))]),
+        hooked.knockout(torch.eye(9, dtype=torch.bool), layers=[1]),
+        torch.no_grad(),
+        hooked.hooks([("blocks.1.hook_resid_mid", lambda a, h: None)]),  # the layout is traced here
+    ):
+        hooked(tokens)
     assert seen == [9]
 
 

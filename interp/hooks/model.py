@@ -350,14 +350,14 @@ class HookedModel:
 
         def hook(module, args, kwargs):
             if not self.hooks_registry.active(name):
-                return None
+                return
             resid = args[0] if args else kwargs["hidden_states"]
             replaced = self._shaped(name, resid, layer)
             if replaced is not resid:
                 # The block holds this tensor twice (the MLP's input and the residual added after it): writing in
                 # place replaces both, as TransformerLens' hook_resid_mid does.
                 resid.copy_(replaced)
-            return None
+            return
 
         return hook
 
@@ -389,14 +389,13 @@ class HookedModel:
             if self.hooks_registry.active(router_name):
                 x = args[0] if args else kwargs["hidden_states"]
                 self._mlp_shapes[layer] = x.shape[:-1]
-            return None
 
         return hook
 
     def _router_hook(self, layer: int, name: str, index: int) -> Callable:
         def hook(module, args, output):
             if not self.hooks_registry.active(name):
-                return None
+                return
             logits = output[index] if isinstance(output, tuple) else output
             seen = logits.reshape(*self._mlp_shapes[layer], logits.shape[-1])
             if self.hooks_registry.apply(name, seen, grad_of=logits) is not seen:
@@ -404,7 +403,7 @@ class HookedModel:
                     f"{name} is read-only: the router computes its routing from these logits before returning them, "
                     f"so a replacement would not change the forward pass; intervene on ln2.hook_normalized or hook_mlp_out"
                 )
-            return None
+            return
 
         return hook
 
