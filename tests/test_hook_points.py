@@ -51,3 +51,19 @@ def test_every_new_point_is_listed_in_the_docs_and_the_points_docstring():
     for site in points.LAYER_SITES + points.GLOBAL_SITES:
         assert f"``{site}``" in points.__doc__ or f"``blocks.{{l}}.{site}``" in points.__doc__, site
         assert site.split(".")[-1] in docs, site
+
+
+@torch.no_grad()
+def test_real_model_new_points_leave_logits_bit_identical_and_the_final_norm_feeds_the_unembedding(smollm):
+    tokens = smollm.to_tokens("The capital of Germany is Berlin, and the capital of France is")
+    plain = smollm(tokens)
+    lay = smollm.layout.layers[0]
+    assert (lay.ln1.path, lay.ln1.kind, lay.ln2.path, lay.mlp.kind) == ("input_layernorm", "rms", "post_attention_layernorm", "gated")
+    new = lambda n: any(s in n for s in ("ln1.", "ln2.", "ln_final.", "hook_resid_mid", "mlp.hook_"))  # noqa: E731
+    logits, cache = smollm.run_with_cache(tokens, names=new)
+    assert torch.equal(logits, plain)
+    assert len(cache) == 30 * 8 + 2
+    unembed = smollm.model.get_output_embeddings().weight
+    torch.testing.assert_close(cache["ln_final.hook_normalized"] @ unembed.T, plain, atol=1e-4, rtol=1e-4)
+    x = cache["blocks.29.hook_resid_mid"]
+    torch.testing.assert_close(cache["blocks.29.ln2.hook_scale"], torch.sqrt(x.pow(2).mean(-1, keepdim=True) + lay.ln2.eps))
