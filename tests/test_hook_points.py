@@ -59,7 +59,7 @@ def test_real_model_new_points_leave_logits_bit_identical_and_the_final_norm_fee
     plain = smollm(tokens)
     lay = smollm.layout.layers[0]
     assert (lay.ln1.path, lay.ln1.kind, lay.ln2.path, lay.mlp.kind) == ("input_layernorm", "rms", "post_attention_layernorm", "gated")
-    new = lambda n: any(s in n for s in ("ln1.", "ln2.", "ln_final.", "hook_resid_mid", "mlp.hook_"))  # noqa: E731
+    new = lambda n: any(s in n for s in ("ln1.", "ln2.", "ln_final.", "hook_resid_mid", "mlp.hook_"))
     logits, cache = smollm.run_with_cache(tokens, names=new)
     assert torch.equal(logits, plain)
     assert len(cache) == 30 * 8 + 2
