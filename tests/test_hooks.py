@@ -11,6 +11,7 @@ import torch
 from tiny_models import ARCHITECTURE_NAMES, VOCAB, tiny_model
 
 from interp.hooks import HookedModel
+from interp.hooks.points import CORE_SITES
 from interp.models.architectures import supported_architectures
 
 
@@ -39,10 +40,12 @@ def test_hooked_logits_are_identical_to_the_plain_model(architecture):
     hooked = HookedModel(copy.deepcopy(plain))
     tokens = _tokens()
     assert torch.equal(hooked(tokens), plain(input_ids=tokens).logits)
-    # Capturing activations (other than the pattern) must not change numerics either.
-    logits, cache = hooked.run_with_cache(tokens, names=lambda name: not name.endswith("hook_pattern"))
+    # Capturing activations (other than the materialized scores and pattern) must not change numerics either.
+    logits, cache = hooked.run_with_cache(tokens, names=lambda name: not name.endswith(("hook_pattern", "hook_attn_scores")))
     assert torch.equal(logits, plain(input_ids=tokens).logits)
-    assert len(cache) == 1 + 9 * hooked.cfg.n_layers
+    core = [name for name in cache if name.split(".", 2)[-1] in CORE_SITES or name == "hook_embed"]
+    assert len(core) == 1 + 9 * hooked.cfg.n_layers
+    assert len(cache) == len(hooked.hook_names()) - 2 * hooked.cfg.n_layers
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURE_NAMES)

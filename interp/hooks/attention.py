@@ -7,7 +7,7 @@ layer it
 
 1. runs the ``hook_q/k/v`` functions,
 2. computes attention: by calling the model's *original* implementation when nothing needs more
-   (logits stay bit-identical), by an explicit softmax when ``hook_pattern`` is hooked or attention
+   (logits stay bit-identical), by an explicit softmax when ``hook_attn_scores`` or ``hook_pattern`` is hooked or attention
    edges are knocked out, or by :func:`interp.kernels.attention_with_stats` when statistics are
    being collected,
 3. runs the ``hook_z`` functions on the per-head output ``[batch, pos, head, d_head]``.
@@ -68,14 +68,15 @@ def attention_scores(
     softcap: float | None = None,
     sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """Masked pre-softmax scores ``[batch, head, query, key]`` in float32, as HF's eager attention computes them.
+    """Masked pre-softmax scores ``[batch, head, query, key]`` in float32 (float64 for float64 models), as HF's eager attention computes them.
 
     ``attention_mask`` is what the model passes to its attention function: a boolean mask (True = attend),
     an additive float mask, a ``[batch, key]`` padding mask (see :func:`key_padding_only_masks`), or None
     for plain causal attention.
     """
     n_groups = query.shape[1] // key.shape[1]
-    scores = torch.matmul(query.float(), repeat_kv(key, n_groups).float().transpose(-1, -2)) * scaling
+    dtype = torch.promote_types(query.dtype, torch.float32)  # float64 models keep float64
+    scores = torch.matmul(query.to(dtype), repeat_kv(key, n_groups).to(dtype).transpose(-1, -2)) * scaling
     if softcap is not None:
         scores = softcap * torch.tanh(scores / softcap)
     floor = torch.finfo(scores.dtype).min
@@ -101,6 +102,7 @@ class AttentionSite:
         self.k_name = hook_name(layer, "attn.hook_k")
         self.v_name = hook_name(layer, "attn.hook_v")
         self.pattern_name = hook_name(layer, "attn.hook_pattern")
+        self.scores_name = hook_name(layer, "attn.hook_attn_scores")
         self.z_name = hook_name(layer, "attn.hook_z")
 
     def hook_qkv(
@@ -139,17 +141,19 @@ class AttentionSite:
         knockout = self.owner.knockout_mask(self.layer, scores.shape, scores.device)
         if knockout is not None:
             scores = scores.masked_fill(knockout, torch.finfo(scores.dtype).min)
+        scores = self.owner.hooks_registry.apply(self.scores_name, scores)
         if sinks is None:
             pattern = torch.softmax(scores, dim=-1)
         else:
-            column = sinks.float().view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+            column = sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
             pattern = torch.softmax(torch.cat([scores, column], dim=-1), dim=-1)[..., :-1]
         pattern = self.owner.hooks_registry.apply(self.pattern_name, pattern)
         n_groups = query.shape[1] // value.shape[1]
         return torch.matmul(pattern.to(value.dtype), repeat_kv(value, n_groups))
 
     def needs_explicit_pattern(self) -> bool:
-        return self.owner.hooks_registry.active(self.pattern_name) or self.owner.has_knockout(self.layer)
+        registry = self.owner.hooks_registry
+        return registry.active(self.pattern_name) or registry.active(self.scores_name) or self.owner.has_knockout(self.layer)
 
     def hook_z(self, z: torch.Tensor) -> torch.Tensor:
         """``z``: ``[batch, pos, head, d_head]``."""

@@ -32,7 +32,17 @@ from interp.hooks.stats import StatsCollector
 from interp.kernels import AttentionStats, StatsConfig
 from interp.kernels.chunked import reuse_workspace
 from interp.threads import faster_threads
-from interp.hooks.points import HookFn, HookRegistry, NamesFilter, all_hook_names, hook_name, select_names
+from interp.hooks.layout import ModelLayout, NormSite, norm_scale, trace_layout
+from interp.hooks.points import (
+    CORE_SITES,
+    HookFn,
+    HookRegistry,
+    NamesFilter,
+    all_hook_names,
+    hook_name,
+    parse_hook_name,
+    select_names,
+)
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,9 @@ class HookedModel:
         self._knockouts = Knockouts(self.cfg.n_layers, self.cfg.n_heads)
         self._stats_collector: Any = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._layout: ModelLayout | None = None
+        self._mlp_shapes: dict[int, torch.Size] = {}
+        self._block_shapes: dict[int, torch.Size] = {}
         self._install()
 
     @property
@@ -184,6 +197,7 @@ class HookedModel:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._layout = None
         for layer in range(self.cfg.n_layers):
             attention = self.attention_module(layer)
             if hasattr(attention, "_interp_original_attn"):
@@ -223,10 +237,173 @@ class HookedModel:
             z = args[0].reshape(*args[0].shape[:-1], self.cfg.n_heads, self.cfg.d_head)
             result = torch.einsum("bphd,hdm->bphm", z, self.W_O(layer).to(z.dtype))
             replaced = self.hooks_registry.apply(name, result)
-            if replaced is result:
+            if replaced is result and not self.hooks_registry.has_backward(name):
                 return None
             bias = getattr(module, "bias", None)
             return replaced.sum(dim=2) + (bias if bias is not None else 0)
+
+        return hook
+
+    # ------------------------------------------------------------------ points that depend on the block's modules
+    @property
+    def layout(self) -> ModelLayout:
+        """Each block's norms, MLP projections and parallel/sequential shape (traced once; see hooks/layout.py).
+
+        Tracing also installs the hooks behind ``ln*.hook_*``, ``hook_resid_mid`` and ``mlp.hook_*``.
+        """
+        if self._layout is None:
+            self._layout = trace_layout(self)
+            self._install_layout_hooks(self._layout)
+        return self._layout
+
+    def _install_layout_hooks(self, layout: ModelLayout) -> None:
+        for layer, (block, lay) in enumerate(zip(self.layers, layout.layers)):
+            if lay.flat:
+                self._handles.append(block.register_forward_pre_hook(self._block_shape_hook(layer), with_kwargs=True))
+            for ln, norm in (("ln1", lay.ln1), ("ln2", lay.ln2)):
+                if norm is not None:
+                    hook = self._norm_hook(
+                        hook_name(layer, f"{ln}.hook_scale"), hook_name(layer, f"{ln}.hook_normalized"), norm, layer
+                    )
+                    self._handles.append(block.get_submodule(norm.path).register_forward_hook(hook, with_kwargs=True))
+            if lay.mid is not None:
+                self._handles.append(
+                    block.get_submodule(lay.mid).register_forward_pre_hook(self._resid_mid_hook(layer), with_kwargs=True)
+                )
+            mlp = lay.mlp
+            pre, pre_linear, post = (hook_name(layer, f"mlp.{site}") for site in ("hook_pre", "hook_pre_linear", "hook_post"))
+            if mlp.kind == "fused":
+                self._handles.append(block.get_submodule(mlp.pre).register_forward_hook(self._fused_hook(pre, pre_linear, layer)))
+            elif mlp.kind in ("gated", "plain"):
+                self._handles.append(block.get_submodule(mlp.pre).register_forward_hook(self._neuron_hook(pre, layer)))
+                if mlp.pre_linear is not None:
+                    self._handles.append(
+                        block.get_submodule(mlp.pre_linear).register_forward_hook(self._neuron_hook(pre_linear, layer))
+                    )
+            if mlp.kind in ("fused", "gated", "plain"):
+                self._handles.append(block.get_submodule(mlp.post).register_forward_pre_hook(self._input_hook(post, layer)))
+            if mlp.router is not None:
+                router_name = hook_name(layer, "mlp.hook_router")
+                self._handles += [
+                    block.get_submodule(lay.mlp_entry).register_forward_pre_hook(
+                        self._mlp_shape_hook(layer, router_name), with_kwargs=True
+                    ),
+                    block.get_submodule(mlp.router).register_forward_hook(self._router_hook(layer, router_name, mlp.router_index)),
+                ]
+        if layout.ln_final is not None:
+            hook = self._norm_hook("ln_final.hook_scale", "ln_final.hook_normalized", layout.ln_final, None)
+            self._handles.append(self.model.get_submodule(layout.ln_final.path).register_forward_hook(hook, with_kwargs=True))
+
+    def _shaped(self, name: str, x: torch.Tensor, layer: int | None) -> torch.Tensor:
+        """Apply the functions at ``name``; in blocks that flatten [batch, pos] (OPT) they see it unflattened."""
+        lead = self._block_shapes.get(layer) if layer is not None and x.dim() == 2 else None
+        if lead is None:
+            return self.hooks_registry.apply(name, x)
+        seen = x.view(*lead, x.shape[-1])
+        out = self.hooks_registry.apply(name, seen, grad_of=x)
+        return x if out is seen else out.reshape(x.shape)
+
+    def _block_shape_hook(self, layer: int) -> Callable:
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            self._block_shapes[layer] = x.shape[:-1]
+
+        return hook
+
+    def _neuron_hook(self, name: str, layer: int) -> Callable:
+        def hook(module, args, output):
+            if not self.hooks_registry.active(name):
+                return None
+            replaced = self._shaped(name, output, layer)
+            return None if replaced is output else replaced
+
+        return hook
+
+    def _norm_hook(self, scale_name: str, normalized_name: str, norm: NormSite, layer: int | None) -> Callable:
+        registry = self.hooks_registry
+
+        def hook(module, args, kwargs, output):
+            if not (registry.active(scale_name) or registry.active(normalized_name)):
+                return None
+            out = _first(output)
+            if registry.active(scale_name):
+                x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+                # From the detached input: the scale's gradient is then the partial one (input held fixed), and the
+                # gradient reaching the input is the norm's own, unchanged.
+                scale = norm_scale(x.detach(), norm.kind, norm.eps)
+                if torch.is_grad_enabled() and x.requires_grad:
+                    # Joined to the graph by an exact zero: backward reaches the scale (and its hooks) from the
+                    # loss, and sends nothing through this link to the input.
+                    scale = scale + 0 * x[..., :1]
+                new_scale = self._shaped(scale_name, scale, layer)
+                if new_scale is not scale or registry.has_backward(scale_name):
+                    bias = getattr(module, "bias", None)
+                    bias = bias if isinstance(bias, torch.Tensor) else 0
+                    out = ((out - bias) * (scale.detach() / new_scale) + bias).to(out.dtype)
+            out = self._shaped(normalized_name, out, layer)
+            return None if out is _first(output) else _replace_first(output, out)
+
+        return hook
+
+    def _resid_mid_hook(self, layer: int) -> Callable:
+        name = hook_name(layer, "hook_resid_mid")
+
+        def hook(module, args, kwargs):
+            if not self.hooks_registry.active(name):
+                return
+            resid = args[0] if args else kwargs["hidden_states"]
+            replaced = self._shaped(name, resid, layer)
+            if replaced is not resid:
+                # The block holds this tensor twice (the MLP's input and the residual added after it): writing in
+                # place replaces both, as TransformerLens' hook_resid_mid does.
+                resid.copy_(replaced)
+            return
+
+        return hook
+
+    def _input_hook(self, name: str, layer: int) -> Callable:
+        def hook(module, args):
+            if not self.hooks_registry.active(name):
+                return None
+            replaced = self._shaped(name, args[0], layer)
+            return None if replaced is args[0] else (replaced, *args[1:])
+
+        return hook
+
+    def _fused_hook(self, gate_name: str, up_name: str, layer: int) -> Callable:
+        registry = self.hooks_registry
+
+        def hook(module, args, output):
+            if not (registry.active(gate_name) or registry.active(up_name)):
+                return None
+            gate, up = output.chunk(2, dim=-1)
+            new_gate, new_up = self._shaped(gate_name, gate, layer), self._shaped(up_name, up, layer)
+            if new_gate is gate and new_up is up and not (registry.has_backward(gate_name) or registry.has_backward(up_name)):
+                return None
+            return torch.cat([new_gate, new_up], dim=-1)
+
+        return hook
+
+    def _mlp_shape_hook(self, layer: int, router_name: str) -> Callable:
+        def hook(module, args, kwargs):
+            if self.hooks_registry.active(router_name):
+                x = args[0] if args else kwargs["hidden_states"]
+                self._mlp_shapes[layer] = x.shape[:-1]
+
+        return hook
+
+    def _router_hook(self, layer: int, name: str, index: int) -> Callable:
+        def hook(module, args, output):
+            if not self.hooks_registry.active(name):
+                return
+            logits = output[index] if isinstance(output, tuple) else output
+            seen = logits.reshape(*self._mlp_shapes[layer], logits.shape[-1])
+            if self.hooks_registry.apply(name, seen, grad_of=logits) is not seen:
+                raise InterpError(
+                    f"{name} is read-only: the router computes its routing from these logits before returning them, "
+                    f"so a replacement would not change the forward pass; intervene on ln2.hook_normalized or hook_mlp_out"
+                )
+            return
 
         return hook
 
@@ -245,8 +422,19 @@ class HookedModel:
         return next(self.model.parameters()).device
 
     def hook_names(self) -> list[str]:
-        """Every hook point, in execution order."""
-        return all_hook_names(self.cfg.n_layers)
+        """Every hook point this model has, in execution order (see :meth:`hook_point_refusal` for the others)."""
+        return [name for name in all_hook_names(self.cfg.n_layers) if self.hook_point_refusal(name) is None]
+
+    def hook_point_refusal(self, name: str) -> str | None:
+        """Why hook point ``name`` does not exist in this model (one line), or None when it does.
+
+        The points beyond interp 0.1's (norms, ``hook_resid_mid``, MLP neurons, router) depend on the
+        block's modules, which are traced from one small forward pass the first time they are asked for.
+        """
+        point = parse_hook_name(name, self.cfg.n_layers)
+        if point.site in CORE_SITES or point.site in ("hook_embed", "attn.hook_attn_scores"):
+            return None
+        return self.layout.refusal(point.layer, point.site)
 
     def to_tokens(self, text: str | Sequence[str]) -> torch.Tensor:
         """Tokenize with the model's own tokenizer settings: ``[batch, pos]`` on the model's device."""
@@ -305,19 +493,79 @@ class HookedModel:
             )
 
     @contextmanager
-    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]]) -> Iterator[HookedModel]:
-        """Register ``(name, fn)`` pairs for the ``with`` block; always removed, even on exceptions."""
-        pairs = list(fwd_hooks)
-        inside = [name for name, _ in pairs if ".attn.hook_" in name]
+    def hooks(
+        self, fwd_hooks: Iterable[tuple[str, HookFn]] = (), bwd_hooks: Iterable[tuple[str, HookFn]] = ()
+    ) -> Iterator[HookedModel]:
+        """Register ``(name, fn)`` pairs for the ``with`` block; always removed, even on exceptions.
+
+        ``fwd_hooks``: ``fn(activation, hook)`` may return a replacement. ``bwd_hooks`` (TransformerLens
+        semantics): ``fn(grad, hook)`` receives d(loss)/d(activation) when ``backward()`` runs inside the
+        block, and may return a replacement gradient. A hook point this model lacks is refused with the reason.
+        """
+        pairs, backward = list(fwd_hooks), list(bwd_hooks)
+        names = [name for name, _ in pairs + backward]
+        inside = [name for name in names if ".attn.hook_" in name]
         if inside:
             self._require_attention_hooks(f"hook point {inside[0]}")
-        with self.hooks_registry.added(pairs):
+        for name in dict.fromkeys(names):
+            refusal = self.hook_point_refusal(name)
+            if refusal is not None:
+                raise InterpError(f"hook point {name} does not exist in {self.cfg.architecture}: {refusal}")
+        with self.hooks_registry.added(pairs, backward):
             yield self
 
-    def run_with_hooks(self, inputs: Any, *, fwd_hooks: Iterable[tuple[str, HookFn]], **kwargs: Any) -> torch.Tensor:
-        """One forward pass with temporary hooks (TransformerLens signature)."""
-        with self.hooks(fwd_hooks):
+    def run_with_hooks(
+        self,
+        inputs: Any,
+        *,
+        fwd_hooks: Iterable[tuple[str, HookFn]] = (),
+        bwd_hooks: Iterable[tuple[str, HookFn]] = (),
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """One forward pass with temporary hooks (TransformerLens signature).
+
+        Backward hooks fire only when ``backward()`` runs before this returns; to use them, call
+        ``loss.backward()`` inside ``with model.hooks(bwd_hooks=...)`` instead, or use :meth:`gradients`.
+        """
+        with self.hooks(fwd_hooks, bwd_hooks):
             return self.forward(inputs, **kwargs)
+
+    def gradients(
+        self,
+        inputs: Any,
+        metric: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        names: NamesFilter = None,
+        **kwargs: Any,
+    ) -> ActivationCache:
+        """d(metric)/d(activation) at ``names`` (default: every hook point), from one forward and one backward.
+
+        ``metric(logits)`` returns a scalar. No parameter gradient is computed or accumulated (the
+        backward pass stops at the embedding output). Asking for ``hook_pattern``/``hook_attn_scores``
+        materializes those layers' patterns.
+        """
+        chosen = select_names(names, self.cfg.n_layers, every=self.hook_names())
+        grads = ActivationCache()
+        embedded: list[torch.Tensor] = []
+
+        def save(grad: torch.Tensor, hook) -> None:
+            grads[hook.name] = grads[hook.name] + grad.detach() if hook.name in grads else grad.detach()
+
+        def start(activation: torch.Tensor, hook) -> torch.Tensor | None:
+            # The backward pass ends here; frozen weights get a graph from this leaf.
+            if not activation.requires_grad:
+                activation = activation.detach().requires_grad_()
+            embedded.append(activation)
+            return activation
+
+        with torch.enable_grad(), self.hooks([("hook_embed", start)], [(name, save) for name in chosen]):
+            logits = self.forward(inputs, **kwargs)
+            value = metric(logits)
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                raise InterpError("metric(logits) must return a scalar tensor, e.g. logits[0, -1, token] or a mean")
+            if value.requires_grad:
+                torch.autograd.grad(value.reshape(()), embedded, allow_unused=True)
+        return ActivationCache((name, grads[name]) for name in chosen if name in grads)
 
     def run_with_cache(
         self,
@@ -339,7 +587,7 @@ class HookedModel:
             kept = activation.detach() if detach else activation
             cache[hook.name] = kept.to(device) if device is not None else kept
 
-        chosen = select_names(names, self.cfg.n_layers)
+        chosen = select_names(names, self.cfg.n_layers, every=self.hook_names() if names is None or callable(names) else None)
         with self.hooks([(name, save) for name in chosen]):
             logits = self.forward(inputs, **kwargs)
         return logits, ActivationCache((name, cache[name]) for name in chosen if name in cache)

@@ -80,6 +80,25 @@ BLOCK_NORMS: dict[str, tuple[str, str]] = {
     "qwen3": ("input_layernorm", "post_attention_layernorm"),
 }
 
+# Inside a block's MLP, interp's neuron hooks (mlp.hook_pre / hook_pre_linear / hook_post) hook these linear
+# layers, found by name (attribute names of the MLP module; OPT-style blocks hold fc1/fc2 directly). Which norm
+# feeds attention and which feeds the MLP, and whether the block is parallel, is not named here: it is traced
+# from one small forward pass (interp.hooks.layout), which works whatever the norms are called.
+# Gated MLPs: down(act(gate(x)) * up(x)), as (gate, up, down).
+GATED_MLP_PROJECTIONS: tuple[tuple[str, str, str], ...] = (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2"))
+# Gated MLPs with one fused projection whose output splits into (gate, up) halves, gate first (Phi-3, GLM).
+FUSED_GATE_UP_PROJECTIONS: tuple[tuple[str, str], ...] = (("gate_up_proj", "down_proj"),)
+# Plain MLPs: down(act(in(x))), as (in, down).
+PLAIN_MLP_PROJECTIONS: tuple[tuple[str, str], ...] = (
+    ("up_proj", "down_proj"), ("c_fc", "c_proj"), ("fc_in", "fc_out"), ("fc1", "fc2"),
+    ("dense_h_to_4h", "dense_4h_to_h"), ("0", "2"),
+)
+# A mixture-of-experts block: it has one of these children. Its router returns the router logits first,
+# except the classes listed with the index of the logits in their output tuple.
+MOE_CHILDREN: tuple[str, ...] = ("experts", "router")
+ROUTER_NAMES: tuple[str, ...] = ("router", "gate")
+ROUTER_LOGITS_INDEX: dict[str, int] = {"Llama4Router": 1, "JetMoeTopKGating": 4}
+
 _INLINE = "computes attention inline instead of through transformers' attention interface, so interp cannot hook it exactly"
 # Model types interp refuses up front, with the reason. Each is exercised by the coverage tests.
 REFUSED: dict[str, str] = {
