@@ -32,7 +32,7 @@ from interp.hooks.stats import StatsCollector
 from interp.kernels import AttentionStats, StatsConfig
 from interp.kernels.chunked import reuse_workspace
 from interp.threads import faster_threads
-from interp.hooks.points import HookFn, HookRegistry, NamesFilter, all_hook_names, hook_name, select_names
+from interp.hooks.points import HookFn, HookRegistry, NamesFilter, hook_name
 
 
 @dataclass(frozen=True)
@@ -245,8 +245,8 @@ class HookedModel:
         return next(self.model.parameters()).device
 
     def hook_names(self) -> list[str]:
-        """Every hook point, in execution order."""
-        return all_hook_names(self.cfg.n_layers)
+        """Every hook point, in execution order (with those an attached SAE or transcoder provides)."""
+        return self.hooks_registry.names()
 
     def to_tokens(self, text: str | Sequence[str]) -> torch.Tensor:
         """Tokenize with the model's own tokenizer settings: ``[batch, pos]`` on the model's device."""
@@ -339,7 +339,7 @@ class HookedModel:
             kept = activation.detach() if detach else activation
             cache[hook.name] = kept.to(device) if device is not None else kept
 
-        chosen = select_names(names, self.cfg.n_layers)
+        chosen = self.hooks_registry.select(names)
         with self.hooks([(name, save) for name in chosen]):
             logits = self.forward(inputs, **kwargs)
         return logits, ActivationCache((name, cache[name]) for name in chosen if name in cache)
@@ -385,6 +385,32 @@ class HookedModel:
         fns = head_ablation_hooks(self, heads, method=method, reference=reference, positions=positions)
         with self.hooks(fns):
             yield self
+
+    @contextmanager
+    def attach_sae(self, sae: Any, *, use_error_term: bool = False) -> Iterator[Any]:
+        """Replace the activation at ``sae.hook_name`` by the SAE's reconstruction for the ``with`` block.
+
+        ``sae``: an :class:`interp.saes.SAE`, a SAELens folder or a live ``sae_lens`` SAE. With
+        ``use_error_term=True`` the activation becomes reconstruction + error (the output is unchanged until
+        a feature is changed). Features appear at ``{hook_name}.hook_sae_acts_post`` ``[batch, pos, d_sae]``.
+        """
+        from interp.hooks.attachments import attach_sae
+        from interp.saes.load import load_sae
+
+        with attach_sae(self, load_sae(sae), use_error_term=use_error_term) as attached:
+            yield attached
+
+    @contextmanager
+    def attach_transcoder(self, transcoder: Any, *, use_error_term: bool = False) -> Iterator[Any]:
+        """Replace layer l's ``hook_mlp_out`` by a transcoder of that MLP's input for the ``with`` block.
+
+        Features appear at ``blocks.{l}.hook_mlp_out.hook_sae_acts_post``; ``use_error_term`` as in :meth:`attach_sae`.
+        """
+        from interp.hooks.attachments import attach_transcoder
+        from interp.saes.load import load_sae
+
+        with attach_transcoder(self, load_sae(transcoder), use_error_term=use_error_term) as attached:
+            yield attached
 
     def intervening(self) -> bool:
         """Whether any hook function or attention knockout is active now."""
