@@ -413,3 +413,33 @@ def test_an_sae_saved_by_sae_lens_loads(llama, tmp_path):
             torch.testing.assert_close(ours.encode(x), theirs.encode(x), rtol=0, atol=1e-12)
             torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-12)
     assert sae_lens.__version__
+
+
+def test_feature_attribution_of_a_transcoder_is_the_exact_derivative(model, tmp_path):
+    cfg = {"architecture": "transcoder", "d_in": D, "d_sae": 48, "d_out": D,
+           "metadata": {"hook_name": "blocks.0.ln2.hook_normalized", "hook_name_out": "blocks.0.hook_mlp_out"}}
+    tc = interp.load_sae(_write(tmp_path / "tc", cfg, _weights("transcoder", seed=4)), dtype=F64)
+    tokens = _tokens(batch=1, pos=8, seed=7)
+    frame = interp.feature_attribution(model, tc, tokens, _metric)
+    name = "blocks.0.hook_mlp_out.hook_sae_acts_post"
+    assert frame.attrs["hook_name"] == name and len(frame) > 0
+    r = frame.iloc[0]
+
+    def metric_with(factor):
+        with model.attach_transcoder(tc, use_error_term=True), model.hooks([(name, _edit(0, int(r["position"]), int(r["feature"]), factor))]):
+            with torch.no_grad():
+                return float(_metric(model(tokens)))
+
+    eps = 1e-6
+    assert metric_with(1 - eps) - metric_with(1.0) == pytest.approx(-eps * r["attribution"], rel=1e-3)
+
+
+def test_a_float32_sae_on_a_bfloat16_model_keeps_the_models_dtype(tmp_path):
+    model = HookedModel(tiny_model("llama").to(torch.bfloat16))
+    sae = interp.load_sae(_write(tmp_path / "s", _cfg("standard", RESID), _weights("standard")))
+    tokens = _tokens()
+    base = model(tokens)
+    with model.attach_sae(sae, use_error_term=True):
+        logits, cache = model.run_with_cache(tokens, names=[FEATURES, RESID])
+    assert cache[FEATURES].dtype == torch.float32 and cache[RESID].dtype == torch.bfloat16
+    torch.testing.assert_close(logits, base, rtol=0, atol=0)  # bf16 rounding absorbs the float32 error term
