@@ -396,23 +396,28 @@ def test_feature_attribution_with_pairs_uses_the_corrupted_features_as_baseline(
 # ---------------------------------------------------------------------------------------------- sae_lens itself
 def test_an_sae_saved_by_sae_lens_loads(llama, tmp_path):
     sae_lens = pytest.importorskip("sae_lens", reason="sae-lens is not installed (pip install -e .[sae])")
-    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig
 
-    for cls, cfg_cls in ((StandardSAE, StandardSAEConfig), (JumpReLUSAE, JumpReLUSAEConfig)):
-        cfg = cfg_cls(d_in=D, d_sae=48, dtype="float64")
-        cfg.metadata.hook_name = RESID
-        theirs = cls(cfg)
+    x = _block_output(llama, _tokens())
+    kinds = [
+        ("StandardSAE", {}), ("JumpReLUSAE", {}), ("GatedSAE", {}), ("TopKSAE", {"k": 6}),
+        ("TopKSAE", {"k": 6, "rescale_acts_by_decoder_norm": True}), ("StandardSAE", {"apply_b_dec_to_input": False}),
+        ("StandardSAE", {"normalize_activations": "layer_norm"}),
+        ("SkipTranscoder", {"d_out": D, "apply_b_dec_to_input": False}),
+        ("JumpReLUTranscoder", {"d_out": D, "apply_b_dec_to_input": False}),
+    ]
+    for i, (kind, options) in enumerate(kinds):
+        cfg = getattr(sae_lens, kind + "Config")(d_in=D, d_sae=48, dtype="float64", **options)
+        cfg.metadata.hook_name = "blocks.1.ln2.hook_normalized" if "Transcoder" in kind else RESID
+        theirs = getattr(sae_lens, kind)(cfg)
         with torch.no_grad():
-            for name, p in theirs.named_parameters():
+            for p in theirs.parameters():
                 p.copy_(0.3 * torch.randn_like(p))
-        folder = tmp_path / cls.__name__
+        folder = tmp_path / f"{i}-{kind}"
         theirs.save_model(folder)
-        x = _block_output(llama, _tokens())
         for ours in (interp.load_sae(folder), interp.load_sae(theirs)):
-            assert ours.hook_name == RESID
-            torch.testing.assert_close(ours.encode(x), theirs.encode(x), rtol=0, atol=1e-12)
-            torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-12)
-    assert sae_lens.__version__
+            assert ours.hook_name == cfg.metadata.hook_name, kind
+            torch.testing.assert_close(ours.encode(x), theirs.encode(x), rtol=0, atol=1e-12, msg=f"{kind} {options}")
+            torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-12, msg=f"{kind} {options}")
 
 
 def test_feature_attribution_of_a_transcoder_is_the_exact_derivative(model, tmp_path):
