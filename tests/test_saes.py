@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 import interp
 from interp.errors import InterpError
 from interp.hooks import HookedModel
-from tiny_models import tiny_model
+from tiny_models import ARCHITECTURE_NAMES, tiny_model
 
 D = 32  # tiny models' d_model (4 heads x d_head 8)
 F64 = torch.float64
@@ -140,6 +140,19 @@ def test_saelens_file_features_and_error_term_are_exact(architecture, llama, tmp
     assert FEATURES not in llama.hook_names()  # the dynamic point is gone with the SAE
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURE_NAMES)
+def test_error_term_keeps_every_architectures_logits(architecture, tmp_path):
+    model = HookedModel(tiny_model(architecture).to(F64))
+    tokens = _tokens()
+    base = model(tokens)
+    for name in (RESID, "blocks.1.attn.hook_z", "blocks.0.hook_mlp_out"):
+        sae = interp.load_sae(_write(tmp_path / name, _cfg("standard", name), _weights("standard")), dtype=F64)
+        with model.attach_sae(sae, use_error_term=True):
+            logits, cache = model.run_with_cache(tokens, names=[name + ".hook_sae_acts_post"])
+        torch.testing.assert_close(logits, base, rtol=0, atol=1e-6)
+        assert cache[name + ".hook_sae_acts_post"].count_nonzero() > 0
+
+
 def test_hook_z_sae_reads_heads_concatenated(llama, tmp_path):
     name = "blocks.1.attn.hook_z"
     w = _weights("standard")
@@ -239,7 +252,7 @@ def test_feature_points_exist_only_while_attached_and_can_be_patched(llama, tmp_
 
 
 # ---------------------------------------------------------------------------------------------- transcoders
-@pytest.mark.parametrize("architecture", ["llama", "gpt_neox"])  # gpt_neox: parallel attention and MLP
+@pytest.mark.parametrize("architecture", ARCHITECTURE_NAMES)  # gpt_neox: parallel attention and MLP
 def test_transcoder_replaces_the_mlp_output(architecture, tmp_path):
     model = HookedModel(tiny_model(architecture).to(F64))
     w = _weights("skip_transcoder")

@@ -33,8 +33,10 @@ if TYPE_CHECKING:
     from interp.hooks.model import HookedModel
 
 ACTS = "hook_sae_acts_post"
-# Hook names a transcoder may read: its layer's MLP input (TransformerLens' name, and the MLP module's input).
-_MLP_INPUT = re.compile(r"^blocks\.(\d+)\.(ln2\.hook_normalized|mlp\.hook_in)$")
+# The hook name a transcoder reads: its layer's MLP input (TransformerLens' name for the pre-MLP norm's output).
+_MLP_INPUT = re.compile(r"^blocks\.(\d+)\.ln2\.hook_normalized$")
+# Sites whose width is known before running: the residual-stream-wide ones and the concatenated heads.
+_D_MODEL_SITES = ("hook_embed", "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
 _MLP_OUTPUT = re.compile(r"^blocks\.(\d+)\.hook_mlp_out$")
 
 
@@ -50,14 +52,22 @@ def _point(model: HookedModel, name: str, what: str) -> HookPoint:
         raise InterpError(f"{what} reads hook point {name!r}, which this model does not have: {error}") from None
 
 
-def _width(model: HookedModel, point: HookPoint) -> int:
-    return model.cfg.n_heads * model.cfg.d_head if point.site == "attn.hook_z" else model.cfg.d_model
+def _width(model: HookedModel, point: HookPoint) -> int | None:
+    if point.site == "attn.hook_z":
+        return model.cfg.n_heads * model.cfg.d_head
+    return model.cfg.d_model if point.site in _D_MODEL_SITES or point.site.endswith("hook_normalized") else None
+
+
+def _wrong_width(name: str, width: int, d_in: int) -> InterpError:
+    return InterpError(f"the SAE reads {width}-wide activations at {name} in this model, but its d_in is {d_in}; "
+                       f"it was trained on another model")
 
 
 def _replacement(sae: Any, acts_name: str, registry: Any, use_error_term: bool):
-    """f(x, skip_input) -> output: encode, run the feature hooks, decode, add the skip term and the error."""
+    """f(original, source) -> output: encode ``source``, run the feature hooks, decode, add the skip term and,
+    with the error term, ``original`` minus the unhooked output."""
 
-    def replace(x: torch.Tensor, original: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    def replace(original: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         acts = sae.encode(source)
         # A separate node for the hooks: gradients at it flow only through the decoder, not the error term.
         hooked = registry.apply(acts_name, acts.clone()) if registry.active(acts_name) else acts
@@ -68,7 +78,7 @@ def _replacement(sae: Any, acts_name: str, registry: Any, use_error_term: bool):
         if use_error_term:
             clean = sae.decode(acts, source) + (skip if skip is not None else 0)
             out = out + (original.to(out.dtype) - clean)
-        return out.to(x.dtype)
+        return out.to(original.dtype)
 
     return replace
 
@@ -80,9 +90,8 @@ def attach_sae(model: HookedModel, sae: Any, *, use_error_term: bool = False) ->
         raise InterpError(f"{sae.hook_name}: this is a transcoder (it maps an MLP's input to its output); use model.attach_transcoder")
     point = _point(model, sae.hook_name, "the SAE")
     width = _width(model, point)
-    if sae.d_in != width:
-        raise InterpError(f"the SAE reads {width}-wide activations at {sae.hook_name} in this model, but its d_in is {sae.d_in}; "
-                          f"it was trained on another model")
+    if width is not None and sae.d_in != width:
+        raise _wrong_width(sae.hook_name, width, sae.d_in)
     _check_device(model, sae)
     registry = model.hooks_registry
     acts_name = features_name(sae.hook_name)
@@ -93,7 +102,9 @@ def attach_sae(model: HookedModel, sae: Any, *, use_error_term: bool = False) ->
             return None  # reconstruction + error is the activation itself
         heads = activation.dim() == 4  # hook_z: [batch, pos, head, d_head]
         x = activation.flatten(-2) if heads else activation
-        out = replace(x, x, x)
+        if x.shape[-1] != sae.d_in:  # sites whose width only the run tells (e.g. MLP neurons)
+            raise _wrong_width(sae.hook_name, x.shape[-1], sae.d_in)
+        out = replace(x, x)
         return out.unflatten(-1, activation.shape[-2:]) if heads else out
 
     with _provide(model, acts_name, sae.hook_name), model.hooks([(sae.hook_name, fn)]):
@@ -133,7 +144,7 @@ def attach_transcoder(model: HookedModel, transcoder: Any, *, use_error_term: bo
             raise InterpError(f"layer {layer}'s MLP output arrived without its input; a transcoder cannot be attached here")
         if use_error_term and not registry.active(acts_name):
             return None
-        return replace(activation, activation, source)
+        return replace(activation, source)
 
     with module_hooks(pre=[(mlp, take_input)]), _provide(model, acts_name, out_name), model.hooks([(out_name, fn)]):
         yield transcoder
