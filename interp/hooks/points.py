@@ -162,11 +162,13 @@ class HookRegistry:
         """Make ``(name, parent)`` dynamic hook points valid for the ``with`` block; ``parent`` is the fixed
         point they fire inside. Functions still registered at them when the block ends are dropped."""
         pairs = list(points)
+        new: dict[str, tuple[HookPoint, str]] = {}
         for name, parent in pairs:
-            if name in self._dynamic:
+            if name in self._dynamic or name in new:
                 raise ValueError(f"hook point {name!r} is already provided by another attachment; detach it first")
             parsed = self.point(parent)
-            self._dynamic[name] = (HookPoint(name, parsed.layer, name.removeprefix(f"blocks.{parsed.layer}.")), parent)
+            new[name] = (HookPoint(name, parsed.layer, name.removeprefix(f"blocks.{parsed.layer}.")), parent)
+        self._dynamic.update(new)
         try:
             yield
         finally:
