@@ -30,6 +30,9 @@ _LAZY = {
     "StatsConfig": "interp.kernels",
     "attention_with_stats": "interp.kernels",
     "load": "interp.models.loading",
+    "SAE": "interp.saes",
+    "load_sae": "interp.saes",
+    "feature_attribution": "interp.saes.attribution",
     "CircuitReport": "interp.report",
     "ScanReport": "interp.report",
     "write_report": "interp.report",
@@ -72,6 +75,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from interp.kernels import AttentionStats, StatsConfig, attention_with_stats
     from interp.models.loading import load
     from interp.report import CircuitReport, ScanReport, write_report
+    from interp.saes import SAE, load_sae
+    from interp.saes.attribution import feature_attribution
     from interp.scanning import ScanResult, load_scan, scan, write_scan
     from interp.settings import ScanSettings
 
@@ -87,12 +92,15 @@ __all__ = [
     "HookedModel",
     "InterpError",
     "ModelSpec",
+    "SAE",
     "ScanResult",
     "ScanSettings",
     "StatsConfig",
     "attention_with_stats",
     "entropy_scores",
+    "feature_attribution",
     "load",
+    "load_sae",
     "load_scan",
     "max_attention_scores",
     "scan",

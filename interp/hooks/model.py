@@ -38,9 +38,7 @@ from interp.hooks.points import (
     HookFn,
     HookRegistry,
     NamesFilter,
-    all_hook_names,
     hook_name,
-    parse_hook_name,
     select_names,
 )
 
@@ -422,17 +420,19 @@ class HookedModel:
         return next(self.model.parameters()).device
 
     def hook_names(self) -> list[str]:
-        """Every hook point this model has, in execution order (see :meth:`hook_point_refusal` for the others)."""
-        return [name for name in all_hook_names(self.cfg.n_layers) if self.hook_point_refusal(name) is None]
+        """Every hook point this model has, in execution order, with those an attached SAE or transcoder
+        provides (see :meth:`hook_point_refusal` for the others)."""
+        return [name for name in self.hooks_registry.names() if self.hook_point_refusal(name) is None]
 
     def hook_point_refusal(self, name: str) -> str | None:
         """Why hook point ``name`` does not exist in this model (one line), or None when it does.
 
         The points beyond interp 0.1's (norms, ``hook_resid_mid``, MLP neurons, router) depend on the
         block's modules, which are traced from one small forward pass the first time they are asked for.
+        Points an attachment provides (``<hook>.hook_sae_acts_post``) exist while it is attached.
         """
-        point = parse_hook_name(name, self.cfg.n_layers)
-        if point.site in CORE_SITES or point.site in ("hook_embed", "attn.hook_attn_scores"):
+        point = self.hooks_registry.point(name)
+        if self.hooks_registry.is_dynamic(name) or point.site in CORE_SITES or point.site in ("hook_embed", "attn.hook_attn_scores"):
             return None
         return self.layout.refusal(point.layer, point.site)
 
@@ -587,7 +587,11 @@ class HookedModel:
             kept = activation.detach() if detach else activation
             cache[hook.name] = kept.to(device) if device is not None else kept
 
-        chosen = select_names(names, self.cfg.n_layers, every=self.hook_names() if names is None or callable(names) else None)
+        if names is None or callable(names):
+            every = self.hook_names()
+            chosen = every if names is None else [name for name in every if names(name)]
+        else:
+            chosen = self.hooks_registry.select(names)
         with self.hooks([(name, save) for name in chosen]):
             logits = self.forward(inputs, **kwargs)
         return logits, ActivationCache((name, cache[name]) for name in chosen if name in cache)
@@ -633,6 +637,32 @@ class HookedModel:
         fns = head_ablation_hooks(self, heads, method=method, reference=reference, positions=positions)
         with self.hooks(fns):
             yield self
+
+    @contextmanager
+    def attach_sae(self, sae: Any, *, use_error_term: bool = False) -> Iterator[Any]:
+        """Replace the activation at ``sae.hook_name`` by the SAE's reconstruction for the ``with`` block.
+
+        ``sae``: an :class:`interp.saes.SAE`, a SAELens folder or a live ``sae_lens`` SAE. With
+        ``use_error_term=True`` the activation becomes reconstruction + error (the output is unchanged until
+        a feature is changed). Features appear at ``{hook_name}.hook_sae_acts_post`` ``[batch, pos, d_sae]``.
+        """
+        from interp.hooks.attachments import attach_sae
+        from interp.saes.load import load_sae
+
+        with attach_sae(self, load_sae(sae), use_error_term=use_error_term) as attached:
+            yield attached
+
+    @contextmanager
+    def attach_transcoder(self, transcoder: Any, *, use_error_term: bool = False) -> Iterator[Any]:
+        """Replace layer l's ``hook_mlp_out`` by a transcoder of that MLP's input for the ``with`` block.
+
+        Features appear at ``blocks.{l}.hook_mlp_out.hook_sae_acts_post``; ``use_error_term`` as in :meth:`attach_sae`.
+        """
+        from interp.hooks.attachments import attach_transcoder
+        from interp.saes.load import load_sae
+
+        with attach_transcoder(self, load_sae(transcoder), use_error_term=use_error_term) as attached:
+            yield attached
 
     def intervening(self) -> bool:
         """Whether any hook function or attention knockout is active now."""

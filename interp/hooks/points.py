@@ -50,6 +50,10 @@ Details of the new points (TransformerLens names, interp's conventions where the
 
 A hook function has the TransformerLens signature ``fn(activation, hook) -> Tensor | None``:
 return a tensor to replace the activation, or ``None`` to leave it as it is.
+
+Attachments add *dynamic* hook points for as long as they are attached: an SAE attached at
+``blocks.3.hook_resid_post`` provides ``blocks.3.hook_resid_post.hook_sae_acts_post`` ``[batch, pos, d_sae]``
+(:meth:`HookRegistry.provided`). They are cached, patched and listed like the fixed ones while they exist.
 """
 
 from __future__ import annotations
@@ -132,6 +136,14 @@ def all_hook_names(n_layers: int) -> list[str]:
     return [GLOBAL_SITES[0], *layers, *GLOBAL_SITES[1:]]
 
 
+def _is_fixed(name: str, n_layers: int) -> bool:
+    try:
+        parse_hook_name(name, n_layers)
+    except ValueError:
+        return False
+    return True
+
+
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 HookFn = Callable[[torch.Tensor, HookPoint], "torch.Tensor | None"]
 
@@ -165,6 +177,68 @@ class HookRegistry:
         self._fns: dict[str, list[HookFn]] = {}
         self._bwd: dict[str, list[HookFn]] = {}
         self._points: dict[str, HookPoint] = {}
+        # Dynamic points provided by attachments: name -> (point, the fixed point it fires inside).
+        self._dynamic: dict[str, tuple[HookPoint, str]] = {}
+
+    def point(self, name: str) -> HookPoint:
+        """The :class:`HookPoint` of a fixed or currently provided name (ValueError for anything else)."""
+        if name in self._dynamic:
+            return self._dynamic[name][0]
+        try:
+            return parse_hook_name(name, self.n_layers)
+        except ValueError as error:
+            if _is_fixed(name.rpartition(".")[0], self.n_layers):
+                raise ValueError(
+                    f"unknown hook point {name!r}: names below a hook point exist only while an attachment provides "
+                    f"them (e.g. '<hook>.hook_sae_acts_post' inside `with model.attach_sae(sae)`)"
+                ) from error
+            raise
+
+    def is_dynamic(self, name: str) -> bool:
+        """Whether ``name`` is a point an attachment provides now (``<hook>.hook_sae_acts_post``)."""
+        return name in self._dynamic
+
+    def names(self) -> list[str]:
+        """Every hook point in execution order: the fixed ones, each followed by the dynamic points inside it."""
+        inside: dict[str, list[str]] = {}
+        for name, (_, parent) in self._dynamic.items():
+            inside.setdefault(parent, []).append(name)
+        out = []
+        for name in all_hook_names(self.n_layers):
+            out.append(name)
+            out.extend(inside.get(name, ()))
+        return out
+
+    def select(self, names: NamesFilter) -> list[str]:
+        """:func:`select_names`, dynamic points included."""
+        if names is None:
+            return self.names()
+        if callable(names):
+            return [name for name in self.names() if names(name)]
+        chosen = [names] if isinstance(names, str) else list(names)
+        for name in chosen:
+            self.point(name)
+        return chosen
+
+    @contextmanager
+    def provided(self, points: Iterable[tuple[str, str]]) -> Iterator[None]:
+        """Make ``(name, parent)`` dynamic hook points valid for the ``with`` block; ``parent`` is the fixed
+        point they fire inside. Functions still registered at them when the block ends are dropped."""
+        pairs = list(points)
+        new: dict[str, tuple[HookPoint, str]] = {}
+        for name, parent in pairs:
+            if name in self._dynamic or name in new:
+                raise ValueError(f"hook point {name!r} is already provided by another attachment; detach it first")
+            parsed = self.point(parent)
+            new[name] = (HookPoint(name, parsed.layer, name.removeprefix(f"blocks.{parsed.layer}.")), parent)
+        self._dynamic.update(new)
+        try:
+            yield
+        finally:
+            for name, _ in pairs:
+                self._dynamic.pop(name, None)
+                self._fns.pop(name, None)
+                self._points.pop(name, None)
 
     def active(self, name: str) -> bool:
         """Whether any function is registered at ``name`` (the hot path checks this first)."""
@@ -211,7 +285,8 @@ class HookRegistry:
         """
         pairs, backward_pairs = list(hooks), list(backward)
         for name, _ in pairs + backward_pairs:
-            self._points.setdefault(name, parse_hook_name(name, self.n_layers))
+            if name not in self._points:
+                self._points[name] = self.point(name)
         alive = [True]
         live_backward = [(name, _while_alive(fn, alive)) for name, fn in backward_pairs]
         try:
