@@ -19,7 +19,9 @@ name                                    shape                               what
 ======================================  ==================================  =====================================
 
 A hook function has the TransformerLens signature ``fn(activation, hook) -> Tensor | None``:
-return a tensor to replace the activation, or ``None`` to leave it as it is.
+return a tensor to replace the activation, or ``None`` to leave it as it is. During
+``HookedModel.generate`` the ``hook`` also says which decoding step runs (``hook.step``, 0 = the
+prompt pass) and which absolute positions its ``pos`` rows hold (``hook.positions``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -55,6 +57,10 @@ class HookPoint:
     name: str
     layer: int | None
     site: str
+    # Set only during generation: the decoding step (0 = prompt pass) and the absolute positions
+    # (columns of the generated sequence, a CPU tensor) of the rows on the activation's pos axis.
+    step: int | None = None
+    positions: torch.Tensor | None = None
 
 
 def hook_name(layer: int, site: str) -> str:
@@ -106,6 +112,8 @@ class HookRegistry:
         self.n_layers = n_layers
         self._fns: dict[str, list[HookFn]] = {}
         self._points: dict[str, HookPoint] = {}
+        self._step: tuple[int, torch.Tensor] | None = None
+        self._step_points: dict[str, HookPoint] = {}
 
     def active(self, name: str) -> bool:
         """Whether any function is registered at ``name`` (the hot path checks this first)."""
@@ -115,12 +123,25 @@ class HookRegistry:
         """Whether any function is registered at any hook point."""
         return bool(self._fns)
 
+    def active_names(self) -> list[str]:
+        """The hook names with at least one function registered."""
+        return list(self._fns)
+
+    def set_step(self, step: int | None, positions: torch.Tensor | None = None) -> None:
+        """Tell hook functions which decoding step runs and its absolute positions (``None``: a plain run)."""
+        self._step = None if step is None else (step, positions)
+        self._step_points = {}
+
     def apply(self, name: str, activation: torch.Tensor) -> torch.Tensor:
         """Run the functions at ``name`` in registration order, each seeing the previous result."""
         fns = self._fns.get(name)
         if not fns:
             return activation
         point = self._points[name]
+        if self._step is not None:
+            point = self._step_points.get(name) or self._step_points.setdefault(
+                name, replace(point, step=self._step[0], positions=self._step[1])
+            )
         for fn in fns:
             replaced = fn(activation, point)
             if replaced is not None:
