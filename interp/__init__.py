@@ -37,6 +37,9 @@ _LAZY = {
     "load_scan": "interp.scanning",
     "scan": "interp.scanning",
     "write_scan": "interp.scanning",
+    "logit_lens": "interp.circuits.dla",
+    "patchscope": "interp.causal.patchscope",
+    "steering_vector": "interp.causal.steering",
 }
 
 
@@ -74,6 +77,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from interp.report import CircuitReport, ScanReport, write_report
     from interp.scanning import ScanResult, load_scan, scan, write_scan
     from interp.settings import ScanSettings
+    from interp.causal.patchscope import patchscope
+    from interp.causal.steering import steering_vector
+    from interp.circuits.dla import logit_lens
 
 __all__ = [
     "CircuitReport",
@@ -94,8 +100,11 @@ __all__ = [
     "entropy_scores",
     "load",
     "load_scan",
+    "logit_lens",
     "max_attention_scores",
+    "patchscope",
     "scan",
     "sink_scores",
+    "steering_vector",
     "write_scan",
 ]
