@@ -53,7 +53,7 @@ def test_generation_cache_is_run_with_cache_over_the_generated_sequence(architec
     sequences, cache = hooked.generate(tokens, max_new_tokens=N_NEW, do_sample=False, pad_token_id=0, cache_names=True)
     assert sequences.shape == (2, tokens.shape[1] + N_NEW)
     _, full = hooked.run_with_cache(sequences, names=list(cache))
-    assert set(cache) == set(full) and any(name.endswith("attn.hook_z") for name in cache)
+    assert isinstance(cache, interp.ActivationCache) and set(cache) == set(full) and any(name.endswith("attn.hook_z") for name in cache)
     for name in cache:
         assert cache[name].shape == full[name].shape, name
         torch.testing.assert_close(cache[name], full[name], atol=1e-6, rtol=0)

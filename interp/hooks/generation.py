@@ -23,7 +23,7 @@ from interp.errors import InterpError
 from interp.hooks.points import HookFn, HookPoint, NamesFilter, parse_hook_name, select_names
 
 if TYPE_CHECKING:
-    from interp.hooks.model import ActivationCache, HookedModel
+    from interp.hooks.model import HookedModel
 
 # Sites whose tensors span the KV cache (every key so far), not the step's own rows.
 CACHED_SITES = ("attn.hook_k", "attn.hook_v", "attn.hook_pattern")
@@ -94,7 +94,7 @@ def generate(
     attention_mask: torch.Tensor | None = None,
     **generate_kwargs: Any,
 ) -> Any:
-    """See :meth:`interp.hooks.model.HookedModel.generate`."""
+    """See :meth:`interp.hooks.model.HookedModel.generate`; the cache comes back as a plain dict."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InterpError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if model._knockouts.any_active() or model._stats_collector is not None:
@@ -138,9 +138,7 @@ def generate(
     result = output if wants_dict else sequences
     if cached is None:
         return result
-    from interp.hooks.model import ActivationCache
-
-    return result, ActivationCache((name, torch.cat(parts, dim=1)) for name, parts in pieces.items() if parts)
+    return result, {name: torch.cat(parts, dim=1) for name, parts in pieces.items() if parts}
 
 
 def _last_token_pass(model: HookedModel, sequences: torch.Tensor, mask: torch.Tensor, past: Any) -> None:

@@ -369,9 +369,12 @@ class HookedModel:
 
         Several texts are padded on the left; for token ids pass ``attention_mask=`` where they are padded.
         """
-        return _generate(
+        result = _generate(
             self, inputs, max_new_tokens=max_new_tokens, fwd_hooks=fwd_hooks, cache_names=cache_names, **generate_kwargs
         )
+        if cache_names is None or cache_names is False:
+            return result
+        return result[0], ActivationCache(result[1])
 
     # ------------------------------------------------------------------ interventions
     @contextmanager
