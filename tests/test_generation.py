@@ -46,6 +46,20 @@ def test_generate_without_hooks_is_hf_generate_bit_for_bit(architecture):
     assert torch.equal(plain_ids, ref.sequences)  # the default return: token ids [batch, prompt + new]
 
 
+def test_left_padded_generation_without_hooks_is_hf_generate():
+    hooked, plain = _pair("llama", torch.float32)
+    tokens = _tokens()
+    mask = torch.ones_like(tokens)
+    mask[0, :3] = 0
+    tokens[0, :3] = 0
+    ours = hooked.generate(tokens, attention_mask=mask, max_new_tokens=N_NEW, do_sample=False, pad_token_id=0,
+                           return_dict_in_generate=True, output_logits=True)
+    ref = plain.generate(tokens, attention_mask=mask, max_new_tokens=N_NEW, do_sample=False, pad_token_id=0,
+                         return_dict_in_generate=True, output_logits=True)
+    assert torch.equal(ours.sequences, ref.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(ours.logits, ref.logits))
+
+
 @pytest.mark.parametrize("architecture", ["llama", "gpt2", "gemma2", "gpt_neo"])
 def test_generation_cache_is_run_with_cache_over_the_generated_sequence(architecture):
     hooked, _ = _pair(architecture)
@@ -245,3 +259,19 @@ def test_logit_lens_on_a_prompt_reads_the_final_layer_as_the_model_does(smollm):
     assert last.top_probs[0] == pytest.approx(float(probs.max()), abs=1e-5)
     every = interp.logit_lens(smollm, "Hello world", position=None, k=1)
     assert len(every) == (smollm.cfg.n_layers + 1) * smollm.to_tokens("Hello world").shape[1]
+
+
+def test_left_padded_generation_cache_matches_a_full_forward_on_real_tokens():
+    hooked, _ = _pair()
+    tokens = _tokens()
+    mask = torch.ones_like(tokens)
+    mask[0, :3] = 0
+    tokens[0, :3] = 0
+    sequences, cache = hooked.generate(tokens, attention_mask=mask, max_new_tokens=N_NEW, do_sample=False,
+                                       pad_token_id=0, eos_token_id=None, cache_names=lambda n: n.endswith("hook_resid_post"))
+    full_mask = torch.cat([mask, torch.ones(2, sequences.shape[1] - tokens.shape[1], dtype=mask.dtype)], dim=1)
+    position_ids = (full_mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
+    _, full = hooked.run_with_cache(sequences, names=list(cache), attention_mask=full_mask, position_ids=position_ids)
+    real = full_mask.bool()
+    for name in cache:
+        torch.testing.assert_close(cache[name][real], full[name][real], atol=1e-6, rtol=0)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -60,7 +60,7 @@ class HookPoint:
     # Set only during generation: the decoding step (0 = prompt pass) and the absolute positions
     # (columns of the generated sequence, a CPU tensor) of the rows on the activation's pos axis.
     step: int | None = None
-    positions: torch.Tensor | None = None
+    positions: torch.Tensor | None = field(default=None, compare=False)  # a tensor has no single truth value
 
 
 def hook_name(layer: int, site: str) -> str:
