@@ -43,8 +43,8 @@ def main() -> None:
     mask = torch.ones_like(tokens)
     name = f"blocks.{hooked.cfg.n_layers // 2}.hook_resid_post"
     vector = torch.randn(hooked.cfg.d_model, generator=torch.Generator().manual_seed(0)).to(hooked.device)
-    common = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
-                  pad_token_id=hooked.tokenizer.eos_token_id)
+    common = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False,
+              "pad_token_id": hooked.tokenizer.eos_token_id}
 
     def run_plain():
         with torch.no_grad():

@@ -169,12 +169,10 @@ def test_generation_and_steering_refusals():
             hooked.generate(tokens, max_new_tokens=2, fwd_hooks=[(name, lambda a, h: None)])
     with pytest.raises(InterpError, match="during generation"):
         hooked.generate(tokens, max_new_tokens=2, cache_names=["blocks.0.attn.hook_v"])
-    with pytest.raises(InterpError, match=r"shape \[32\]"):
-        with hooked.steer("blocks.0.hook_resid_post", torch.zeros(4, 8)):
-            pass
-    with pytest.raises(InterpError, match="not blocks.0.attn.hook_pattern"):
-        with hooked.steer("blocks.0.attn.hook_pattern", torch.zeros(32)):
-            pass
+    with pytest.raises(InterpError, match=r"shape \[32\]"), hooked.steer("blocks.0.hook_resid_post", torch.zeros(4, 8)):
+        pass
+    with pytest.raises(InterpError, match="not blocks.0.attn.hook_pattern"), hooked.steer("blocks.0.attn.hook_pattern", torch.zeros(32)):
+        pass
     with pytest.raises(InterpError, match="max_new_tokens"):
         hooked.generate(tokens, max_new_tokens=0)
 

@@ -134,10 +134,10 @@ def register_commands(app: typer.Typer) -> None:
             if answer is not None and not answer:
                 raise InterpError("--answer is empty; give the answer text (e.g. ' Paris') or leave it out")
             check_out(out, overwrite=overwrite)
-            import interp
             import pandas as pd
             import torch
 
+            import interp
             from interp.causal.common import answer_token
 
             hooked = interp.load(model, device=device, dtype=dtype)

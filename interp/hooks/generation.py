@@ -81,7 +81,6 @@ class _Steps:
         self.step += 1
         self.seen = int(positions[-1]) + 1
         self.model.hooks_registry.set_step(self.step, positions)
-        return None
 
 
 def generate(
