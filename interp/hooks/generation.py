@@ -109,10 +109,12 @@ def generate(
     _refuse_cached([name for name, _ in pairs] + (cached or []) + model.hooks_registry.active_names(), n_layers)
     tokens, mask = prompt_tokens(model, inputs, attention_mask)
 
-    pieces: dict[str, list[torch.Tensor]] = {name: [] for name in cached or []}
+    pieces: dict[str, dict[int, torch.Tensor]] = {name: {} for name in cached or []}
 
     def save(activation: torch.Tensor, hook: HookPoint) -> None:
-        pieces[hook.name].append(activation.detach())
+        # keyed by step: a point that fires twice in one pass (DiffLlama's two attention halves) keeps
+        # its last value, as run_with_cache does
+        pieces[hook.name][hook.step] = activation.detach()
 
     wants_dict = bool(generate_kwargs.get("return_dict_in_generate"))
     if cached is not None:
@@ -137,7 +139,7 @@ def generate(
     result = output if wants_dict else sequences
     if cached is None:
         return result
-    return result, {name: torch.cat(parts, dim=1) for name, parts in pieces.items() if parts}
+    return result, {name: torch.cat([parts[step] for step in sorted(parts)], dim=1) for name, parts in pieces.items() if parts}
 
 
 def _last_token_pass(model: HookedModel, sequences: torch.Tensor, mask: torch.Tensor, past: Any) -> None:
