@@ -40,6 +40,9 @@ _LAZY = {
     "load_scan": "interp.scanning",
     "scan": "interp.scanning",
     "write_scan": "interp.scanning",
+    "logit_lens": "interp.circuits.dla",
+    "patchscope": "interp.causal.patchscope",
+    "steering_vector": "interp.causal.steering",
 }
 
 
@@ -79,6 +82,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from interp.saes.attribution import feature_attribution
     from interp.scanning import ScanResult, load_scan, scan, write_scan
     from interp.settings import ScanSettings
+    from interp.causal.patchscope import patchscope
+    from interp.causal.steering import steering_vector
+    from interp.circuits.dla import logit_lens
 
 __all__ = [
     "CircuitReport",
@@ -102,8 +108,11 @@ __all__ = [
     "load",
     "load_sae",
     "load_scan",
+    "logit_lens",
     "max_attention_scores",
+    "patchscope",
     "scan",
     "sink_scores",
+    "steering_vector",
     "write_scan",
 ]

@@ -8,6 +8,8 @@ DataFrame. Sweeps replay the clean run from each patched block (:mod:`interp.hoo
 - :mod:`~interp.causal.attribution`: attribution patching (a first-order estimate of the same grid);
 - :mod:`~interp.causal.tracing`: causal tracing (ROME), corrupted subject embeddings restored site by site;
 - :mod:`~interp.causal.knockout`: attention knockout (cut edges from chosen keys to queries);
+- :mod:`~interp.causal.steering`: steering vectors (contrastive activation addition);
+- :mod:`~interp.causal.patchscope`: patchscopes (a hidden state decoded by generating from a target prompt);
 - :mod:`~interp.causal.common`: prompts, answers and row patches shared by all of them;
 - :mod:`~interp.causal.checks`: the argument checks the CLI also runs before loading a model.
 """
@@ -32,6 +34,9 @@ _LAZY = {
     "to_rome": "interp.causal.tracing",
     "PromptPairs": "interp.causal.pairs",
     "read_pairs": "interp.causal.pairs",
+    "IDENTITY_PROMPT": "interp.causal.patchscope",
+    "patchscope": "interp.causal.patchscope",
+    "steering_vector": "interp.causal.steering",
 }
 
 
@@ -55,9 +60,12 @@ if TYPE_CHECKING:
     from interp.causal.metrics import METRICS, answer_prob, kl_to_clean, logit_diff
     from interp.causal.pairs import PromptPairs, read_pairs
     from interp.causal.patching import activation_patching, plot_patching
+    from interp.causal.patchscope import IDENTITY_PROMPT, patchscope
+    from interp.causal.steering import steering_vector
     from interp.causal.tracing import average_traces, causal_trace, plot_causal_trace, to_rome
 
 __all__ = [
+    "IDENTITY_PROMPT", "patchscope", "steering_vector",
     "METRICS", "PromptPairs", "activation_patching", "answer_prob", "attention_knockout", "attribution_patching",
     "average_traces", "causal_trace", "kl_to_clean", "logit_diff", "plot_causal_trace", "plot_patching",
     "read_pairs", "subject_knockout_sweep", "to_rome",

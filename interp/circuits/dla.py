@@ -8,7 +8,8 @@ direction ``mean W_U[answers] - mean W_U[wrong]``. The residual stream is exactl
 outputs (plus constant biases, reported as ``bias``), so the rows sum to the logit difference.
 
 Logit lens: the residual stream after each block, through the (unfrozen) final norm and the
-unembedding: the logit difference and answer probability it would give.
+unembedding: the logit difference and answer probability it would give on a task, or, on one
+prompt, the top tokens it would predict (the frame :func:`interp.patchscope` returns too).
 """
 
 from __future__ import annotations
@@ -107,8 +108,47 @@ def _direction(w_u: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
     return mean_rows(batch.answers) - mean_rows(batch.wrong)
 
 
-def logit_lens(model: HookedModel, data: PromptPairs | Sequence[TaskBatch], *, batch_size: int = 16) -> pd.DataFrame:
-    """Per layer (-1 = the embedding): ``layer, logit_diff, prob`` of the residual stream read out early, means over prompts."""
+def logit_lens(
+    model: HookedModel,
+    data: str | torch.Tensor | PromptPairs | Sequence[TaskBatch],
+    *,
+    position: int | None = -1,
+    k: int = 5,
+    batch_size: int = 16,
+) -> pd.DataFrame:
+    """The residual stream after each layer (-1 = the embedding), read out through the final norm and unembedding.
+
+    On one prompt (text or token ids): ``layer, position, token, top_tokens, top_probs``, the ``k`` most
+    likely next tokens at ``position`` (None: every position), the layout of :func:`interp.patchscope`.
+    On a task (prompt pairs or batches): ``layer, logit_diff, prob``, means over prompts.
+    """
+    if isinstance(data, (str, torch.Tensor)):
+        return _prompt_lens(model, data, position=position, k=k)
+    return _task_lens(model, data, batch_size=batch_size)
+
+
+def _prompt_lens(model: HookedModel, prompt: str | torch.Tensor, *, position: int | None, k: int) -> pd.DataFrame:
+    from interp.causal.common import check_positions, prompt_tokens, token_strings
+    from interp.causal.patchscope import top_tokens
+
+    tokens = prompt_tokens(model, prompt)[:1]
+    positions = check_positions(tokens.shape[1], None if position is None else [position])
+    _, _, final_norm = circuit_modules(model)
+    unembed = _unembed(model)
+    names = [hook_name(0, "hook_resid_pre")] + [hook_name(layer, "hook_resid_post") for layer in range(model.cfg.n_layers)]
+    texts = token_strings(model, tokens[0])
+    rows = []
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names=names)
+        for layer, name in zip(range(-1, model.cfg.n_layers), names):
+            logits = unembed(final_norm(cache[name][0, positions]))
+            tops, probs = top_tokens(model, logits, k)
+            rows += [dict(layer=layer, position=p, token=texts[p], top_tokens=t, top_probs=q)
+                     for p, t, q in zip(positions, tops, probs)]
+    return pd.DataFrame(rows)
+
+
+def _task_lens(model: HookedModel, data: PromptPairs | Sequence[TaskBatch], *, batch_size: int) -> pd.DataFrame:
     graph = CircuitGraph.of(model)
     _, _, final_norm = circuit_modules(model)
     unembed = _unembed(model)

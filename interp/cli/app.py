@@ -1,4 +1,4 @@
-"""The ``interp`` Typer app: registers every command group (scan, causal, report, circuit) and a few listings."""
+"""The ``interp`` Typer app: registers every command group (scan, causal, steer, report, circuit) and a few listings."""
 
 from __future__ import annotations
 
@@ -57,8 +57,10 @@ def list_architectures(
 from interp.cli.causal import register_commands as _register_causal_commands  # noqa: E402
 from interp.cli.report import register_commands as _register_report_commands  # noqa: E402
 from interp.cli.circuit import register_commands as _register_circuit_commands  # noqa: E402
+from interp.cli.steer import register_commands as _register_steer_commands  # noqa: E402
 
 _register_causal_commands(app)
+_register_steer_commands(app)
 _register_report_commands(app)
 _register_circuit_commands(app)
 

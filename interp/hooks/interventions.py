@@ -1,8 +1,12 @@
 """Hook functions that change activations: zero, replace, scale, at chosen heads and positions.
 
 Each builder returns a :data:`~interp.hooks.points.HookFn` for ``HookedModel.hooks``; the model's
-``intervene`` and ``ablate_heads`` context managers wrap the common cases. Positions index the
+``intervene``, ``ablate_heads`` and ``steer`` context managers wrap the common cases. Positions index the
 ``pos`` axis (query axis for ``hook_pattern``); heads index the head axis of per-head sites.
+
+During generation (``hook.positions`` set) positions are absolute: columns of the whole generated
+sequence. Each step selects those of its rows whose position is wanted; a negative position counts
+from the end of the sequence so far (``-1`` is each step's newest token), a slice spans the sequence so far.
 """
 
 from __future__ import annotations
@@ -31,16 +35,33 @@ def _as_index(index: Index) -> slice | list[int]:
     return [index] if isinstance(index, int) else list(index)
 
 
+def _local_rows(absolute: torch.Tensor, positions: Index) -> slice | list[int]:
+    """Rows of a step whose absolute position (``absolute[i]``) is among ``positions``."""
+    if positions is None:
+        return slice(None)
+    held = absolute.tolist()
+    length = held[-1] + 1  # the sequence so far ends at this step's last row
+    if isinstance(positions, slice):
+        wanted = set(range(length)[positions])
+    else:
+        wanted = {p + length if p < 0 else p for p in ([positions] if isinstance(positions, int) else positions)}
+    return [i for i, p in enumerate(held) if p in wanted]
+
+
 def selection(hook: HookPoint, heads: Index, positions: Index) -> tuple:
-    """The indexing tuple that selects ``heads`` x ``positions`` of the activation at ``hook``."""
-    pos, head = _as_index(positions), _as_index(heads)
+    """The indexing tuple that selects ``heads`` x ``positions`` of the activation at ``hook``.
+
+    With ``hook.positions`` set (generation), ``positions`` are absolute positions (see the module doc).
+    """
+    pos = _as_index(positions) if hook.positions is None else _local_rows(hook.positions, positions)
+    head = _as_index(heads)
     if hook.site == "attn.hook_pattern":  # [batch, head, query, key]
         if isinstance(pos, list) and isinstance(head, list):
-            return (slice(None), torch.tensor(head)[:, None], torch.tensor(pos)[None, :])
+            return (slice(None), torch.tensor(head, dtype=torch.long)[:, None], torch.tensor(pos, dtype=torch.long)[None, :])
         return (slice(None), head, pos)
     if hook.site in PER_HEAD_SITES:  # [batch, pos, head, d]
         if isinstance(pos, list) and isinstance(head, list):
-            return (slice(None), torch.tensor(pos)[:, None], torch.tensor(head)[None, :])
+            return (slice(None), torch.tensor(pos, dtype=torch.long)[:, None], torch.tensor(head, dtype=torch.long)[None, :])
         return (slice(None), pos, head)
     if heads is not None:
         raise ValueError(f"{hook.name} has no head axis; drop heads= or use a per-head site ({', '.join(PER_HEAD_SITES)})")
@@ -65,6 +86,26 @@ def scale_fn(factor: float, *, heads: Index = None, positions: Index = None) -> 
         out = activation.clone()
         index = selection(hook, heads, positions)
         out[index] = out[index] * factor
+        return out
+
+    return fn
+
+
+def steer_fn(vector: torch.Tensor, coeff: float = 1.0, *, positions: Index = None) -> HookFn:
+    """Add ``coeff * vector`` (broadcast over batch and the selected positions) to the activation."""
+    delta = coeff * vector
+    cast: dict[tuple, torch.Tensor] = {}  # the delta per (dtype, device), converted once
+
+    def fn(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        key = (activation.dtype, activation.device)
+        added = cast.get(key)
+        if added is None:
+            added = cast.setdefault(key, delta.to(device=activation.device, dtype=activation.dtype))
+        if positions is None:
+            return activation + added
+        index = selection(hook, None, positions)
+        out = activation.clone()
+        out[index] = out[index] + added
         return out
 
     return fn

@@ -27,7 +27,8 @@ from interp.hooks.attention import (
     route_in_place,
 )
 from interp.hooks.knockout import Knockouts
-from interp.hooks.interventions import Index, head_ablation_hooks, replace_fn, scale_fn
+from interp.hooks.generation import generate as _generate
+from interp.hooks.interventions import Index, head_ablation_hooks, replace_fn, scale_fn, steer_fn
 from interp.hooks.stats import StatsCollector
 from interp.kernels import AttentionStats, StatsConfig
 from interp.kernels.chunked import reuse_workspace
@@ -39,7 +40,7 @@ from interp.hooks.points import (
     HookRegistry,
     NamesFilter,
     hook_name,
-    select_names,
+    parse_hook_name,
 )
 
 
@@ -424,6 +425,13 @@ class HookedModel:
         provides (see :meth:`hook_point_refusal` for the others)."""
         return [name for name in self.hooks_registry.names() if self.hook_point_refusal(name) is None]
 
+    def select_hook_names(self, names: NamesFilter) -> list[str]:
+        """This model's hook names that ``names`` chooses: one name, a list, a predicate, or None for all."""
+        if names is None or callable(names):
+            every = self.hook_names()
+            return every if names is None else [name for name in every if names(name)]
+        return self.hooks_registry.select(names)
+
     def hook_point_refusal(self, name: str) -> str | None:
         """Why hook point ``name`` does not exist in this model (one line), or None when it does.
 
@@ -544,7 +552,7 @@ class HookedModel:
         backward pass stops at the embedding output). Asking for ``hook_pattern``/``hook_attn_scores``
         materializes those layers' patterns.
         """
-        chosen = select_names(names, self.cfg.n_layers, every=self.hook_names())
+        chosen = self.select_hook_names(names)
         grads = ActivationCache()
         embedded: list[torch.Tensor] = []
 
@@ -587,14 +595,41 @@ class HookedModel:
             kept = activation.detach() if detach else activation
             cache[hook.name] = kept.to(device) if device is not None else kept
 
-        if names is None or callable(names):
-            every = self.hook_names()
-            chosen = every if names is None else [name for name in every if names(name)]
-        else:
-            chosen = self.hooks_registry.select(names)
+        chosen = self.select_hook_names(names)
         with self.hooks([(name, save) for name in chosen]):
             logits = self.forward(inputs, **kwargs)
         return logits, ActivationCache((name, cache[name]) for name in chosen if name in cache)
+
+    def generate(
+        self,
+        inputs: torch.Tensor | str | Sequence[str],
+        *,
+        max_new_tokens: int,
+        fwd_hooks: Iterable[tuple[str, HookFn]] = (),
+        cache_names: NamesFilter | bool = None,
+        **generate_kwargs: Any,
+    ) -> Any:
+        """Hugging Face ``generate`` (KV cache and all its options) with hook functions running at every step.
+
+        Returns the token ids ``[batch, prompt + new]`` (HF's output object instead when
+        ``return_dict_in_generate=True``). Hooks (``fwd_hooks`` and any active ``hooks``/``intervene``/
+        ``steer`` block) fire on the prompt pass and on every new token; ``hook.step`` is 0 for the
+        prompt and k for the k-th new token fed, ``hook.positions`` the absolute positions of the rows it
+        sees, and ``positions=`` of ``intervene``/``steer`` are absolute positions.
+
+        ``cache_names`` (a names filter, or True for every cacheable point) returns ``(tokens, cache)``:
+        every step's activations concatenated along ``pos``, as ``run_with_cache`` over the whole
+        generated sequence gives them (the last generated token gets one extra pass through the KV cache
+        for this). Keys, values and patterns are refused (the KV cache holds them unhooked).
+
+        Several texts are padded on the left; for token ids pass ``attention_mask=`` where they are padded.
+        """
+        result = _generate(
+            self, inputs, max_new_tokens=max_new_tokens, fwd_hooks=fwd_hooks, cache_names=cache_names, **generate_kwargs
+        )
+        if cache_names is None or cache_names is False:
+            return result
+        return result[0], ActivationCache(result[1])
 
     # ------------------------------------------------------------------ interventions
     @contextmanager
@@ -618,6 +653,39 @@ class HookedModel:
             scale, heads=heads, positions=positions
         )
         with self.hooks([(name, fn)]):
+            yield self
+
+    def steering_shape(self, name: str) -> tuple[int, ...]:
+        """The shape of a vector :meth:`steer` adds at ``name``: ``[d_model]``, or ``[head, d_head]`` at ``hook_z``/``hook_q``."""
+        try:
+            site = parse_hook_name(name, self.cfg.n_layers).site
+        except ValueError as error:
+            raise InterpError(str(error)) from None
+        if site in ("attn.hook_z", "attn.hook_q"):
+            return (self.cfg.n_heads, self.cfg.d_head)
+        if site == "attn.hook_result":
+            return (self.cfg.n_heads, self.cfg.d_model)
+        if site in ("hook_embed", "hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"):
+            return (self.cfg.d_model,)
+        raise InterpError(
+            f"steer adds a vector to the residual stream, attention/MLP outputs, hook_z, hook_q or hook_result, not {name}; "
+            f"use intervene(replace=...) there"
+        )
+
+    @contextmanager
+    def steer(
+        self, name: str, vector: torch.Tensor, coeff: float = 1.0, *, positions: Index = None
+    ) -> Iterator[HookedModel]:
+        """Add ``coeff * vector`` at hook point ``name`` for the ``with`` block: plain runs and :meth:`generate`.
+
+        ``vector`` is ``[d_model]`` (``[head, d_head]`` at ``attn.hook_z``); ``positions`` are absolute
+        during generation (``None``: every position, prompt and new tokens).
+        """
+        expected = self.steering_shape(name)
+        if not isinstance(vector, torch.Tensor) or tuple(vector.shape) != expected:
+            got = tuple(vector.shape) if isinstance(vector, torch.Tensor) else type(vector).__name__
+            raise InterpError(f"steering vector for {name} must have shape {list(expected)}, got {got}")
+        with self.hooks([(name, steer_fn(vector, coeff, positions=positions))]):
             yield self
 
     @contextmanager

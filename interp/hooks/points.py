@@ -49,7 +49,9 @@ Details of the new points (TransformerLens names, interp's conventions where the
   read and differentiate it, replacing it is refused).
 
 A hook function has the TransformerLens signature ``fn(activation, hook) -> Tensor | None``:
-return a tensor to replace the activation, or ``None`` to leave it as it is.
+return a tensor to replace the activation, or ``None`` to leave it as it is. During
+``HookedModel.generate`` the ``hook`` also says which decoding step runs (``hook.step``, 0 = the
+prompt pass) and which absolute positions its ``pos`` rows hold (``hook.positions``).
 
 Attachments add *dynamic* hook points for as long as they are attached: an SAE attached at
 ``blocks.3.hook_resid_post`` provides ``blocks.3.hook_resid_post.hook_sae_acts_post`` ``[batch, pos, d_sae]``
@@ -61,7 +63,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -104,6 +106,10 @@ class HookPoint:
     name: str
     layer: int | None
     site: str
+    # Set only during generation: the decoding step (0 = prompt pass) and the absolute positions
+    # (columns of the generated sequence, a CPU tensor) of the rows on the activation's pos axis.
+    step: int | None = None
+    positions: torch.Tensor | None = field(default=None, compare=False)  # a tensor has no single truth value
 
 
 def hook_name(layer: int, site: str) -> str:
@@ -179,6 +185,9 @@ class HookRegistry:
         self._points: dict[str, HookPoint] = {}
         # Dynamic points provided by attachments: name -> (point, the fixed point it fires inside).
         self._dynamic: dict[str, tuple[HookPoint, str]] = {}
+        # The decoding step and its absolute positions while HookedModel.generate runs (None otherwise).
+        self._step: tuple[int, torch.Tensor] | None = None
+        self._step_points: dict[str, HookPoint] = {}
 
     def point(self, name: str) -> HookPoint:
         """The :class:`HookPoint` of a fixed or currently provided name (ValueError for anything else)."""
@@ -252,6 +261,15 @@ class HookRegistry:
         """Whether any function is registered at any hook point."""
         return bool(self._fns) or bool(self._bwd)
 
+    def active_names(self) -> list[str]:
+        """The hook names with at least one function registered."""
+        return list(self._fns)
+
+    def set_step(self, step: int | None, positions: torch.Tensor | None = None) -> None:
+        """Tell hook functions which decoding step runs and its absolute positions (``None``: a plain run)."""
+        self._step = None if step is None else (step, positions)
+        self._step_points = {}
+
     def apply(self, name: str, activation: torch.Tensor, *, grad_of: torch.Tensor | None = None) -> torch.Tensor:
         """Run the functions at ``name`` in registration order, each seeing the previous result.
 
@@ -259,6 +277,10 @@ class HookRegistry:
         functions is a reshaped view of that tensor which the model does not use further.
         """
         point = self._points.get(name)
+        if point is not None and self._step is not None:
+            point = self._step_points.get(name) or self._step_points.setdefault(
+                name, replace(point, step=self._step[0], positions=self._step[1])
+            )
         for fn in self._fns.get(name, ()):
             replaced = fn(activation, point)
             if replaced is not None:
