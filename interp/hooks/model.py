@@ -33,14 +33,17 @@ from interp.hooks.stats import StatsCollector
 from interp.kernels import AttentionStats, StatsConfig
 from interp.kernels.chunked import reuse_workspace
 from interp.threads import faster_threads
-from interp.hooks.layout import ModelLayout, NormSite, norm_scale, trace_layout
+from interp.hooks.layout import ModelLayout, trace_layout
+from interp.hooks.layout_hooks import LayoutHooks
 from interp.hooks.points import (
     CORE_SITES,
     HookFn,
     HookRegistry,
     NamesFilter,
+    first_tensor,
     hook_name,
     parse_hook_name,
+    replace_first_tensor,
 )
 
 
@@ -104,12 +107,6 @@ class ActivationCache(dict):
         return torch.stack([self[hook_name(layer, site)] for layer in layers])
 
 
-def _first(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _replace_first(output: Any, value: torch.Tensor) -> Any:
-    return (value, *output[1:]) if isinstance(output, tuple) else value
 
 
 class HookedModel:
@@ -128,8 +125,6 @@ class HookedModel:
         self._stats_collector: Any = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._layout: ModelLayout | None = None
-        self._mlp_shapes: dict[int, torch.Size] = {}
-        self._block_shapes: dict[int, torch.Size] = {}
         self._install()
 
     @property
@@ -223,7 +218,7 @@ class HookedModel:
         def hook(module, args, output):
             if not self.hooks_registry.active(name):
                 return None
-            return _replace_first(output, self.hooks_registry.apply(name, _first(output)))
+            return replace_first_tensor(output, self.hooks_registry.apply(name, first_tensor(output)))
 
         return hook
 
@@ -256,155 +251,7 @@ class HookedModel:
         return self._layout
 
     def _install_layout_hooks(self, layout: ModelLayout) -> None:
-        for layer, (block, lay) in enumerate(zip(self.layers, layout.layers)):
-            if lay.flat:
-                self._handles.append(block.register_forward_pre_hook(self._block_shape_hook(layer), with_kwargs=True))
-            for ln, norm in (("ln1", lay.ln1), ("ln2", lay.ln2)):
-                if norm is not None:
-                    hook = self._norm_hook(
-                        hook_name(layer, f"{ln}.hook_scale"), hook_name(layer, f"{ln}.hook_normalized"), norm, layer
-                    )
-                    self._handles.append(block.get_submodule(norm.path).register_forward_hook(hook, with_kwargs=True))
-            if lay.mid is not None:
-                self._handles.append(
-                    block.get_submodule(lay.mid).register_forward_pre_hook(self._resid_mid_hook(layer), with_kwargs=True)
-                )
-            mlp = lay.mlp
-            pre, pre_linear, post = (hook_name(layer, f"mlp.{site}") for site in ("hook_pre", "hook_pre_linear", "hook_post"))
-            if mlp.kind == "fused":
-                self._handles.append(block.get_submodule(mlp.pre).register_forward_hook(self._fused_hook(pre, pre_linear, layer)))
-            elif mlp.kind in ("gated", "plain"):
-                self._handles.append(block.get_submodule(mlp.pre).register_forward_hook(self._neuron_hook(pre, layer)))
-                if mlp.pre_linear is not None:
-                    self._handles.append(
-                        block.get_submodule(mlp.pre_linear).register_forward_hook(self._neuron_hook(pre_linear, layer))
-                    )
-            if mlp.kind in ("fused", "gated", "plain"):
-                self._handles.append(block.get_submodule(mlp.post).register_forward_pre_hook(self._input_hook(post, layer)))
-            if mlp.router is not None:
-                router_name = hook_name(layer, "mlp.hook_router")
-                self._handles += [
-                    block.get_submodule(lay.mlp_entry).register_forward_pre_hook(
-                        self._mlp_shape_hook(layer, router_name), with_kwargs=True
-                    ),
-                    block.get_submodule(mlp.router).register_forward_hook(self._router_hook(layer, router_name, mlp.router_index)),
-                ]
-        if layout.ln_final is not None:
-            hook = self._norm_hook("ln_final.hook_scale", "ln_final.hook_normalized", layout.ln_final, None)
-            self._handles.append(self.model.get_submodule(layout.ln_final.path).register_forward_hook(hook, with_kwargs=True))
-
-    def _shaped(self, name: str, x: torch.Tensor, layer: int | None) -> torch.Tensor:
-        """Apply the functions at ``name``; in blocks that flatten [batch, pos] (OPT) they see it unflattened."""
-        lead = self._block_shapes.get(layer) if layer is not None and x.dim() == 2 else None
-        if lead is None:
-            return self.hooks_registry.apply(name, x)
-        seen = x.view(*lead, x.shape[-1])
-        out = self.hooks_registry.apply(name, seen, grad_of=x)
-        return x if out is seen else out.reshape(x.shape)
-
-    def _block_shape_hook(self, layer: int) -> Callable:
-        def hook(module, args, kwargs):
-            x = args[0] if args else kwargs["hidden_states"]
-            self._block_shapes[layer] = x.shape[:-1]
-
-        return hook
-
-    def _neuron_hook(self, name: str, layer: int) -> Callable:
-        def hook(module, args, output):
-            if not self.hooks_registry.active(name):
-                return None
-            replaced = self._shaped(name, output, layer)
-            return None if replaced is output else replaced
-
-        return hook
-
-    def _norm_hook(self, scale_name: str, normalized_name: str, norm: NormSite, layer: int | None) -> Callable:
-        registry = self.hooks_registry
-
-        def hook(module, args, kwargs, output):
-            if not (registry.active(scale_name) or registry.active(normalized_name)):
-                return None
-            out = _first(output)
-            if registry.active(scale_name):
-                x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
-                # From the detached input: the scale's gradient is then the partial one (input held fixed), and the
-                # gradient reaching the input is the norm's own, unchanged.
-                scale = norm_scale(x.detach(), norm.kind, norm.eps)
-                if torch.is_grad_enabled() and x.requires_grad:
-                    # Joined to the graph by an exact zero: backward reaches the scale (and its hooks) from the
-                    # loss, and sends nothing through this link to the input.
-                    scale = scale + 0 * x[..., :1]
-                new_scale = self._shaped(scale_name, scale, layer)
-                if new_scale is not scale or registry.has_backward(scale_name):
-                    bias = getattr(module, "bias", None)
-                    bias = bias if isinstance(bias, torch.Tensor) else 0
-                    out = ((out - bias) * (scale.detach() / new_scale) + bias).to(out.dtype)
-            out = self._shaped(normalized_name, out, layer)
-            return None if out is _first(output) else _replace_first(output, out)
-
-        return hook
-
-    def _resid_mid_hook(self, layer: int) -> Callable:
-        name = hook_name(layer, "hook_resid_mid")
-
-        def hook(module, args, kwargs):
-            if not self.hooks_registry.active(name):
-                return
-            resid = args[0] if args else kwargs["hidden_states"]
-            replaced = self._shaped(name, resid, layer)
-            if replaced is not resid:
-                # The block holds this tensor twice (the MLP's input and the residual added after it): writing in
-                # place replaces both, as TransformerLens' hook_resid_mid does.
-                resid.copy_(replaced)
-            return
-
-        return hook
-
-    def _input_hook(self, name: str, layer: int) -> Callable:
-        def hook(module, args):
-            if not self.hooks_registry.active(name):
-                return None
-            replaced = self._shaped(name, args[0], layer)
-            return None if replaced is args[0] else (replaced, *args[1:])
-
-        return hook
-
-    def _fused_hook(self, gate_name: str, up_name: str, layer: int) -> Callable:
-        registry = self.hooks_registry
-
-        def hook(module, args, output):
-            if not (registry.active(gate_name) or registry.active(up_name)):
-                return None
-            gate, up = output.chunk(2, dim=-1)
-            new_gate, new_up = self._shaped(gate_name, gate, layer), self._shaped(up_name, up, layer)
-            if new_gate is gate and new_up is up and not (registry.has_backward(gate_name) or registry.has_backward(up_name)):
-                return None
-            return torch.cat([new_gate, new_up], dim=-1)
-
-        return hook
-
-    def _mlp_shape_hook(self, layer: int, router_name: str) -> Callable:
-        def hook(module, args, kwargs):
-            if self.hooks_registry.active(router_name):
-                x = args[0] if args else kwargs["hidden_states"]
-                self._mlp_shapes[layer] = x.shape[:-1]
-
-        return hook
-
-    def _router_hook(self, layer: int, name: str, index: int) -> Callable:
-        def hook(module, args, output):
-            if not self.hooks_registry.active(name):
-                return
-            logits = output[index] if isinstance(output, tuple) else output
-            seen = logits.reshape(*self._mlp_shapes[layer], logits.shape[-1])
-            if self.hooks_registry.apply(name, seen, grad_of=logits) is not seen:
-                raise InterpError(
-                    f"{name} is read-only: the router computes its routing from these logits before returning them, "
-                    f"so a replacement would not change the forward pass; intervene on ln2.hook_normalized or hook_mlp_out"
-                )
-            return
-
-        return hook
+        self._handles += LayoutHooks(self.hooks_registry).install(self.model, self.layers, layout)
 
     # ------------------------------------------------------------------ weights
     def W_O(self, layer: int) -> torch.Tensor:

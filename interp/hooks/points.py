@@ -64,6 +64,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -363,3 +364,13 @@ def _grad_hook(fn: HookFn, point: HookPoint, shape: torch.Size, target_shape: to
         return replaced.reshape(target_shape)
 
     return hook
+
+
+def first_tensor(output: Any) -> torch.Tensor:
+    """A module's main output: the first element of a tuple output, else the output itself."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def replace_first_tensor(output: Any, value: torch.Tensor) -> Any:
+    """``output`` with its main tensor (see :func:`first_tensor`) replaced by ``value``."""
+    return (value, *output[1:]) if isinstance(output, tuple) else value

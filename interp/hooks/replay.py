@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from interp.errors import InterpError
-from interp.hooks.points import HookFn, parse_hook_name
+from interp.hooks.points import HookFn, first_tensor, parse_hook_name
 
 if TYPE_CHECKING:
     from interp.hooks.model import ActivationCache, HookedModel
@@ -76,9 +76,6 @@ def attention_window(config: Any) -> int | None:
         windows.append(chunk)
     return min(windows) if windows else None
 
-
-def _first(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
 
 
 def _rows(tensor: torch.Tensor, groups: int) -> torch.Tensor:
@@ -281,7 +278,7 @@ class Recording:
             # Runs first among block `layer`'s output hooks: the joining groups' rows are the recorded
             # residual stream leaving that block, so hook_resid_post already sees them.
             def hook(module, args, output):
-                hidden = _first(output)
+                hidden = first_tensor(output)
                 grown = torch.cat([hidden, _rows(self.outputs[layer][:, prefix:], count).to(hidden.dtype)], dim=0)
                 return (grown, *output[1:]) if isinstance(output, tuple) else grown
 
@@ -370,7 +367,7 @@ def record(
 
     def leave(layer: int):
         def hook(module, args, output):
-            outputs[layer] = _first(output).detach()
+            outputs[layer] = first_tensor(output).detach()
             tuple_outputs[layer] = len(output) if isinstance(output, tuple) else 0
 
         return hook
