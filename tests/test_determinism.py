@@ -35,6 +35,7 @@ def test_two_identical_scans_give_bit_identical_tables(tiny_folder, tmp_path):
     finished = [line.split(":")[0] for line in runs[0].stderr.splitlines() if line.startswith("analysis ")]
     names = ANALYSES.split(",")
     assert finished == [f"analysis {i}/{len(names)} {name}" for i, name in enumerate(names, 1)], runs[0].stderr[-2000:]
+    assert "it/s]" not in runs[0].stderr, "a tqdm bar leaked into the log (hidden unless --debug)"
     first, second = ((tmp_path / f"run{i}" / "heads.csv").read_bytes() for i in range(2))
     assert first == second
     meta = json.loads((tmp_path / "run0" / "scan.json").read_text())

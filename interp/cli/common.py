@@ -23,13 +23,15 @@ APP_SETTINGS = {"rich_markup_mode": None, "context_settings": {"max_content_widt
 
 
 def quiet_loading(debug: bool) -> None:
-    """Hide transformers' / huggingface_hub's tqdm bars (``Loading weights``) beside interp's own bars.
+    """Hide transformers' / huggingface_hub's tqdm bars (``Loading weights``, the GGUF conversion) beside interp's own.
 
     Must run before transformers is imported (it reads the variable once); ``--debug`` keeps them.
     """
     if debug:
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # transformers' GGUF conversion draws a bare tqdm bar; tqdm reads TQDM_* defaults when it is imported.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     if "transformers" in sys.modules:  # already imported (e.g. the CLI called from Python)
         sys.modules["transformers"].utils.logging.disable_progress_bar()
 
