@@ -155,7 +155,7 @@ window.interpCircuit = function (root, D) {
     Array.prototype.forEach.call(svg.querySelectorAll(".ic-edge"), function (p) { p.classList.toggle("ic-hl", !!onPath[p.dataset.i]); });
     Array.prototype.forEach.call(svg.querySelectorAll(".ic-node"), function (c) { c.classList.toggle("ic-hl", !!nodes[c.dataset.node]); });
     pinned = name;
-    note.textContent = name + ": " + Object.keys(onPath).length + " edges on its paths to the logits (click the background to clear).";
+    note.textContent = name + ": " + Object.keys(onPath).length + " edge(s) on its paths to the logits (click the background to clear).";
     return Object.keys(onPath).length;
   }
   holder.addEventListener("click", function (ev) {
@@ -203,12 +203,18 @@ window.interpCircuit = function (root, D) {
       result.after = {n: current.n, edges: current.c.edges.length, drawn: holder.querySelectorAll("path.ic-edge").length};
     }
     if (hash.indexOf("test-curve") >= 0) result.curve = D.curve.filter(function (r) { return r.n <= K; }).map(function (r) { return [r.n, circuit(r.n).edges.length]; });
-    if (hash.indexOf("test-click") >= 0 && lines.length) result.click = {node: lines[0][0], edges: highlight(lines[0][0])};
+    if (hash.indexOf("test-click") >= 0 && lines.length) {
+      var pick = lines[0][0];  // the latest head with an edge: a few paths, not all of them
+      lines.forEach(function (t) { if (t[0][0] === "a" && pos(t[0]).order > pos(pick).order) pick = t[0]; });
+      result.click = {node: pick, edges: highlight(pick)};
+    }
     result.tooltip = (function () {
       var p = holder.querySelector("path.ic-edge");
       if (!p) return "";
       p.dispatchEvent(new MouseEvent("mouseover", {bubbles: true, clientX: 5, clientY: 5}));
-      return tip.textContent;
+      var text = tip.textContent;
+      tip.style.display = "none";
+      return text;
     })();
     var pre = document.getElementById("interp-test") || document.body.appendChild(document.createElement("pre"));
     pre.id = "interp-test";
