@@ -233,7 +233,7 @@ def scan_roles(scan_dir: str | Path) -> pd.DataFrame:
 
     heads = load_heads(scan_dir)
     if "roles" not in heads.columns:
-        from interp.scanning.files import head_roles
+        from interp.scanning.table import head_roles
 
         heads = heads.copy()
         heads["roles"] = head_roles(heads)

@@ -40,6 +40,7 @@ def write_report(
     folder = Path(folder)
     result = source if isinstance(source, ScanResult) else load_scan(source)
     report = ScanReport(result, model)
+    report.scan_dir = folder  # an `interp circuit` written into the folder (folder/circuit) goes into the report
     target = folder / REPORT_FILE
     if target.exists() and not overwrite:
         raise InterpError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")

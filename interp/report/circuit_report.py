@@ -1,16 +1,31 @@
-"""``circuit.html``: the circuit as an interactive plotly graph, its faithfulness curve, DLA and logit lens.
+"""``circuit.html``: the circuit as an interactive graph, its faithfulness curve, DLA and logit lens.
 
-One self-contained file (plotly inlined, nothing fetched). Layers run bottom (embeddings) to top
-(logits); each head sits in its layer's row, each MLP just above; node colour = role (from a scan's
-``roles`` when given, else the node kind); edge width = |score|, colour = sign, dash = q/k/v kind.
-:func:`report_section` renders the same graph as a section for ``interp report`` when a scan folder
-holds a ``circuit/`` (or ``circuit.json``) written by ``interp circuit``.
+One self-contained file: plotly (for the curve and the logit lens) and a small SVG graph script are
+inlined, nothing is fetched. The page embeds the top :data:`MAX_EMBEDDED_EDGES` edges by |score| as
+JSON; the script selects the top ``n`` of them, prunes them the way
+:func:`~interp.circuits.evaluation.prune` does, and draws the result:
+
+* layers run bottom (``embed``) to top (``logits``); each layer's heads sit in one row, that layer's
+  MLP beside them at the right (slightly above: it runs after the heads);
+* an edge-count slider (log scale) redraws the graph; the curve's sizes (exact faithfulness, from the
+  pipeline's faithfulness curve) are buttons, and the status line gives the exact faithfulness when
+  ``n`` is one of them;
+* hovering an edge shows its score, rank and exact single-edge effect (when verified); a node its
+  roles (from ``--scan``), DLA and node score; clicking a node highlights its paths to the logits;
+* the first view is the chosen circuit (the smallest reaching the target faithfulness), cut to at
+  most :data:`DEFAULT_DRAWN_CAP` circuit edges, the rest behind the slider.
+
+A URL fragment ``#test-slider=POS`` (POS in 0..1000) moves the slider after the first draw and
+``#test-curve`` prunes at every curve size; both write JSON into ``<pre id="interp-test">`` (the
+browser test reads it with ``chromium --dump-dom``). :func:`report_section` renders the same graph
+as a section for ``interp report`` when a scan folder holds a ``circuit/`` written by ``interp circuit``.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,32 +33,15 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.offline
 
+MAX_EMBEDDED_EDGES = 5000
+DEFAULT_DRAWN_CAP = 200
+
 _ROLE_COLOURS = {
     "embed": "#7f7f7f", "logits": "#222222", "mlp": "#2ca02c", "head": "#1f77b4", "induction": "#d62728",
     "previous_token": "#ff7f0e", "duplicate_token": "#9467bd", "retrieval": "#8c564b", "sink": "#bcbd22",
     "dormant": "#c7c7c7", "long_range": "#17becf",
 }
-_KIND_DASH = {"q": "solid", "k": "dash", "v": "dot", "mlp": "solid", "logits": "solid"}
-
-
-def _node_xy(nodes: list[str], n_layers: int) -> dict[str, tuple[float, float]]:
-    by_row: dict[float, list[str]] = {}
-    for name in nodes:
-        if name == "embed":
-            row = -1.0
-        elif name == "logits":
-            row = float(n_layers)
-        elif name.startswith("m"):
-            row = int(name[1:]) + 0.5
-        else:
-            row = float(int(name[1:].split(".")[0]))
-        by_row.setdefault(row, []).append(name)
-    xy = {}
-    for row, names in by_row.items():
-        names.sort(key=lambda s: int(s.split(".h")[1]) if ".h" in s else 0)
-        for i, name in enumerate(names):
-            xy[name] = (i - (len(names) - 1) / 2, row)
-    return xy
+_ROLE_ORDER = ("induction", "previous_token", "duplicate_token", "retrieval", "long_range", "sink", "dormant")
 
 
 def _role_of(name: str, roles: dict[str, str]) -> str:
@@ -52,78 +50,114 @@ def _role_of(name: str, roles: dict[str, str]) -> str:
     if name.startswith("m"):
         return "mlp"
     labels = [r for r in roles.get(name, "").split(";") if r]
-    for preferred in ("induction", "previous_token", "duplicate_token", "retrieval", "long_range", "sink", "dormant"):
+    for preferred in _ROLE_ORDER:
         if preferred in labels:
             return preferred
     return "head"
 
 
-def _drawn_edges(summary: dict[str, Any], edges: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(from, to, edge): a k/v edge into KV head g is drawn to each circuit head that reads g."""
+def _finite(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _feeds(down: str, kind: str, n_heads: int, n_kv_heads: int) -> list[str]:
+    """Upstream nodes whose output the input ``(down, kind)`` helps compute (the page's pruning and drawing)."""
+    if kind == "logits":
+        return []
+    if kind in ("k", "v") and ".kv" in down:
+        layer, group = down[1:].split(".kv")
+        per = max(1, n_heads // max(1, n_kv_heads))
+        return [f"a{layer}.h{h}" for h in range(int(group) * per, (int(group) + 1) * per)]
+    return [down]
+
+
+def page_data(summary: dict[str, Any], edges: pd.DataFrame | None = None, nodes: pd.DataFrame | None = None,
+              verification: pd.DataFrame | None = None, *, max_edges: int = MAX_EMBEDDED_EDGES,
+              cap: int = DEFAULT_DRAWN_CAP) -> dict[str, Any]:
+    """What the page's script draws: the top ``max_edges`` edges by |score|, node info, the faithfulness curve.
+
+    ``edges``: every edge (``edges.csv``); without it only the circuit's own edges from ``summary``.
+    """
     shape = summary.get("graph", {})
-    per = max(1, int(shape.get("n_heads", 1)) // max(1, int(shape.get("n_kv_heads", 1))))
-    heads = set(summary["circuit"]["nodes"])
-    out = []
-    for e in edges:
-        target = e["downstream"]
-        if ".kv" in target:
-            layer, group = target[1:].split(".kv")
-            readers = [f"a{layer}.h{h}" for h in range(int(group) * per, (int(group) + 1) * per)]
-            readers = [r for r in readers if r in heads] or [target]
-            out += [(e["upstream"], r, e) for r in readers]
-        else:
-            out.append((e["upstream"], target, e))
-    return out
-
-
-def graph_figure(summary: dict[str, Any], nodes: pd.DataFrame | None = None, *, max_edges: int = 300) -> go.Figure:
-    """The circuit in ``summary`` (a ``circuit.json`` document) as a plotly figure."""
     circuit = summary["circuit"]
-    drawn = _drawn_edges(summary, circuit["edges"][:max_edges])
-    n_layers = int(summary.get("graph", {}).get("n_layers", 0)) or int(
-        max([0] + [int(n[1:].split(".")[0]) for n in circuit["nodes"] if n[0] in "am"]) + 1)
-    names = sorted({a for a, _, _ in drawn} | {b for _, b, _ in drawn} | {"embed", "logits"})
-    xy = _node_xy(names, n_layers)
+    n_heads, n_kv = int(shape.get("n_heads", 1)), int(shape.get("n_kv_heads", shape.get("n_heads", 1)))
+    n_layers = int(shape.get("n_layers", 0)) or 1 + max(
+        [0] + [int(n[1:].split(".")[0]) for n in circuit["nodes"] if n[:1] in ("a", "m") and n[1:2].isdigit()])
+    if edges is not None and len(edges):
+        frame = edges.assign(_abs=edges["score"].abs()).sort_values("_abs", ascending=False, kind="stable")
+        rows = frame.head(max_edges)[["upstream", "downstream", "kind", "score"]].itertuples(index=False)
+        listed = [[str(u), str(d), str(k), float(s)] for u, d, k, s in rows]
+    else:
+        listed = [[e["upstream"], e["downstream"], e["kind"], float(e["score"])] for e in circuit["edges"]][:max_edges]
+    feeds = {f"{d}|{k}": _feeds(d, k, n_heads, n_kv) for _, d, k, _ in listed}
+    info: dict[str, dict[str, Any]] = {}
     roles: dict[str, str] = {}
-    info: dict[str, str] = {}
     if nodes is not None:
-        for row in nodes.itertuples(index=False):
-            roles[row.node] = str(getattr(row, "roles", "") or "")
-            if roles[row.node] == "nan":
-                roles[row.node] = ""
-            dla = getattr(row, "dla", float("nan"))
-            info[row.node] = f"DLA {dla:.3f}" if pd.notna(dla) else ""
-    top = max([abs(e["score"]) for _, _, e in drawn] or [1.0]) or 1.0
-    figure = go.Figure()
-    for a_name, b_name, e in drawn:
-        a, b = xy[a_name], xy[b_name]
-        figure.add_trace(go.Scatter(
-            x=[a[0], b[0]], y=[a[1], b[1]], mode="lines", hoverinfo="text",
-            text=f"{e['upstream']} -> {e['downstream']} ({e['kind']}): {e['score']:.4f}",
-            line=dict(width=0.5 + 6 * abs(e["score"]) / top, color="#1f77b4" if e["score"] >= 0 else "#d62728",
-                      dash=_KIND_DASH.get(e["kind"], "solid")),
-            opacity=0.7, showlegend=False,
-        ))
-    by_role: dict[str, list[str]] = {}
+        for row in nodes.to_dict(orient="records"):
+            text = str(row.get("roles", "") or "")
+            roles[str(row["node"])] = "" if text == "nan" else text
+            info[str(row["node"])] = {"roles": roles[str(row["node"])], "dla": _finite(row.get("dla")),
+                                      "eap": _finite(row.get("eap"))}
+    names = {"embed", "logits"} | {u for u, *_ in listed} | {n for fed in feeds.values() for n in fed} | set(info)
     for name in names:
-        by_role.setdefault(_role_of(name, roles), []).append(name)
-    for role, members in by_role.items():
-        figure.add_trace(go.Scatter(
-            x=[xy[m][0] for m in members], y=[xy[m][1] for m in members], mode="markers+text", name=role,
-            text=members, textposition="top center",
-            hovertext=[f"{m} {roles.get(m, '')} {info.get(m, '')}" for m in members], hoverinfo="text",
-            marker=dict(size=14, color=_ROLE_COLOURS.get(role, "#1f77b4"), line=dict(width=1, color="#fff")),
-        ))
-    faith = circuit.get("faithfulness")
-    figure.update_layout(
-        title=f"Circuit: {circuit['n_edges']} edges" + (f", faithfulness {faith:.3f}" if faith is not None else "")
-        + " (edge width = |score|; blue +, red -; solid q/mlp/logits, dashed k, dotted v)",
-        template="plotly_white", height=max(420, 28 * (n_layers + 2)),
-        yaxis=dict(title="layer (embeddings at the bottom, logits on top)", zeroline=False),
-        xaxis=dict(showticklabels=False, zeroline=False, showgrid=False), legend_title="node colour = role",
-        margin=dict(l=60, r=20, t=50, b=30),
-    )
-    return figure
+        info.setdefault(name, {"roles": "", "dla": None, "eap": None})["role"] = _role_of(name, roles)
+    exact = {}
+    if verification is not None and len(verification):
+        for row in verification.to_dict(orient="records"):
+            value = _finite(row.get("exact"))
+            if value is not None:
+                exact[f"{row['upstream']}->{row['downstream']}|{row['kind']}"] = value
+    curve = [{"n": int(r["n"]), "n_edges": int(r["n_edges"]), "n_nodes": int(r.get("n_nodes", 0) or 0),
+              "faithfulness": _finite(r.get("faithfulness"))} for r in summary.get("faithfulness_curve", [])]
+    settings = summary.get("settings", {})
+    return {
+        "model": summary.get("model"), "task": summary.get("task"), "n_layers": n_layers, "n_heads": n_heads,
+        "n_kv_heads": n_kv, "n_graph_edges": int(summary.get("n_graph_edges", len(listed))),
+        "selection": settings.get("selection", "top"), "target": settings.get("target_faithfulness"),
+        "chosen_n": int(circuit.get("n_selected") or len(listed)), "chosen_edges": int(circuit.get("n_edges", 0)),
+        "chosen_faithfulness": _finite(circuit.get("faithfulness")), "cap": int(cap),
+        "edges": listed, "feeds": feeds, "nodes": info, "exact": exact, "curve": curve, "colours": _ROLE_COLOURS,
+    }
+
+
+_ASSETS = Path(__file__).resolve().parent
+# Collects uncaught errors and console.error calls for the browser test (and anyone debugging the page).
+_ERROR_HOOK = ("window.interpErrors=window.interpErrors||[];window.addEventListener('error',function(e){"
+               "window.interpErrors.push(String(e.message))});(function(){var f=console.error;console.error=function(){"
+               "window.interpErrors.push(Array.prototype.join.call(arguments,' '));return f.apply(console,arguments)}})();")
+
+
+def _script(code: str) -> str:
+    return "<script>\n" + code.replace("</script", "<\\/script") + "\n</script>"
+
+
+def _asset(name: str) -> str:
+    return (_ASSETS / name).read_text(encoding="utf-8")
+
+
+def graph_html(data: dict[str, Any], root_id: str = "circuit-graph") -> str:
+    """The interactive graph (controls, SVG, legend) for :func:`page_data`'s ``data``, with its CSS, script and data inline."""
+    payload = json.dumps(data, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
+    used = sorted({info["role"] for info in data["nodes"].values()})
+    legend = "".join(f'<span><i style="background:{data["colours"].get(r, "#1f77b4")}"></i>{html.escape(r)}</span>' for r in used)
+    return f"""<style>{_asset("circuit_page.css")}</style>
+<div class="ic-root" id="{root_id}">
+<div class="ic-controls"><label>circuit size: top <input type="number" class="ic-n" min="1" value="1"> edges by |score|
+<input type="range" class="ic-slider" min="0" max="1000" step="1" aria-label="circuit size (log scale)"></label></div>
+<div class="ic-sizes" title="sizes evaluated exactly (faithfulness curve); the star marks the chosen circuit"><small>exact faithfulness at:</small> </div>
+<span class="ic-status"></span><div class="ic-note"></div>
+<div class="ic-legend">node colour = role: {legend} <span>edge width = |score|, blue +, red &minus;; solid q/mlp/logits, dashed k, dotted v;
+layers bottom (embed) to top (logits), each layer's MLP at the right</span></div>
+<div class="ic-svg"></div><div class="ic-tip"></div>
+<script type="application/json" class="ic-data">{payload}</script>
+</div>
+{_script(_asset("circuit_page.js"))}
+{_script(f"(function(){{var r=document.getElementById({json.dumps(root_id)});"
+         "window.interpCircuit(r,JSON.parse(r.querySelector('.ic-data').textContent));})();")}"""
 
 
 def curve_figure(summary: dict[str, Any]) -> go.Figure:
@@ -160,11 +194,8 @@ def _div(figure: go.Figure, div_id: str) -> str:
     return figure.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
 
 
-def _script(code: str) -> str:
-    return "<script>\n" + code.replace("</script", "<\\/script") + "\n</script>"
-
-
-def _body(summary: dict[str, Any], nodes: pd.DataFrame | None, lens: pd.DataFrame | None, verification: pd.DataFrame | None) -> str:
+def _body(summary: dict[str, Any], edges: pd.DataFrame | None, nodes: pd.DataFrame | None, lens: pd.DataFrame | None,
+          verification: pd.DataFrame | None) -> str:
     s = summary
     c = s["circuit"]
     settings = s["settings"]
@@ -175,7 +206,7 @@ def _body(summary: dict[str, Any], nodes: pd.DataFrame | None, lens: pd.DataFram
         + f", metric {html.escape(settings['metric'])}: clean {s['clean_metric']:.3f}, corrupted {s['corrupted_metric']:.3f}. "
         f"Circuit: top {c['n_selected']} of {s['n_graph_edges']} edges by |score|, pruned to {c['n_edges']} edges and "
         f"{len(c['nodes'])} nodes; exact faithfulness {faith}.</p>",
-        _div(graph_figure(s, nodes), "circuit-graph"),
+        graph_html(page_data(s, edges, nodes, verification)),
         _div(curve_figure(s), "faithfulness-curve"),
     ]
     v = s.get("verification") or {}
@@ -192,10 +223,17 @@ def _body(summary: dict[str, Any], nodes: pd.DataFrame | None, lens: pd.DataFram
 def circuit_html(result: Any) -> str:
     """The whole ``circuit.html`` document for a :class:`~interp.circuits.pipeline.CircuitResult`."""
     summary = json.loads(json.dumps(result.summary(), default=float))
-    body = _body(summary, result.nodes(), result.lens, result.verification)
+    return page_html(summary, result.edges(), result.nodes(), result.lens, result.verification)
+
+
+def page_html(summary: dict[str, Any], edges: pd.DataFrame | None = None, nodes: pd.DataFrame | None = None,
+              lens: pd.DataFrame | None = None, verification: pd.DataFrame | None = None) -> str:
+    """``circuit.html`` from a ``circuit.json`` document and the frames ``interp circuit`` writes beside it."""
+    body = _body(summary, edges, nodes, lens, verification)
     title = html.escape(f"{summary['model']}: {summary['task']} circuit")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>interp circuit: {title}</title>
+{_script(_ERROR_HOOK)}
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:1em auto;padding:0 1em}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:2px 8px;text-align:right}}</style>
 {_script(plotly.offline.get_plotlyjs())}
@@ -215,6 +253,20 @@ def find_circuit(scan_dir: str | Path) -> Path | None:
     return None
 
 
+def read_circuit(folder: str | Path) -> tuple[dict[str, Any], pd.DataFrame | None, pd.DataFrame | None,
+                                                pd.DataFrame | None, pd.DataFrame | None]:
+    """(summary, edges, nodes, lens, verification) from a folder ``interp circuit`` wrote (missing files: None)."""
+    folder = Path(folder)
+
+    def csv(name: str, **kwargs: Any) -> pd.DataFrame | None:
+        return pd.read_csv(folder / name, **kwargs) if (folder / name).is_file() else None
+
+    summary = json.loads((folder / "circuit.json").read_text(encoding="utf-8"))
+    edges = csv("edges.csv", usecols=["upstream", "downstream", "kind", "score"])
+    return (summary, edges, csv("nodes.csv", keep_default_na=False, na_values=[""]), csv("logit_lens.csv"),
+            csv("verification.csv"))
+
+
 def report_section(scan_dir: str | Path | None) -> str:
     """An HTML ``<section>`` with the circuit graph for ``interp report`` ("" when the folder holds no circuit).
 
@@ -226,10 +278,9 @@ def report_section(scan_dir: str | Path | None) -> str:
     if folder is None:
         return ""
     try:
-        summary = json.loads((folder / "circuit.json").read_text(encoding="utf-8"))
-        nodes = pd.read_csv(folder / "nodes.csv", keep_default_na=False, na_values=[""]) if (folder / "nodes.csv").is_file() else None
-        lens = pd.read_csv(folder / "logit_lens.csv") if (folder / "logit_lens.csv").is_file() else None
-        body = _body(summary, nodes, lens, None)
+        summary, edges, nodes, lens, verification = read_circuit(folder)
+        body = _body(summary, edges, nodes, lens, verification)
     except (OSError, ValueError, KeyError) as error:
         return f'<section id="edge-circuit"><h2>Circuit</h2><p>{html.escape(str(folder))} could not be read: {html.escape(str(error))}</p></section>'
-    return f'<section id="edge-circuit"><h2>Circuit ({html.escape(str(summary["task"]))}, edge attribution)</h2>{body}</section>'
+    return (f'<section id="edge-circuit"><h2>Circuit ({html.escape(str(summary["task"]))}, edge attribution)</h2>'
+            f"{_script(_ERROR_HOOK)}{body}</section>")
