@@ -33,6 +33,7 @@ def register_commands(app: typer.Typer) -> None:
         selection: Annotated[str, typer.Option(help="top: the largest |score| edges; greedy: grown from the logits, every edge on a path to them")] = "top",
         verify: Annotated[int, typer.Option(help="top edges to check by exact single-edge patching")] = 20,
         evaluate: Annotated[Path | None, typer.Option(help="evaluate this MIB edge-score JSON (Graph.to_json) instead of scoring edges")] = None,
+        counterfactual: Annotated[str, typer.Option(help="IOI corruption: abc (two new names) or s2_io_flip (MIB's: S2 replaced by the IO)")] = "abc",
         scan: Annotated[Path | None, typer.Option(help="scan folder whose head roles and scores go into nodes.csv")] = None,
         seed: Annotated[int, typer.Option(help="seed for generated tasks")] = 0,
         batch: Annotated[int, typer.Option(help="prompt pairs per forward pass")] = 16,
@@ -59,6 +60,12 @@ def register_commands(app: typer.Typer) -> None:
                 raise InterpError(f"unknown --metric {metric!r}; use one of {', '.join(METRIC_NAMES)}")
             if selection not in ("top", "greedy"):
                 raise InterpError(f"unknown --selection {selection!r}; use top or greedy")
+            from interp.circuits.tasks import IOI_COUNTERFACTUALS
+
+            if counterfactual not in IOI_COUNTERFACTUALS:
+                raise InterpError(f"unknown --counterfactual {counterfactual!r}; use {' or '.join(IOI_COUNTERFACTUALS)}")
+            if counterfactual != "abc" and task != "ioi":
+                raise InterpError(f"--counterfactual {counterfactual} applies to --task ioi only")
             if scan is not None and not scan.is_dir():
                 raise InterpError(f"--scan {scan} is not a folder")
             if evaluate is not None:
@@ -75,7 +82,8 @@ def register_commands(app: typer.Typer) -> None:
 
             with console.status(f"loading {model}"):
                 hooked = interp.load(model, device=device, dtype=dtype)
-            pairs = task_or_data(task, pairs, n, model=hooked, seed=seed, default_n=n)
+            pairs = task_or_data(task, pairs, n, model=hooked, seed=seed, default_n=n,
+                                 **({"counterfactual": counterfactual} if task == "ioi" else {}))
             pairs.encode(hooked)  # one error line naming the row, before any long step
             given = None
             if evaluate is not None:

@@ -161,3 +161,32 @@ def test_evaluate_refuses_a_file_for_another_graph_before_loading(app, tmp_path)
     assert result.exit_code != 0
     assert "0 missing, 1 unknown, e.g. unknown 'a9.h9->logits'" in result.output, result.output
     assert not out.exists()
+
+
+def test_ioi_s2_io_flip_replaces_only_the_second_subject_mention_by_the_io():
+    from interp.circuits import ioi_task
+
+    abc = ioi_task(12, seed=5)
+    flip = ioi_task(12, seed=5, counterfactual="s2_io_flip")
+    assert flip.frame["clean"].equals(abc.frame["clean"])  # same draws: only the corruption differs
+    assert flip.meta == {"counterfactual": "s2_io_flip"} and abc.meta == {"counterfactual": "abc"}
+    for row in flip.frame.itertuples(index=False):
+        io, s = " " + row.io, " " + row.s
+        assert row.clean.count(s) == 2 and row.clean.count(io) == 1
+        head, tail = row.clean.rsplit(s, 1)  # S2: the subject's last mention
+        assert row.corrupted == head + io + tail
+        assert row.corrupted.count(io) == 2 and row.corrupted.count(s) == 1
+        assert (row.answer, row.wrong) == (io, s)  # MIB scores the clean labels on both prompts
+    with pytest.raises(InterpError, match="unknown IOI counterfactual 'io_s2'"):
+        ioi_task(4, counterfactual="io_s2")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "ioi", "--counterfactual", "io_s2"], "unknown --counterfactual 'io_s2'"),
+    (["--task", "induction", "--counterfactual", "s2_io_flip"], "applies to --task ioi only"),
+])
+def test_counterfactual_flag_is_checked_before_loading(app, tmp_path, args, message):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["circuit", "no-such-model", *args, "--out", str(out)])
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert not out.exists()
