@@ -190,3 +190,13 @@ def test_counterfactual_flag_is_checked_before_loading(app, tmp_path, args, mess
     result = runner.invoke(app, ["circuit", "no-such-model", *args, "--out", str(out)])
     assert result.exit_code != 0 and message in result.output, result.output
     assert not out.exists()
+
+
+def test_evaluate_refuses_a_file_for_another_model_after_loading(app, tiny_folder, tmp_path):
+    write_mib_scores(tmp_path / "big.json", CircuitGraph(7, 3, 3), torch.zeros(1 + 7 * 4, 7 * 10 + 1))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["circuit", tiny_folder, "--task", "ioi", "--n", "2", "--device", "cpu", "--out", str(out),
+                                 "--evaluate", str(tmp_path / "big.json")])
+    assert result.exit_code != 0
+    assert "is for 7 layers x 3 heads but" in result.output and "score the same model" in result.output, result.output
+    assert not out.exists()
