@@ -8,7 +8,9 @@
   ``roles`` and scores with ``scan_dir``);
 * ``logit_lens.csv``, ``faithfulness.csv``, ``verification.csv`` (EAP score vs exact patching for a
   sample of top edges);
-* ``circuit.json`` (settings, metrics, the circuit's edges and nodes) and ``circuit.html``.
+* ``circuit.json`` (settings, metrics, the circuit's edges and nodes, MIB's ``cpr`` / ``cmd`` and grid
+  rows) and ``circuit.html``;
+* ``mib_scores.json``: every edge's score in MIB's format (:mod:`interp.circuits.mib`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``interp circuit``: edge-attribution circuit discovery from the command line.
 
 Hook it into the main app with ``register_commands(app)``. Writes edges.csv/parquet, nodes.csv,
-circuit.json and circuit.html (plus logit_lens.csv, faithfulness.csv, verification.csv) into
+circuit.json and circuit.html (plus logit_lens.csv, faithfulness.csv, verification.csv, mib_scores.json) into
 ``--out``, staged in a temporary folder next to it and renamed into place only when complete.
 """
 
