@@ -362,6 +362,53 @@ def faithfulness_curve(
     return frame
 
 
+# MIB's circuit-localization grid (hannamw/MIB-circuit-track, evaluate_area_under_curve): fractions of the edges.
+MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def mib_sizes(n_edges: int, fractions: Sequence[float] = MIB_FRACTIONS) -> list[int]:
+    """Circuit sizes on MIB's grid: ``int(fraction * n_edges)`` per fraction, as MIB rounds them (down)."""
+    return [int(f * n_edges) for f in fractions]
+
+
+def area_under_curve(fractions: Sequence[float], faithfulness: Sequence[float]) -> tuple[float, float]:
+    """``(cpr, cmd)``: trapezoid areas over ``fractions`` of faithfulness and of ``|1 - faithfulness|``.
+
+    MIB's ``evaluate_area_under_curve``: the x axis is the raw edge fraction (MIB's grid ends at 1, so
+    this equals print_results' normalisation by the last x), no point at 0, and CMD takes
+    ``|1 - f|`` at each grid point before the trapezoid (not the absolute of the interpolated line).
+    """
+    x = [float(f) for f in fractions]
+    y = [float(f) for f in faithfulness]
+    if len(x) != len(y) or len(x) < 2:
+        raise InterpError(f"need at least two (fraction, faithfulness) points of equal count, got {len(x)} and {len(y)}")
+    if any(b <= a for a, b in zip(x, x[1:])):
+        raise InterpError(f"fractions must increase, got {x}")
+    cpr = cmd = 0.0
+    for i in range(len(x) - 1):
+        width = x[i + 1] - x[i]
+        cpr += width * (y[i] + y[i + 1]) / 2
+        cmd += width * (abs(1.0 - y[i]) + abs(1.0 - y[i + 1])) / 2
+    return cpr, cmd
+
+
+def mib_curve(curve: pd.DataFrame, n_edges: int, fractions: Sequence[float] = MIB_FRACTIONS) -> pd.DataFrame:
+    """MIB's grid rows from a :func:`faithfulness_curve` frame that holds every :func:`mib_sizes` size.
+
+    Columns ``fraction, n, n_edges, n_nodes, metric, faithfulness``; ``attrs`` adds ``cpr`` and ``cmd``.
+    """
+    by_n = curve.drop_duplicates("n").set_index("n")
+    sizes = mib_sizes(n_edges, fractions)
+    missing = [n for n in sizes if n not in by_n.index]
+    if missing:
+        raise InterpError(f"the faithfulness curve lacks MIB grid sizes {missing}; evaluate them with faithfulness_curve")
+    frame = by_n.loc[sizes].reset_index()
+    frame.insert(0, "fraction", list(fractions))
+    cpr, cmd = area_under_curve(frame["fraction"], frame["faithfulness"])
+    frame.attrs.update(curve.attrs, cpr=cpr, cmd=cmd)
+    return frame
+
+
 def circuit_nodes(graph: CircuitGraph, mask: torch.Tensor) -> list[str]:
     """Names of the nodes touched by the circuit's edges (upstream names; inputs by their node; ``logits``)."""
     up, down = torch.nonzero(mask, as_tuple=True)

@@ -8,7 +8,9 @@
   ``roles`` and scores with ``scan_dir``);
 * ``logit_lens.csv``, ``faithfulness.csv``, ``verification.csv`` (EAP score vs exact patching for a
   sample of top edges);
-* ``circuit.json`` (settings, metrics, the circuit's edges and nodes) and ``circuit.html``.
+* ``circuit.json`` (settings, metrics, the circuit's edges and nodes, MIB's ``cpr`` / ``cmd`` and grid
+  rows) and ``circuit.html``;
+* ``mib_scores.json``: every edge's score in MIB's format (:mod:`interp.circuits.mib`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import torch
 
 from interp.circuits.dla import direct_logit_attribution, logit_lens
 from interp.circuits.eap import EdgeScores, edge_attribution
-from interp.circuits.evaluation import SELECTIONS, circuit_nodes, faithfulness_curve, patch_edges, select_edges
+from interp.circuits.graph import CircuitGraph
+from interp.circuits.evaluation import (SELECTIONS, circuit_nodes, faithfulness_curve, mib_curve, mib_sizes, patch_edges,
+                                        select_edges)
 from interp.causal.metrics import TaskMetric
 from interp.causal.pairs import PromptPairs
 from interp.errors import InterpError
@@ -59,6 +63,7 @@ class CircuitResult:
     settings: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
     roles: pd.DataFrame | None = None
+    mib: pd.DataFrame | None = None  # MIB's edge-fraction grid (evaluation.mib_curve); attrs hold cpr and cmd
 
     @property
     def graph(self):
@@ -85,6 +90,14 @@ class CircuitResult:
             if "roles" in frame:
                 frame["roles"] = frame["roles"].fillna("")
         return frame
+
+    def faithfulness_rows(self) -> pd.DataFrame:
+        """faithfulness.csv: the size curve (``fraction`` empty), then one row per MIB grid point (``fraction`` set)."""
+        sizes = self.curve.copy()
+        sizes.insert(0, "fraction", np.nan)
+        if self.mib is None:
+            return sizes
+        return pd.concat([sizes, self.mib[sizes.columns]], ignore_index=True)
 
     def summary(self) -> dict[str, Any]:
         inside = self.curve.attrs
@@ -118,6 +131,9 @@ class CircuitResult:
                 "edges": edges,
             },
             "faithfulness_curve": self.curve.to_dict(orient="records"),
+            "cpr": self.mib.attrs["cpr"] if self.mib is not None else None,
+            "cmd": self.mib.attrs["cmd"] if self.mib is not None else None,
+            "mib_curve": self.mib.to_dict(orient="records") if self.mib is not None else [],
             "curve_clean_metric": inside.get("clean_metric"),
             "curve_corrupted_metric": inside.get("corrupted_metric"),
             "dla_logit_diff": self.dla.attrs.get("logit_diff"),
@@ -136,7 +152,11 @@ class CircuitResult:
         edges.to_parquet(out / "edges.parquet", index=False)
         self.nodes().to_csv(out / "nodes.csv", index=False)
         self.lens.to_csv(out / "logit_lens.csv", index=False)
-        self.curve.to_csv(out / "faithfulness.csv", index=False)
+        self.faithfulness_rows().to_csv(out / "faithfulness.csv", index=False)
+        from interp.circuits.mib import write_mib_scores
+
+        write_mib_scores(out / "mib_scores.json", self.graph, self.scores.scores, self.circuit,
+                         d_model=self.settings.get("d_model"))
         self.verification.to_csv(out / "verification.csv", index=False)
         summary = self.summary()
         (out / "circuit.json").write_text(json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
@@ -172,6 +192,7 @@ def discover_circuit(
     verify: int = 20,
     batch_size: int = 16,
     roles: pd.DataFrame | None = None,
+    scores: EdgeScores | None = None,
     progress: StepProgress | None = None,
 ) -> CircuitResult:
     """Score every edge, evaluate top-n circuits exactly, pick one, and check the scores by patching.
@@ -180,7 +201,9 @@ def discover_circuit(
     smallest size in the curve (``sizes``, default :func:`default_sizes`) whose faithfulness reaches
     ``target_faithfulness`` (else the largest). ``selection``: ``"top"`` or ``"greedy"`` edges
     (:func:`~interp.circuits.evaluation.select_edges`). ``verify``: how many top edges to patch one at a time
-    for ``verification.csv`` (0 = none).
+    for ``verification.csv`` (0 = none). ``scores``: evaluate these edge scores (e.g. read from an MIB
+    file) instead of computing them. The MIB grid (:data:`~interp.circuits.evaluation.MIB_FRACTIONS`) is
+    evaluated with the curve, giving ``result.mib`` and CPR / CMD.
     """
     if selection not in SELECTIONS:  # before the long steps
         raise InterpError(f"unknown edge selection {selection!r}; use 'top' or 'greedy'")
@@ -190,16 +213,25 @@ def discover_circuit(
     batches = pairs.encode(model, batch_size=batch_size, pad=True)  # checks every row before any model work
 
     start = time.perf_counter()
-    scores = edge_attribution(model, batches, method=method, steps=steps, metric=metric, batch_size=batch_size,
-                              progress=progress(f"{method.upper()} edge scores", n_prompts))
+    if scores is None:
+        scores = edge_attribution(model, batches, method=method, steps=steps, metric=metric, batch_size=batch_size,
+                                  progress=progress(f"{method.upper()} edge scores", n_prompts))
+    elif scores.graph != CircuitGraph.of(model):
+        raise InterpError(f"the scores are for a graph {scores.graph} but the model's is {CircuitGraph.of(model)}")
     timings["attribution"] = time.perf_counter() - start
 
     graph = scores.graph
     sizes = sorted(set(int(s) for s in (sizes or default_sizes(graph.n_edges))) | ({int(n_edges)} if n_edges else set()))
+    grid = mib_sizes(graph.n_edges)
     start = time.perf_counter()
-    curve = faithfulness_curve(model, batches, scores, sizes, metric=metric, batch_size=batch_size, selection=selection,
-                               progress=progress("faithfulness curve (exact)", n_prompts))
+    both = faithfulness_curve(model, batches, scores, sorted(set(sizes) | set(grid)), metric=metric, batch_size=batch_size,
+                              selection=selection, progress=progress("faithfulness curve (exact)", n_prompts))
+    curve = both[both["n"].isin(sizes)].reset_index(drop=True)
+    curve.attrs.update(both.attrs)
+    mib = mib_curve(both, graph.n_edges)
     timings["faithfulness_curve"] = time.perf_counter() - start
+    if scores.n_prompts == 0:  # scores read from a file: the clean / corrupted metrics are this evaluation's
+        scores.clean_metric, scores.corrupted_metric = curve.attrs["clean_metric"], curve.attrs["corrupted_metric"]
     if n_edges is None:
         good = curve[curve["faithfulness"] >= target_faithfulness]
         n_edges = int(good["n"].iloc[0]) if len(good) else int(curve["n"].iloc[-1])
@@ -221,10 +253,10 @@ def discover_circuit(
         verification["exact"] = exact
 
     settings = {"method": scores.method, "steps": scores.steps, "metric": scores.metric, "n_prompts": n_prompts,
-                "batch_size": batch_size, "selection": selection, "n_circuit": int(n_edges), "target_faithfulness": target_faithfulness,
+                "batch_size": batch_size, "d_model": model.cfg.d_model, "selection": selection, "n_circuit": int(n_edges), "target_faithfulness": target_faithfulness,
                 **pairs.meta}
     return CircuitResult(model.cfg.name, pairs.name, scores, circuit, curve, dla, lens, verification, settings,
-                         timings, roles)
+                         timings, roles, mib)
 
 
 def scan_roles(scan_dir: str | Path) -> pd.DataFrame:

@@ -59,15 +59,23 @@ def single_token_words(model: Any, words: Sequence[str], *, prefix: str = " ") -
     return keep
 
 
+IOI_COUNTERFACTUALS = ("abc", "s2_io_flip")
+
+
 def ioi_task(n: int = 64, *, model: Any = None, seed: int = 0, templates: Sequence[str] = IOI_TEMPLATES,
-             names: Sequence[str] = IOI_NAMES, abba: bool = True) -> PromptPairs:
+             names: Sequence[str] = IOI_NAMES, abba: bool = True, counterfactual: str = "abc") -> PromptPairs:
     """Indirect object identification (Wang et al. 2022): "... [B] gave a drink to" -> " [A]" (not " [B]").
 
-    The corrupted prompt replaces the two first names by two unrelated names (Wang et al.'s ABC
-    distribution), so nothing in it says who the indirect object is. Half the rows (``abba``) put
-    the indirect object first. Names are filtered to single tokens (with a leading space) for
-    ``model``'s tokenizer.
+    ``counterfactual="abc"`` (default): the corrupted prompt replaces the two first names by two
+    unrelated names (Wang et al.'s ABC distribution), so nothing in it says who the indirect object
+    is. ``"s2_io_flip"`` (MIB's IOI counterfactual): the corrupted prompt is the clean one with the
+    second mention of the subject replaced by the indirect object, which makes the subject the
+    expected answer; answers stay the clean ones (IO correct, S wrong), as in MIB. Half the rows
+    (``abba``) put the indirect object first. Names are filtered to single tokens (with a leading
+    space) for ``model``'s tokenizer.
     """
+    if counterfactual not in IOI_COUNTERFACTUALS:
+        raise InterpError(f"unknown IOI counterfactual {counterfactual!r}; use {' or '.join(IOI_COUNTERFACTUALS)}")
     pool = single_token_words(model, names)
     if len(pool) < 4:
         raise InterpError("fewer than 4 IOI names are single tokens for this tokenizer; pass names=")
@@ -87,11 +95,12 @@ def ioi_task(n: int = 64, *, model: Any = None, seed: int = 0, templates: Sequen
             return head + s2 + tail
 
         clean = fill(first, a, b, b)
-        corrupted = fill(first, c, d, b)
+        corrupted = fill(first, c, d, b) if counterfactual == "abc" else fill(first, a, b, a)
         rows.append({"clean": clean, "corrupted": corrupted, "answer": " " + a, "wrong": " " + b,
                      "template": i % len(templates), "order": order, "io": a, "s": b})
-    return PromptPairs(pd.DataFrame(rows), name="ioi",
-                       description="indirect object identification (Wang et al. 2022), ABC corruption")
+    corruption = "ABC corruption" if counterfactual == "abc" else "S2 -> IO flip (MIB's s2_io_flip)"
+    return PromptPairs(pd.DataFrame(rows), name="ioi", description=f"indirect object identification (Wang et al. 2022), {corruption}",
+                       meta={"counterfactual": counterfactual})
 
 
 _GT_NOUNS = ("war", "expedition", "drought", "reign", "project", "strike", "trial", "voyage")

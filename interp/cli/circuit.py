@@ -1,7 +1,7 @@
 """``interp circuit``: edge-attribution circuit discovery from the command line.
 
 Hook it into the main app with ``register_commands(app)``. Writes edges.csv/parquet, nodes.csv,
-circuit.json and circuit.html (plus logit_lens.csv, faithfulness.csv, verification.csv) into
+circuit.json and circuit.html (plus logit_lens.csv, faithfulness.csv, verification.csv, mib_scores.json) into
 ``--out``, staged in a temporary folder next to it and renamed into place only when complete.
 """
 
@@ -32,6 +32,8 @@ def register_commands(app: typer.Typer) -> None:
         edges: Annotated[int | None, typer.Option(help="circuit size (top edges before pruning) [default: smallest reaching 0.8 faithfulness]")] = None,
         selection: Annotated[str, typer.Option(help="top: the largest |score| edges; greedy: grown from the logits, every edge on a path to them")] = "top",
         verify: Annotated[int, typer.Option(help="top edges to check by exact single-edge patching")] = 20,
+        evaluate: Annotated[Path | None, typer.Option(help="evaluate this MIB edge-score JSON (Graph.to_json) instead of scoring edges")] = None,
+        counterfactual: Annotated[str, typer.Option(help="IOI corruption: abc (two new names) or s2_io_flip (MIB's: S2 replaced by the IO)")] = "abc",
         scan: Annotated[Path | None, typer.Option(help="scan folder whose head roles and scores go into nodes.csv")] = None,
         seed: Annotated[int, typer.Option(help="seed for generated tasks")] = 0,
         batch: Annotated[int, typer.Option(help="prompt pairs per forward pass")] = 16,
@@ -58,8 +60,18 @@ def register_commands(app: typer.Typer) -> None:
                 raise InterpError(f"unknown --metric {metric!r}; use one of {', '.join(METRIC_NAMES)}")
             if selection not in ("top", "greedy"):
                 raise InterpError(f"unknown --selection {selection!r}; use top or greedy")
+            from interp.circuits.tasks import IOI_COUNTERFACTUALS
+
+            if counterfactual not in IOI_COUNTERFACTUALS:
+                raise InterpError(f"unknown --counterfactual {counterfactual!r}; use {' or '.join(IOI_COUNTERFACTUALS)}")
+            if counterfactual != "abc" and task != "ioi":
+                raise InterpError(f"--counterfactual {counterfactual} applies to --task ioi only")
             if scan is not None and not scan.is_dir():
                 raise InterpError(f"--scan {scan} is not a folder")
+            if evaluate is not None:
+                from interp.circuits.mib import check_mib_scores
+
+                file_layers, file_heads = check_mib_scores(evaluate)  # one line before the model loads
             check_out(out, overwrite=overwrite)
             from interp.circuits.pipeline import discover_circuit, scan_roles
             from interp.causal.pairs import read_pairs
@@ -70,8 +82,12 @@ def register_commands(app: typer.Typer) -> None:
 
             with console.status(f"loading {model}"):
                 hooked = interp.load(model, device=device, dtype=dtype)
-            pairs = task_or_data(task, pairs, n, model=hooked, seed=seed, default_n=n)
+            pairs = task_or_data(task, pairs, n, model=hooked, seed=seed, default_n=n,
+                                 **({"counterfactual": counterfactual} if task == "ioi" else {}))
             pairs.encode(hooked)  # one error line naming the row, before any long step
+            given = None
+            if evaluate is not None:
+                given = _file_scores(evaluate, hooked, metric, file_layers, file_heads)
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           console=console, transient=False) as bars:
 
@@ -80,7 +96,8 @@ def register_commands(app: typer.Typer) -> None:
                     return lambda k: bars.advance(handle, k)
 
                 result = discover_circuit(hooked, pairs, method=method, steps=steps, metric=metric, n_edges=edges,
-                                          selection=selection, verify=verify, batch_size=batch, roles=roles, progress=step)
+                                          selection=selection, verify=verify, batch_size=batch, roles=roles, scores=given,
+                                          progress=step)
             write_atomically(out, result.save, overwrite=overwrite)  # staged, then renamed into place
         except InterpError as error:
             fail(error, debug)
@@ -91,6 +108,21 @@ def register_commands(app: typer.Typer) -> None:
         console.print(
             f"clean {summary['clean_metric']:.3f}, corrupted {summary['corrupted_metric']:.3f}; circuit of {c['n_edges']} "
             f"edges ({c['n_edges'] / summary['n_graph_edges']:.2%} of {summary['n_graph_edges']}), faithfulness "
-            f"{c['faithfulness']:.3f}"
+            f"{c['faithfulness']:.3f}; MIB CPR {summary['cpr']:.3f}, CMD {summary['cmd']:.3f}"
         )
         typer.echo(str(out))
+
+
+def _file_scores(path: Path, model, metric: str, n_layers: int, n_heads: int):
+    """EdgeScores from an MIB file, refused in one line when the file is for another model's graph."""
+    from interp.circuits.eap import EdgeScores
+    from interp.circuits.graph import CircuitGraph
+    from interp.circuits.mib import read_mib_scores
+
+    graph = CircuitGraph.of(model)
+    if (n_layers, n_heads) != (graph.n_layers, graph.n_heads):
+        raise InterpError(f"--evaluate {path} is for {n_layers} layers x {n_heads} heads but {model.cfg.name} has "
+                          f"{graph.n_layers} x {graph.n_heads}; score the same model")
+    scores, _ = read_mib_scores(path, graph)
+    return EdgeScores(graph, scores, method=f"file:{path.name}", steps=0, metric=metric, clean_metric=float("nan"),
+                      corrupted_metric=float("nan"), n_prompts=0, extra={"source": str(path)})

@@ -65,7 +65,8 @@ def check_source(task: str | None, data: Any, *, single: str | None = None, sing
             raise InterpError(f"unknown task {task!r}; built-in tasks: {', '.join(TASK_NAMES)} (or --data FILE)")
 
 
-def task_or_data(task: str | None, rows: Any, n: int | None, *, model: Any, seed: int, default_n: int) -> Any:
+def task_or_data(task: str | None, rows: Any, n: int | None, *, model: Any, seed: int, default_n: int,
+                 **task_kwargs: Any) -> Any:
     """The built-in ``task`` generated for ``model`` (``n`` rows, default ``default_n``), else the first ``n`` of ``rows``.
 
     ``rows`` is the ``--data`` file, read before the model loaded (a PromptPairs or a DataFrame).
@@ -74,4 +75,4 @@ def task_or_data(task: str | None, rows: Any, n: int | None, *, model: Any, seed
         return rows if n is None else rows.head(n)
     from interp.circuits.tasks import make_task
 
-    return make_task(task, default_n if n is None else n, model=model, seed=seed)
+    return make_task(task, default_n if n is None else n, model=model, seed=seed, **task_kwargs)

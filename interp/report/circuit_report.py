@@ -163,7 +163,12 @@ layers bottom (embed) to top (logits), each layer's MLP at the right</span></div
 def curve_figure(summary: dict[str, Any]) -> go.Figure:
     curve = pd.DataFrame(summary["faithfulness_curve"])
     figure = go.Figure(go.Scatter(x=curve["n_edges"], y=curve["faithfulness"], mode="lines+markers",
-                                  text=[f"top {n} selected" for n in curve["n"]]))
+                                  text=[f"top {n} selected" for n in curve["n"]], name="sizes"))
+    grid = pd.DataFrame(summary.get("mib_curve") or [])
+    if len(grid):
+        figure.add_trace(go.Scatter(x=grid["n_edges"], y=grid["faithfulness"], mode="markers", name="MIB grid",
+                                    marker=dict(symbol="diamond", size=9),
+                                    text=[f"{100 * f:g}% of the edges: top {n} selected" for f, n in zip(grid["fraction"], grid["n"])]))
     figure.update_layout(title="Faithfulness of the top-n circuit (exact evaluation)", xaxis_type="log",
                          xaxis_title="edges in the circuit (after pruning)", yaxis_title="faithfulness",
                          template="plotly_white", height=360)
@@ -209,6 +214,11 @@ def _body(summary: dict[str, Any], edges: pd.DataFrame | None, nodes: pd.DataFra
         graph_html(page_data(s, edges, nodes, verification)),
         _div(curve_figure(s), "faithfulness-curve"),
     ]
+    if s.get("cpr") is not None:
+        parts.append(f"<p id=\"mib-scores\">MIB's yardstick: CPR {s['cpr']:.3f} (area under faithfulness), CMD {s['cmd']:.3f} "
+                     "(area under |1 - faithfulness|) over the edge fractions "
+                     + ", ".join(f"{100 * r['fraction']:g}%" for r in s["mib_curve"])
+                     + " (top int(fraction x edges) by |score|, pruned; trapezoids over the fraction).</p>")
     v = s.get("verification") or {}
     if v:
         parts.append(f"<p>Exact check: the top {v['n_edges']} edges patched one at a time; Spearman correlation with "
