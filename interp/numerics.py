@@ -1,7 +1,7 @@
 """Numerical health: find where non-finite activations first appear.
 
 Statistics are always accumulated in float32 (see :mod:`interp.kernels`), so bf16/fp16 models give
-scores close to fp32 ones (tested tolerances: README "Numerics"). When a model itself overflows
+scores close to fp32 ones (tested tolerances: docs/numerics.md). When a model itself overflows
 (fp16 is the usual suspect), a score comes out NaN; the scan then names the first hook point whose
 activation is not finite instead of writing a table of NaNs.
 """

@@ -9,7 +9,7 @@ from interp.hooks import HookedModel
 from interp.numerics import first_nonfinite
 
 ANALYSES = "sink,entropy,max_attention,induction"
-# Documented in README "Numerics": max abs difference to fp32 over all heads.
+# Documented in docs/numerics.md: max abs difference to fp32 over all heads.
 TOLERANCES = {
     "bfloat16": {"sink_mass": 0.03, "sink_alpha0": 0.03, "entropy_mean": 0.1, "entropy_normalized": 0.03,
                  "max_attention_mean": 0.03, "induction_score": 0.02},
