@@ -379,12 +379,12 @@ class ScanReport:
         if self.model is not None:
             scripts += _inline_script(_circuitsvis_bundle())
         return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>interp circuit report: {name}</title>
+<html lang="en"><head><meta charset="utf-8"><title>interp scan report: {name}</title>
 <style>{_CSS}</style>
 {scripts}
 <script>{_SORT_JS}</script>
 </head><body>
-<h1>Circuit report: {name}</h1>
+<h1>Scan report: {name}</h1>
 {self._roles()}
 {self._card()}
 {self._heatmaps()}
