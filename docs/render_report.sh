@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Render the circuit report of the shipped model and screenshot it in headless Chromium.
+# Render the scan report of the shipped model and screenshot it in headless Chromium.
 #   docs/render_report.sh [OUT_DIR]      (needs: .venv with interp, Debian's `chromium`)
 # Writes OUT_DIR (default /tmp/interp-report-demo) with the scan + report.html (SKIP_SCAN=1 reuses it), docs/report.png,
 # and checks the page rendered: Chromium's console must show no errors and the DOM must contain
