@@ -662,7 +662,8 @@ class HookedModel:
         # build an [N, N] mask. GPT-Neo builds its own mask outside transformers' mask interface.
         lean = layers is None and self.architecture_spec.attention_entry == "interface"
         try:
-            # On a shared CPU the kernel's many short parallel ops suffer most from a busy core: pick the thread count.
+            # Under INTERP_THREADS=auto the kernel picks its thread count (many short parallel ops suffer most from
+            # a busy core); otherwise the count stays fixed, so runs repeat bit for bit (interp.threads).
             with key_padding_only_masks(self.model) if lean else nullcontext(), reuse_workspace(), faster_threads(self.device):
                 yield collector
         finally:
