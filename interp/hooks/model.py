@@ -277,7 +277,7 @@ class HookedModel:
         if names is None or callable(names):
             every = self.hook_names()
             return every if names is None else [name for name in every if names(name)]
-        return self.hooks_registry.select(names)
+        return self.hooks_registry.check_names(names)
 
     def hook_point_refusal(self, name: str) -> str | None:
         """Why hook point ``name`` does not exist in this model (one line), or None when it does.

@@ -155,22 +155,6 @@ NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 HookFn = Callable[[torch.Tensor, HookPoint], "torch.Tensor | None"]
 
 
-def select_names(names: NamesFilter, n_layers: int, every: Sequence[str] | None = None) -> list[str]:
-    """Resolve a names filter (one name, a list of names, a predicate, or None for all) to hook names.
-
-    ``every``: the names a None or a predicate chooses from (default: :func:`all_hook_names`).
-    """
-    every = all_hook_names(n_layers) if every is None else list(every)
-    if names is None:
-        return every
-    if callable(names):
-        return [name for name in every if names(name)]
-    chosen = [names] if isinstance(names, str) else list(names)
-    for name in chosen:
-        parse_hook_name(name, n_layers)
-    return chosen
-
-
 class HookRegistry:
     """Functions registered per hook name; the model's hooks call :meth:`apply` at each point.
 
@@ -219,12 +203,8 @@ class HookRegistry:
             out.extend(inside.get(name, ()))
         return out
 
-    def select(self, names: NamesFilter) -> list[str]:
-        """:func:`select_names`, dynamic points included."""
-        if names is None:
-            return self.names()
-        if callable(names):
-            return [name for name in self.names() if names(name)]
+    def check_names(self, names: str | Sequence[str]) -> list[str]:
+        """``names`` (one name or a list) as a list, each checked to be a fixed or currently provided point."""
         chosen = [names] if isinstance(names, str) else list(names)
         for name in chosen:
             self.point(name)
