@@ -12,7 +12,14 @@ from interp.errors import InterpError
 
 # Names the CLI checks before anything heavy is imported; tests keep them equal to the registries
 # they name (interp.circuits.tasks.TASKS, interp.causal.metrics.METRICS).
-TASK_NAMES: tuple[str, ...] = ("ioi", "greater_than", "induction", "factual")
+TASK_NAMES: tuple[str, ...] = ("ioi", "greater_than", "induction", "factual", "mcqa", "arithmetic", "arithmetic_subtraction")
+# The corruptions a task offers (``--counterfactual``; the first is the default), equal to the tasks' own tuples.
+TASK_COUNTERFACTUALS: dict[str, tuple[str, ...]] = {
+    "ioi": ("abc", "s2_io_flip"),
+    "mcqa": ("symbol", "answerPosition", "randomLetter", "answerPosition_randomLetter"),
+    "arithmetic": ("random", "ones_op1", "ones_op2", "tens_op1", "tens_op2"),
+    "arithmetic_subtraction": ("random", "ones_op1", "ones_op2", "tens_op1", "tens_op2"),
+}
 METRIC_NAMES: tuple[str, ...] = ("logit_diff", "prob", "kl")
 
 CATALOG: dict[str, dict] = {'sink': {'description': 'Attention sinks: mass each head puts on the first token(s); secondary sinks; model sink '

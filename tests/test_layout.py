@@ -171,7 +171,7 @@ PUBLIC = {
                       "patchscope", "steering_vector"],
     "interp.circuits": ["IOI_TEMPLATES", "CircuitGraph", "PromptPairs", "edge_attribution", "evaluate_circuits",
                         "ioi_task", "patch_edges", "top_n_mask", "read_pairs", "faithfulness_curve", "area_under_curve",
-                        "read_mib_scores", "write_mib_scores", "MIB_FRACTIONS"],
+                        "read_mib_scores", "write_mib_scores", "MIB_FRACTIONS", "mcqa_task", "arithmetic_task"],
     "interp.circuits.dla": ["direct_logit_attribution", "logit_lens"],
     "interp.report": ["head_table", "write_report", "load_heads", "ROLE_RULES", "ScanReport", "CircuitReport"],
     "interp.kernels": ["StatsConfig", "attention_with_stats"],

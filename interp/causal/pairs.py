@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from interp.causal.common import answer_token
+from interp.causal.mib_data import is_mib_table, mib_frame
 from interp.errors import InterpError
 
 
@@ -150,18 +151,54 @@ class PromptPairs:
             batches.extend(batch.split(batch_size) if batch_size else [batch])
         return batches
 
+    def keep_usable(self, model: Any, *, limit: int | None = None) -> tuple[PromptPairs, int, str | None]:
+        """The rows ``model`` can score (single-token answers, clean and corrupted of equal token length).
+
+        MIB's loaders filter their files the same way for each tokenizer. Returns the kept rows (at
+        most ``limit``, in order), how many rows were dropped before the last kept one, and the first
+        dropped row's reason; refuses in one line when no row is usable.
+        """
+        kept: list[int] = []
+        dropped, reason = 0, None
+        for i in range(len(self.frame)):
+            if limit is not None and len(kept) >= limit:
+                break
+            try:
+                PromptPairs(self.frame.iloc[[i]], self.name).encode(model)
+            except InterpError as error:
+                dropped += 1
+                reason = reason or str(error).replace("row 0:", f"row {i}:", 1)
+                continue
+            kept.append(i)
+        if not kept:
+            raise InterpError(f"no row of {self.name!r} is usable with this tokenizer ({dropped} dropped; first: {reason})")
+        rows = self.frame.iloc[kept].reset_index(drop=True)
+        return PromptPairs(rows, self.name, self.description, dict(self.meta)), dropped, reason
+
     def to_jsonl(self, path: str | Path) -> None:
         self.frame.to_json(path, orient="records", lines=True, force_ascii=False)
 
 
-def read_pairs(path: str | Path, *, name: str | None = None) -> PromptPairs:
+def read_pairs(path: str | Path, *, name: str | None = None, counterfactual: str | None = None) -> PromptPairs:
     """Read a prompt-pair dataset from ``.jsonl``/``.json``, ``.csv`` or ``.parquet``.
 
     Columns: ``clean, corrupted, answer, wrong`` (aliases: ``clean_prompt``, ``corrupt``,
     ``correct``, ``wrong_answers``, ...); list-valued answers in CSV are JSON lists or ``|``-separated.
+    A file in MIB's layout (``prompt`` plus ``NAME_counterfactual`` columns: MIB's IOI, MCQA, ARC and
+    arithmetic files) is read by :func:`~interp.causal.mib_data.mib_frame`, with ``counterfactual``
+    choosing the column (default: MIB's circuit-track choice); ``meta["mib"]`` names its task.
+    Filter its rows for a model with :meth:`PromptPairs.keep_usable`, as MIB does.
     """
     path = Path(path)
-    return PromptPairs(read_table(path), name=name or path.stem)
+    frame = read_table(path)
+    if is_mib_table(frame):
+        rows, meta = mib_frame(frame, name=path.name, counterfactual=counterfactual)
+        return PromptPairs(rows, name=name or path.stem, meta={**meta, "source": str(path)},
+                           description=f"MIB {meta['mib']} file {path.name}, {meta['counterfactual']} counterfactual")
+    if counterfactual is not None:
+        raise InterpError(f"--counterfactual {counterfactual} picks a column of a MIB file (NAME_counterfactual); "
+                          f"{path.name} is a prompt-pair table with its own corrupted column")
+    return PromptPairs(frame, name=name or path.stem)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

@@ -2,7 +2,7 @@
 
 :func:`ioi_task` (Wang et al. 2022), :func:`greater_than_task` (Hanna et al. 2023),
 :func:`induction_task` (repeated random tokens), :func:`factual_task` (a small bundled subject ->
-attribute set); :func:`make_task` by name (:data:`TASKS`). Datasets on disk: :func:`~interp.causal.pairs.read_pairs`.
+attribute set), :func:`mcqa_task` and :func:`arithmetic_task` (MIB's MCQA and arithmetic); :func:`make_task` by name (:data:`TASKS`). Datasets on disk: :func:`~interp.causal.pairs.read_pairs`.
 """
 
 from __future__ import annotations
@@ -238,16 +238,186 @@ def factual_task(n: int = 64, *, model: Any = None, seed: int = 0,
     return PromptPairs(pd.DataFrame(rows), name="factual", description="factual recall, subject swapped")
 
 
+# ---------------------------------------------------------------------------------------------- MIB tasks
+# MIB's MCQA (mib-bench/copycolors_mcqa, 4_answer_choices): "Question: Bananas are yellow. What color are
+# bananas?\nA. yellow\nB. red\nC. grey\nD. pink\nAnswer:" -> " A"; its labels carry the leading space.
+MCQA_ITEMS: tuple[tuple[str, str, str], ...] = (
+    # (subject, verb, color): "Bananas are yellow. What color are bananas?"
+    ("Bananas", "are", "yellow"), ("Lemons", "are", "yellow"), ("Strawberries", "are", "red"), ("Cherries", "are", "red"),
+    ("Tomatoes", "are", "red"), ("Blueberries", "are", "blue"), ("Grass", "is", "green"), ("Limes", "are", "green"),
+    ("Carrots", "are", "orange"), ("Pumpkins", "are", "orange"), ("Coal", "is", "black"), ("Crows", "are", "black"),
+    ("Snow", "is", "white"), ("Milk", "is", "white"), ("Salt", "is", "white"), ("Chocolate", "is", "brown"),
+    ("Eggplants", "are", "purple"), ("Flamingos", "are", "pink"), ("Rainclouds", "are", "grey"), ("Elephants", "are", "grey"),
+)
+MCQA_COLORS: tuple[str, ...] = ("yellow", "red", "blue", "green", "orange", "black", "white", "brown", "purple", "pink", "grey")
+MCQA_COUNTERFACTUALS = ("symbol", "answerPosition", "randomLetter", "answerPosition_randomLetter")
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def mcqa_prompt(subject: str, verb: str, color: str, symbols: Sequence[str], choices: Sequence[str]) -> str:
+    """MIB's MCQA prompt: the fact, the question, one ``"X. color"`` line per choice, then ``"Answer:"``."""
+    lines = "".join(f"\n{s}. {c}" for s, c in zip(symbols, choices))
+    return f"Question: {subject} {verb} {color}. What color {verb} {subject.lower()}?{lines}\nAnswer:"
+
+
+def mcqa_task(n: int = 64, *, model: Any = None, seed: int = 0, counterfactual: str = "symbol",
+              n_choices: int = 4) -> PromptPairs:
+    """Multiple-choice colour questions as in MIB's MCQA task (CopyColors; Wiegreffe et al. 2025).
+
+    The clean prompt states an object's colour and asks for it among ``n_choices`` colours labelled
+    A, B, C, D; the answer is ``" " + letter`` of the right colour. The corrupted prompt changes what
+    the answer letter is, named as MIB's ``*_counterfactual`` columns: ``"symbol"`` (default, MIB's
+    circuit-track choice) keeps the question and the colours' order and gives the letters A-D to the
+    choices in another order, so the right colour carries another letter; ``"answerPosition"`` moves
+    the right colour to another line (letters stay A-D); ``"randomLetter"`` relabels the lines with
+    other letters; ``"answerPosition_randomLetter"`` does both. The wrong answer is the corrupted
+    prompt's answer letter. Colours and letters are kept to single tokens (with a leading space) for
+    ``model``'s tokenizer, and a pair whose prompts tokenize to different lengths is drawn again.
+    """
+    if counterfactual not in MCQA_COUNTERFACTUALS:
+        raise InterpError(f"unknown MCQA counterfactual {counterfactual!r}; use {', '.join(MCQA_COUNTERFACTUALS)}")
+    if not 2 <= n_choices <= 10:
+        raise InterpError(f"mcqa_task needs 2 <= n_choices <= 10, got {n_choices}")
+    colors = single_token_words(model, MCQA_COLORS)
+    letters = "".join(single_token_words(model, list(_LETTERS)))
+    items = [item for item in MCQA_ITEMS if item[2] in colors]
+    if len(colors) < n_choices or len(letters) < 2 * n_choices or not items:
+        raise InterpError(f"too few MCQA colours or letters are single tokens for this tokenizer to make {n_choices} choices")
+    rng = random.Random(seed)
+    base = _LETTERS[:n_choices]
+    rows = []
+    for _ in range(n):
+        for _ in range(100):
+            subject, verb, color = rng.choice(items)
+            choices = [color] + rng.sample([c for c in colors if c != color], n_choices - 1)
+            rng.shuffle(choices)
+            position = choices.index(color)
+            symbols, corrupted_choices = list(base), list(choices)
+            corrupted_position = position
+            if "answerPosition" in counterfactual:
+                corrupted_position = rng.choice([p for p in range(n_choices) if p != position])
+                corrupted_choices[position], corrupted_choices[corrupted_position] = (
+                    corrupted_choices[corrupted_position], corrupted_choices[position])
+            if counterfactual == "symbol":
+                while symbols[position] == base[position]:
+                    symbols = rng.sample(base, n_choices)
+            elif "randomLetter" in counterfactual:
+                symbols = rng.sample([s for s in letters if s not in base], n_choices)
+            clean = mcqa_prompt(subject, verb, color, base, choices)
+            corrupted = mcqa_prompt(subject, verb, color, symbols, corrupted_choices)
+            if _token_length(model, clean) == _token_length(model, corrupted):
+                break
+        else:
+            raise InterpError(f"no MCQA pair with equal token lengths found for counterfactual {counterfactual!r}")
+        rows.append({"clean": clean, "corrupted": corrupted, "answer": " " + base[position],
+                     "wrong": " " + symbols[corrupted_position], "subject": subject, "color": color,
+                     "position": position, "corrupted_position": corrupted_position})
+    return PromptPairs(pd.DataFrame(rows), name="mcqa", meta={"counterfactual": counterfactual},
+                       description=f"multiple-choice colour questions (MIB's MCQA), {counterfactual} counterfactual")
+
+
+# MIB's arithmetic (mib-bench/arithmetic_addition, arithmetic_subtraction): "Q: How much is 29 plus 64? A: " -> "93".
+ARITHMETIC_TEMPLATES: dict[str, str] = {"+": "Q: How much is {x} plus {y}? A: ", "-": "Q: How much is {x} minus {y}? A: "}
+ARITHMETIC_COUNTERFACTUALS = ("random", "ones_op1", "ones_op2", "tens_op1", "tens_op2")
+
+
+def arithmetic_task(n: int = 64, *, model: Any = None, seed: int = 0, operator: str = "+", digits: int | None = None,
+                    counterfactual: str = "random") -> PromptPairs:
+    """Two-operand addition or subtraction in MIB's template: ``"Q: How much is 29 plus 64? A: "`` -> ``"93"``.
+
+    ``counterfactual`` (MIB's column names): ``"random"`` (default, MIB's circuit-track choice) draws
+    a new problem; ``"ones_op1"`` / ``"ones_op2"`` change the ones digit of the first / second
+    operand, ``"tens_op1"`` / ``"tens_op2"`` its tens digit. The wrong answer is the corrupted
+    problem's result, which always differs from the clean one. Operands have ``digits`` digits
+    (default: 2, as in MIB, when the tokenizer writes two- and three-digit numbers as one token,
+    else 1); subtraction keeps results non-negative. Like MIB, only problems whose clean and
+    corrupted results are single tokens are drawn; if none exist (a tokenizer that splits numbers
+    into digits, with 2-digit sums) the task is refused.
+    """
+    if operator not in ARITHMETIC_TEMPLATES:
+        raise InterpError(f"unknown arithmetic operator {operator!r}; use + or -")
+    if counterfactual not in ARITHMETIC_COUNTERFACTUALS:
+        raise InterpError(f"unknown arithmetic counterfactual {counterfactual!r}; use {', '.join(ARITHMETIC_COUNTERFACTUALS)}")
+    whole_numbers = _token_length(model, "93") == 1 and _token_length(model, "123") == 1
+    digits = digits if digits is not None else 2 if whole_numbers else 1
+    if digits not in (1, 2):
+        raise InterpError(f"arithmetic_task takes digits=1 or 2, got {digits}")
+    if counterfactual.startswith("tens") and digits < 2:
+        raise InterpError(f"counterfactual {counterfactual!r} changes a tens digit: it needs digits=2 (this task has {digits})")
+    low, high = (10, 99) if digits == 2 else (0, 9)
+    single = {r for r in range(0, 2 * high + 1) if _token_length(model, str(r)) == 1}
+
+    def result(x: int, y: int) -> int | None:
+        r = x + y if operator == "+" else x - y
+        return r if r in single else None
+
+    problems = [(x, y) for x in range(low, high + 1) for y in range(low, high + 1) if result(x, y) is not None]
+    if not problems:
+        raise InterpError(f"no {digits}-digit {'sum' if operator == '+' else 'difference'} is a single token for this "
+                          "tokenizer (it splits numbers into digits); use digits=1, or --data with single-token labels")
+
+    def corrupt(x: int, y: int, rng: random.Random) -> tuple[int, int] | None:
+        if counterfactual == "random":
+            options = [p for p in problems if result(*p) != result(x, y)]
+        else:
+            place, operand = counterfactual.split("_")
+            options = []
+            for d in range(10):
+                value = x if operand == "op1" else y
+                changed = value - value % 10 + d if place == "ones" else value % 10 + 10 * d
+                if changed == value or not low <= changed <= high:
+                    continue
+                pair = (changed, y) if operand == "op1" else (x, changed)
+                if result(*pair) is not None:
+                    options.append(pair)
+        return rng.choice(options) if options else None
+
+    rng = random.Random(seed)
+    template = ARITHMETIC_TEMPLATES[operator]
+    rows = []
+    for _ in range(n):
+        for _ in range(200):
+            x, y = rng.choice(problems)
+            other = corrupt(x, y, rng)
+            if other is not None:
+                break
+        else:
+            raise InterpError(f"no {counterfactual!r} counterfactual with a single-token result found for this tokenizer")
+        rows.append({"clean": template.format(x=x, y=y), "corrupted": template.format(x=other[0], y=other[1]),
+                     "answer": str(result(x, y)), "wrong": str(result(*other)), "operator": operator,
+                     "operand1": x, "operand2": y, "corrupted_operand1": other[0], "corrupted_operand2": other[1]})
+    name = "arithmetic" if operator == "+" else "arithmetic_subtraction"
+    return PromptPairs(pd.DataFrame(rows), name=name, meta={"counterfactual": counterfactual},
+                       description=f"{digits}-digit {'addition' if operator == '+' else 'subtraction'} (MIB's arithmetic), "
+                                   f"{counterfactual} counterfactual")
+
+
+def arithmetic_subtraction_task(n: int = 64, **kwargs: Any) -> PromptPairs:
+    """:func:`arithmetic_task` with ``operator="-"`` (MIB's arithmetic_subtraction)."""
+    return arithmetic_task(n, operator="-", **kwargs)
+
+
+def _token_length(model: Any, text: str) -> int:
+    """Tokens of ``text`` without special tokens (words, without a tokenizer)."""
+    if model is None or getattr(model, "tokenizer", None) is None:
+        return len(text.split()) if " " in text.strip() else 1
+    return len(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 TASKS: dict[str, Callable[..., PromptPairs]] = {
     "ioi": ioi_task,
     "greater_than": greater_than_task,
     "induction": induction_task,
     "factual": factual_task,
+    "mcqa": mcqa_task,
+    "arithmetic": arithmetic_task,
+    "arithmetic_subtraction": arithmetic_subtraction_task,
 }
 
 
 def make_task(name: str, n: int = 64, *, model: Any = None, seed: int = 0, **kwargs: Any) -> PromptPairs:
-    """A built-in task by name (``ioi``, ``greater_than``, ``induction``, ``factual``)."""
+    """A built-in task by name (``ioi``, ``greater_than``, ``induction``, ``factual``, ``mcqa``, ``arithmetic``,
+    ``arithmetic_subtraction``)."""
     key = name.replace("-", "_")
     if key not in TASKS:
         raise InterpError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)} (or pass a dataset file)")

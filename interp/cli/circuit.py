@@ -22,8 +22,8 @@ def register_commands(app: typer.Typer) -> None:
     @app.command("circuit")
     def circuit(
         model: Annotated[str, typer.Argument(help=f"alias ({DEFAULT_MODEL}), local HF folder, .gguf file, or hub id")] = DEFAULT_MODEL,
-        task: Annotated[str | None, typer.Option(help="built-in task: ioi, greater_than, induction, factual")] = None,
-        data: Annotated[Path | None, typer.Option(help="prompt-pair dataset (.jsonl, .csv, .parquet) instead of --task")] = None,
+        task: Annotated[str | None, typer.Option(help="built-in task: ioi, greater_than, induction, factual, mcqa, arithmetic, arithmetic_subtraction")] = None,
+        data: Annotated[Path | None, typer.Option(help="prompt-pair dataset (.jsonl, .csv, .parquet), or a MIB dataset file, instead of --task")] = None,
         n: Annotated[int, typer.Option(help="prompt pairs to generate (or the first N rows of --data)")] = 64,
         out: Annotated[Path, typer.Option(help="output folder")] = Path("interp-out/circuit"),
         method: Annotated[str, typer.Option(help="eap or eap-ig")] = "eap-ig",
@@ -33,7 +33,7 @@ def register_commands(app: typer.Typer) -> None:
         selection: Annotated[str, typer.Option(help="top: the largest |score| edges; greedy: grown from the logits, every edge on a path to them")] = "top",
         verify: Annotated[int, typer.Option(help="top edges to check by exact single-edge patching")] = 20,
         evaluate: Annotated[Path | None, typer.Option(help="evaluate this MIB edge-score JSON (Graph.to_json) instead of scoring edges")] = None,
-        counterfactual: Annotated[str, typer.Option(help="IOI corruption: abc (two new names) or s2_io_flip (MIB's: S2 replaced by the IO)")] = "abc",
+        counterfactual: Annotated[str | None, typer.Option(help="corruption: ioi abc (default) or s2_io_flip; mcqa symbol (default), answerPosition, randomLetter, answerPosition_randomLetter; arithmetic random (default), ones_op1, ones_op2, tens_op1, tens_op2; a MIB --data file: any NAME of its NAME_counterfactual columns")] = None,
         scan: Annotated[Path | None, typer.Option(help="scan folder whose head roles and scores go into nodes.csv")] = None,
         seed: Annotated[int, typer.Option(help="seed for generated tasks")] = 0,
         batch: Annotated[int, typer.Option(help="prompt pairs per forward pass")] = 16,
@@ -60,12 +60,7 @@ def register_commands(app: typer.Typer) -> None:
                 raise InterpError(f"unknown --metric {metric!r}; use one of {', '.join(METRIC_NAMES)}")
             if selection not in ("top", "greedy"):
                 raise InterpError(f"unknown --selection {selection!r}; use top or greedy")
-            from interp.circuits.tasks import IOI_COUNTERFACTUALS
-
-            if counterfactual not in IOI_COUNTERFACTUALS:
-                raise InterpError(f"unknown --counterfactual {counterfactual!r}; use {' or '.join(IOI_COUNTERFACTUALS)}")
-            if counterfactual != "abc" and task != "ioi":
-                raise InterpError(f"--counterfactual {counterfactual} applies to --task ioi only")
+            _check_counterfactual(counterfactual, task)
             if scan is not None and not scan.is_dir():
                 raise InterpError(f"--scan {scan} is not a folder")
             if evaluate is not None:
@@ -76,14 +71,19 @@ def register_commands(app: typer.Typer) -> None:
             from interp.circuits.pipeline import discover_circuit, scan_roles
             from interp.causal.pairs import read_pairs
 
-            pairs = read_pairs(data) if data is not None else None
+            pairs = read_pairs(data, counterfactual=counterfactual) if data is not None else None
             roles = scan_roles(scan) if scan is not None else None
             import interp
 
             with console.status(f"loading {model}"):
                 hooked = interp.load(model, device=device, dtype=dtype)
+            if pairs is not None and pairs.meta.get("mib"):  # MIB's filter: rows this tokenizer can score
+                pairs, dropped, reason = pairs.keep_usable(hooked, limit=n)
+                if dropped:
+                    console.print(f"kept {len(pairs)} rows of {data.name}; dropped {dropped} this tokenizer cannot score "
+                                  f"(first: {reason})")
             pairs = task_or_data(task, pairs, n, model=hooked, seed=seed, default_n=n,
-                                 **({"counterfactual": counterfactual} if task == "ioi" else {}))
+                                 **({"counterfactual": counterfactual} if task is not None and counterfactual else {}))
             pairs.encode(hooked)  # one error line naming the row, before any long step
             given = None
             if evaluate is not None:
@@ -111,6 +111,20 @@ def register_commands(app: typer.Typer) -> None:
             f"{c['faithfulness']:.3f}; MIB CPR {summary['cpr']:.3f}, CMD {summary['cmd']:.3f}"
         )
         typer.echo(str(out))
+
+
+def _check_counterfactual(counterfactual: str | None, task: str | None) -> None:
+    """``--counterfactual`` checked against ``--task``'s corruptions, torch-free (a MIB file's columns are checked on reading)."""
+    if counterfactual is None or task is None:
+        return
+    from interp.catalog import TASK_COUNTERFACTUALS
+
+    choices = TASK_COUNTERFACTUALS.get(task.replace("-", "_"))
+    if choices is None:
+        raise InterpError(f"--counterfactual {counterfactual} applies to --task {', '.join(TASK_COUNTERFACTUALS)} "
+                          f"or a MIB --data file; {task} has one corruption")
+    if counterfactual not in choices:
+        raise InterpError(f"unknown --counterfactual {counterfactual!r} for --task {task}; use {', '.join(choices)}")
 
 
 def _file_scores(path: Path, model, metric: str, n_layers: int, n_heads: int):

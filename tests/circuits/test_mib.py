@@ -183,7 +183,7 @@ def test_ioi_s2_io_flip_replaces_only_the_second_subject_mention_by_the_io():
 
 @pytest.mark.parametrize("args, message", [
     (["--task", "ioi", "--counterfactual", "io_s2"], "unknown --counterfactual 'io_s2'"),
-    (["--task", "induction", "--counterfactual", "s2_io_flip"], "applies to --task ioi only"),
+    (["--task", "induction", "--counterfactual", "s2_io_flip"], "applies to --task ioi, mcqa"),
 ])
 def test_counterfactual_flag_is_checked_before_loading(app, tmp_path, args, message):
     out = tmp_path / "out"
