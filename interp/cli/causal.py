@@ -34,7 +34,7 @@ MaxMemoryOption = Annotated[
     str | None, typer.Option(metavar="SIZE", help="memory for the sweep beyond the weights, e.g. 4GB; sizes the batches [default: free memory]")
 ]
 BatchOption = Annotated[int | None, typer.Option(metavar="ROWS", help="rows per forward pass [default: as many as --max-memory allows, up to 256]")]
-TaskOption = Annotated[str | None, typer.Option(metavar="NAME", help="built-in task instead of single prompts: ioi, greater_than, induction, factual")]
+TaskOption = Annotated[str | None, typer.Option(metavar="NAME", help="built-in task instead of single prompts: ioi, greater_than, induction, factual, mcqa, arithmetic, arithmetic_subtraction")]
 
 
 def _batch_rows(hooked, n_pos: int, batch_size: int | None, max_memory: str | None) -> int:
@@ -344,6 +344,8 @@ def register_commands(app: typer.Typer) -> None:
             import interp
 
             hooked = interp.load(model, device=device, dtype=dtype)
+            if rows is not None and rows.meta.get("mib"):  # MIB's filter: the rows this tokenizer can score
+                rows = rows.keep_usable(hooked, limit=n)[0]
             used = None
             if single:
                 prompts, corrupted, how = clean, corrupt, {"answers": pairs if len(pairs) > 1 else pairs[0]}

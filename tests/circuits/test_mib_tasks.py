@@ -313,6 +313,19 @@ def test_circuit_runs_on_mib_tasks_and_files(app, tiny_folder, tmp_path, args, r
         assert "kept 1 rows of add.jsonl; dropped 1" in result.output
 
 
+def test_patch_reads_a_mib_file_and_keeps_the_rows_the_tokenizer_can_score(tiny_folder, tmp_path):
+    from interp.cli.causal import register_commands as register_causal
+
+    causal = typer.Typer()
+    register_causal(causal)
+    out = tmp_path / "patch"
+    result = runner.invoke(causal, ["patch", tiny_folder, "--data", str(_write(ARITHMETIC_ROWS, tmp_path / "add.jsonl")),
+                                    "--sites", "head_out", "--layers", "0", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_json(out / "pairs.jsonl", lines=True, dtype=False)
+    assert list(rows["clean"]) == ["Q: How much is 5 plus 3? A: "] and list(rows["answer"]) == ["8"]
+
+
 @pytest.mark.parametrize("make_args, message", [
     (lambda d: ["--task", "mcqa", "--counterfactual", "random"], "unknown --counterfactual 'random' for --task mcqa"),
     (lambda d: ["--task", "factual", "--counterfactual", "random"], "applies to --task ioi, mcqa"),
