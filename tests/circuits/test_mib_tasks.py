@@ -349,19 +349,19 @@ def test_smollm2_metric_on_generated_mcqa_and_arithmetic(smollm):
         tok = smollm.tokenizer
         rows = list(pairs.frame.itertuples(index=False))
         prompts = [torch.cat([smollm.to_tokens(r.clean), smollm.to_tokens(r.corrupted)]) for r in rows]  # [2, pos]
-        out = torch.empty(len(rows), 2)
-        for length in {p.shape[1] for p in prompts}:  # one forward per prompt length (a CPU forward is slow here)
-            index = [i for i, p in enumerate(prompts) if p.shape[1] == length]
-            with torch.no_grad():
-                logits = smollm.forward(torch.cat([prompts[i] for i in index]))[:, -1].reshape(len(index), 2, -1)
-            for k, i in enumerate(index):
-                a, w = (tok(t, add_special_tokens=False)["input_ids"][0] for t in (rows[i].answer, rows[i].wrong))
-                out[i] = logits[k, :, a] - logits[k, :, w]
+        lengths = [p.shape[1] for p in prompts]
+        index = [i for i, n in enumerate(lengths) if n == max(lengths, key=lengths.count)]  # one forward: one length
+        with torch.no_grad():
+            logits = smollm.forward(torch.cat([prompts[i] for i in index]))[:, -1].reshape(len(index), 2, -1)
+        out = torch.empty(len(index), 2)
+        for k, i in enumerate(index):
+            a, w = (tok(t, add_special_tokens=False)["input_ids"][0] for t in (rows[i].answer, rows[i].wrong))
+            out[k] = logits[k, :, a] - logits[k, :, w]
         return out
 
-    mcqa = logit_diffs(mcqa_task(8, model=smollm, seed=0))
-    assert torch.isfinite(mcqa).all()  # SmolLM2-135M answers MIB's MCQA at chance: no sign is asserted
+    mcqa = logit_diffs(mcqa_task(16, model=smollm, seed=0))
+    assert len(mcqa) >= 3 and torch.isfinite(mcqa).all()  # SmolLM2-135M answers MIB's MCQA at chance: no sign is asserted
     arithmetic = logit_diffs(arithmetic_task(24, model=smollm, seed=0))
-    assert torch.isfinite(arithmetic).all()
+    assert len(arithmetic) == 24 and torch.isfinite(arithmetic).all()  # 1-digit problems: all one length
     # it does prefer the right 1-digit sum on average, and the counterfactual's sum on the corrupted prompt
     assert arithmetic[:, 0].mean() > 0 > arithmetic[:, 1].mean()
