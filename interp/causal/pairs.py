@@ -129,18 +129,8 @@ class PromptPairs:
             raise InterpError(f"task {self.name!r} has no rows")
         groups: dict[int, list[tuple[int, list[int], list[int], list[int], list[int]]]] = {}
         for i, row in enumerate(self.frame.itertuples(index=False)):
-            clean = _prompt_ids(model, row.clean, i, "clean")
-            corrupted = _prompt_ids(model, row.corrupted, i, "corrupted")
-            if len(clean) != len(corrupted):
-                raise InterpError(
-                    f"row {i}: clean prompt is {len(clean)} tokens but corrupted prompt is {len(corrupted)} "
-                    f"({_show(row.clean)} vs {_show(row.corrupted)}); every pair must tokenize to the same length"
-                )
-            answers = [_answer_id(model, a, i, "answer") for a in _as_list(row.answer)]
-            wrong = [_answer_id(model, a, i, "wrong answer") for a in _as_list(row.wrong)]
-            if not answers or not wrong:
-                raise InterpError(f"row {i}: needs at least one answer and one wrong answer")
-            groups.setdefault(len(clean), []).append((i, clean, corrupted, answers, wrong))
+            encoded = _encode_row(model, row, i)
+            groups.setdefault(len(encoded[1]), []).append(encoded)
         if pad:
             rows = [r for length in sorted(groups) for r in groups[length]]  # shortest first
             size = batch_size or len(rows)
@@ -155,19 +145,19 @@ class PromptPairs:
         """The rows ``model`` can score (single-token answers, clean and corrupted of equal token length).
 
         MIB's loaders filter their files the same way for each tokenizer. Returns the kept rows (at
-        most ``limit``, in order), how many rows were dropped before the last kept one, and the first
-        dropped row's reason; refuses in one line when no row is usable.
+        most ``limit``, in order), how many rows were dropped on the way, and the first dropped row's
+        reason; refuses in one line when no row is usable.
         """
         kept: list[int] = []
         dropped, reason = 0, None
-        for i in range(len(self.frame)):
+        for i, row in enumerate(self.frame.itertuples(index=False)):
             if limit is not None and len(kept) >= limit:
                 break
             try:
-                PromptPairs(self.frame.iloc[[i]], self.name).encode(model)
+                _encode_row(model, row, i)
             except InterpError as error:
                 dropped += 1
-                reason = reason or str(error).replace("row 0:", f"row {i}:", 1)
+                reason = reason or str(error)
                 continue
             kept.append(i)
         if not kept:
@@ -317,6 +307,22 @@ def _parse_prompt(value: Any) -> Any:
     if hasattr(value, "tolist") and not isinstance(value, str):
         return [int(t) for t in value.tolist()]
     return value
+
+
+def _encode_row(model: Any, row: Any, i: int) -> tuple[int, list[int], list[int], list[int], list[int]]:
+    """Row ``i`` as ``(i, clean ids, corrupted ids, answer ids, wrong ids)``; one line naming the row if it is unusable."""
+    clean = _prompt_ids(model, row.clean, i, "clean")
+    corrupted = _prompt_ids(model, row.corrupted, i, "corrupted")
+    if len(clean) != len(corrupted):
+        raise InterpError(
+            f"row {i}: clean prompt is {len(clean)} tokens but corrupted prompt is {len(corrupted)} "
+            f"({_show(row.clean)} vs {_show(row.corrupted)}); every pair must tokenize to the same length"
+        )
+    answers = [_answer_id(model, a, i, "answer") for a in _as_list(row.answer)]
+    wrong = [_answer_id(model, a, i, "wrong answer") for a in _as_list(row.wrong)]
+    if not answers or not wrong:
+        raise InterpError(f"row {i}: needs at least one answer and one wrong answer")
+    return i, clean, corrupted, answers, wrong
 
 
 def _as_list(value: Any) -> list:
