@@ -7,6 +7,7 @@ circuit.json and circuit.html (plus logit_lens.csv, faithfulness.csv, verificati
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +25,7 @@ def register_commands(app: typer.Typer) -> None:
         model: Annotated[str, typer.Argument(help=f"alias ({DEFAULT_MODEL}), local HF folder, .gguf file, or hub id")] = DEFAULT_MODEL,
         task: Annotated[str | None, typer.Option(help="built-in task: ioi, greater_than, induction, factual")] = None,
         data: Annotated[Path | None, typer.Option(help="prompt-pair dataset (.jsonl, .csv, .parquet) instead of --task")] = None,
-        n: Annotated[int, typer.Option(help="prompt pairs to generate (or the first N rows of --data)")] = 64,
+        n: Annotated[int, typer.Option("--n", "-n", help="prompt pairs to generate (or the first N rows of --data); -n under torchrun, whose own flags shadow --n")] = 64,
         out: Annotated[Path, typer.Option(help="output folder")] = Path("interp-out/circuit"),
         method: Annotated[str, typer.Option(help="eap or eap-ig")] = "eap-ig",
         steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps")] = 5,
@@ -79,9 +80,11 @@ def register_commands(app: typer.Typer) -> None:
             pairs = read_pairs(data) if data is not None else None
             roles = scan_roles(scan) if scan is not None else None
             import interp
+            from interp.distributed import is_writer, rank_device, shard_range
 
-            with console.status(f"loading {model}"):
-                hooked = interp.load(model, device=device, dtype=dtype)
+            writer = is_writer()  # under torchrun: rank 0 shows progress and writes; every rank computes its rows
+            with console.status(f"loading {model}") if writer else nullcontext():
+                hooked = interp.load(model, device=rank_device(device), dtype=dtype)
             pairs = task_or_data(task, pairs, n, model=hooked, seed=seed, default_n=n,
                                  **({"counterfactual": counterfactual} if task == "ioi" else {}))
             pairs.encode(hooked)  # one error line naming the row, before any long step
@@ -89,20 +92,23 @@ def register_commands(app: typer.Typer) -> None:
             if evaluate is not None:
                 given = _file_scores(evaluate, hooked, metric, file_layers, file_heads)
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=console, transient=False) as bars:
+                          console=console, transient=False, disable=not writer) as bars:
 
                 def step(description: str, total: int | None):
-                    handle = bars.add_task(description, total=total)
+                    handle = bars.add_task(description, total=None if total is None else len(shard_range(total)))
                     return lambda k: bars.advance(handle, k)
 
                 result = discover_circuit(hooked, pairs, method=method, steps=steps, metric=metric, n_edges=edges,
                                           selection=selection, verify=verify, batch_size=batch, roles=roles, scores=given,
                                           progress=step)
-            write_atomically(out, result.save, overwrite=overwrite)  # staged, then renamed into place
+            if writer:
+                write_atomically(out, result.save, overwrite=overwrite)  # staged, then renamed into place
         except InterpError as error:
             fail(error, debug)
         except Exception as error:  # noqa: BLE001 - one line unless --debug
             fail(error, debug)
+        if not writer:
+            return
         summary = result.summary()
         c = summary["circuit"]
         console.print(
