@@ -14,6 +14,7 @@ the shares up with one ``all_reduce`` at the end, so every rank returns the one-
 - :func:`all_reduce_sum` packs tensors, arrays and numbers into one float64 ``all_reduce``;
   :func:`merge_owned` combines a grid whose cells each rank computed a share of (no sums: exact).
 - :func:`is_writer`: rank 0, the only process that writes output folders or prints progress.
+- :func:`alone`: a block where interp ignores the group (a call made on one rank only).
 
 A collective that fails (another rank died, or hung past the timeout) raises a one-line
 :class:`~interp.errors.InterpError`; nothing has been written by then.
@@ -26,7 +27,9 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -78,8 +81,27 @@ def launched() -> bool:
     return _env_int("WORLD_SIZE", 1) > 1
 
 
+_alone: ContextVar[bool] = ContextVar("interp_distributed_alone", default=False)
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """Inside this block interp's functions run every row in this process and call no collective.
+
+    For a call on one rank only (e.g. a quick check on rank 0 of your own DDP job), which would
+    otherwise wait for the other ranks to join its ``all_reduce``.
+    """
+    token = _alone.set(True)
+    try:
+        yield
+    finally:
+        _alone.reset(token)
+
+
 def world() -> World:
     """This process's rank and the group size; initializes the process group on first use under a launcher."""
+    if _alone.get():
+        return World()
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0))
@@ -149,7 +171,7 @@ def rank_gpus(per_rank: int | None = None) -> list[int]:
     """The GPUs of this machine that this rank may spread one model over (``device_map``), without sharing.
 
     The node's visible GPUs split into ``LOCAL_WORLD_SIZE`` equal groups (or groups of ``per_rank``);
-    set ``CUDA_VISIBLE_DEVICES`` to them before CUDA starts, then load with ``device_map="auto"``.
+    :func:`rank_max_memory` turns them into accelerate's ``max_memory``.
     """
     count = torch.cuda.device_count()
     local, local_size = _env_int("LOCAL_RANK", 0), max(1, _env_int("LOCAL_WORLD_SIZE", 1))
@@ -158,6 +180,14 @@ def rank_gpus(per_rank: int | None = None) -> list[int]:
         raise InterpError(f"{local_size} ranks on this machine cannot each have {per or 1} of its {count} GPUs; "
                           f"launch fewer processes per node")
     return list(range(local * per, (local + 1) * per))
+
+
+def rank_max_memory(fraction: float = 0.9) -> dict[int, int]:
+    """``max_memory`` for ``from_pretrained(..., device_map="auto")``: ``fraction`` of each of :func:`rank_gpus`, nothing else.
+
+    accelerate then spreads this rank's copy of the model over its own GPUs only.
+    """
+    return {i: int(torch.cuda.get_device_properties(i).total_memory * fraction) for i in rank_gpus()}
 
 
 def is_writer() -> bool:

@@ -19,6 +19,7 @@ from interp.causal.patching import activation_patching  # noqa: E402
 from interp.causal.tracing import causal_trace  # noqa: E402
 from interp.circuits import edge_attribution, evaluate_circuits, induction_task, patch_edges, top_n_mask  # noqa: E402
 from interp.circuits.evaluation import faithfulness_curve  # noqa: E402
+from interp.distributed import alone  # noqa: E402
 from interp.hooks import HookedModel  # noqa: E402
 
 
@@ -75,6 +76,9 @@ def results(count: bool = True) -> dict:
     out["patching"] = (frame["metric"].to_numpy(), frame.attrs["clean_metric"], frame.attrs["corrupted_metric"])
     trace = causal_trace(model, batch.clean[0], (1, 3), samples=3, window=1, batch_size=8)
     out["trace"] = (trace["prob"].to_numpy(), trace.attrs["low_score"], trace.attrs["high_score"])
+    if os.environ.get("RANK") == "0":  # a call on one rank only: every row here, no collective to wait on
+        with alone():
+            out["alone"] = edge_attribution(model, pairs, method="eap", batch_size=3, progress=rows("alone")).scores
     out["shares"] = {name: sum(counts) for name, counts in shares.items()}
     return out
 

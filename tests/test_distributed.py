@@ -1,7 +1,8 @@
 """Data parallel under torchrun (interp.distributed): 2 CPU processes (gloo) give the one-process results.
 
 - Every sharded function on a tiny float64 model, on both ranks, equals one process within 1e-5,
-  and each rank did only its share of the rows (cells for the patching grids).
+  and each rank did only its share of the rows (cells for the patching grids); inside
+  ``distributed.alone()`` one rank alone runs every row.
 - ``torchrun -m interp.cli circuit`` writes the same edges.csv as one process, from rank 0 alone.
 - A rank that dies stops the other with one error line, and no output folder is left.
 """
@@ -71,6 +72,8 @@ def test_two_processes_equal_one(tmp_path):
     # each rank did its share only: 3 and 4 of the 7 rows; the patching grids' cells split between the ranks
     for name in ("eap", "eap-ig", "evaluate", "patch_edges"):
         assert [r["shares"][name] for r in ranks] == [3, 4], name
+    np.testing.assert_allclose(ranks[0]["alone"].numpy(), single["eap"][0].numpy(), rtol=1e-5, atol=1e-8)
+    assert ranks[0]["shares"]["alone"] == 7 and "alone" not in ranks[1]
     n_cells = {"patching": len(single["patching"][0]), "trace": len(single["trace"][0])}
     for name, total in n_cells.items():
         shares = [r["shares"][name] for r in ranks]
