@@ -132,3 +132,22 @@ def test_a_rank_that_dies_stops_the_other_with_one_line_and_writes_nothing(tiny_
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and re.match(r"error: rank 0\b.*nothing was written", errors[0]), run.stderr[-3000:]
     assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+def test_scan_under_a_launcher_runs_on_rank_0_alone(tmp_path, monkeypatch):
+    import interp.cli.scan as scan_cli
+    from interp.cli.app import app as main_app
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    out = tmp_path / "scan"
+    result = CliRunner().invoke(main_app, ["scan", "smollm2-135m", "--out", str(out)])
+    assert result.exit_code == 0 and result.output == "" and not out.exists()  # rank 1: nothing to do, nothing written
+
+    def stop(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scan_cli, "_run_scan", stop)  # rank 0 would scan: stop it right there
+    monkeypatch.setenv("RANK", "0")
+    result = CliRunner().invoke(main_app, ["scan", "smollm2-135m", "--out", str(out)])
+    assert "does not split its analyses" in result.output and "rank 0 runs every analysis" in result.output

@@ -33,7 +33,7 @@ def _other_rank() -> bool:
         return False
     if is_writer():
         console.print("note: interp scan does not split its analyses over processes; rank 0 runs every analysis, "
-                      "the other ranks exit (the circuit, patch and trace commands split their rows)", highlight=False)
+                      "the other ranks exit (the circuit, patch and trace commands split their rows)", highlight=False, soft_wrap=True)
         return False
     return True
 
