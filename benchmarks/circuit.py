@@ -10,7 +10,7 @@ top-n circuits. Wall times move 10-20% between runs on a shared machine.
 ``--procs 1,2``: data parallel instead. Runs ``interp circuit smollm2-135m --task ioi`` (the whole
 command: EAP-IG, faithfulness curve, DLA, verification) once per process count P, as P processes x
 ``cores / P`` threads (``torchrun --nproc-per-node P`` for P > 1), and prints each run's wall time,
-its phase timings (circuit.json, rank 0), the speedup over the first count, and the largest
+its CPU seconds, its phase timings (circuit.json, rank 0), the wall-time speedup over the first count, and the largest
 ``|score|`` difference of edges.csv from the first count's.
 """
 
@@ -52,23 +52,29 @@ def data_parallel(procs: list[int], n: int, cores: int, batch: int) -> None:
                 sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(p), "-m", "interp.cli"]
             command = [*launch, "circuit", "smollm2-135m", "--task", "ioi", "-n", str(n), "--batch", str(batch),
                        "--device", "cpu", "--out", str(out)]
-            start = time.perf_counter()
+            start, used = time.perf_counter(), _children_cpu()
             run = subprocess.run(command, env=env, capture_output=True, text=True, cwd=root)
-            wall = time.perf_counter() - start
+            wall, cpu = time.perf_counter() - start, _children_cpu() - used
             if run.returncode != 0:
                 raise SystemExit(f"{p} processes failed:\n{run.stderr[-3000:]}")
             timings = json.loads((out / "circuit.json").read_text())["timings_s"]
             edges = pd.read_csv(out / "edges.csv").set_index(["upstream", "downstream", "kind"]).sort_index()
             first = first if first is not None else (wall, edges)
             diff = float((edges["score"] - first[1]["score"]).abs().max())
-            rows.append((p, threads, wall, sum(timings.values()), timings, first[0] / wall, diff))
-            print(f"{p} process(es) x {threads} thread(s): {wall:.1f} s", flush=True)
+            rows.append((p, threads, wall, cpu, sum(timings.values()), timings, first[0] / wall, diff))
+            print(f"{p} process(es) x {threads} thread(s): {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
     print(f"interp circuit smollm2-135m --task ioi -n {n} --batch {batch}, CPU, {cores} cores in all "
           f"({os.cpu_count()} on this machine)")
-    print(f"{'processes x threads':<22}{'wall s':>9}{'phases s':>10}{'speedup':>9}{'max |score diff|':>18}  phases")
-    for p, threads, wall, phases, timings, speedup, diff in rows:
+    print(f"{'processes x threads':<22}{'wall s':>9}{'CPU s':>9}{'phases s':>10}{'speedup':>9}{'max |score diff|':>18}  phases")
+    for p, threads, wall, cpu, phases, timings, speedup, diff in rows:
         detail = ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
-        print(f"{f'{p} x {threads}':<22}{wall:>9.1f}{phases:>10.1f}{speedup:>9.2f}{diff:>18.2e}  {detail}")
+        print(f"{f'{p} x {threads}':<22}{wall:>9.1f}{cpu:>9.1f}{phases:>10.1f}{speedup:>9.2f}{diff:>18.2e}  {detail}")
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes so far: on a loaded machine, what each run cost."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
