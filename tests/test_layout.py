@@ -178,6 +178,8 @@ PUBLIC = {
     "interp.hooks": ["HookedModel", "hook_name", "ArchitectureSpec", "discover"],
     "interp.memory": ["plan_scan", "sweep_batch_rows", "parse_size"],
     "interp.numerics": ["first_nonfinite"],
+    "interp.distributed": ["world", "shard", "shard_batches", "all_reduce_sum", "merge_owned", "is_writer", "rank_device",
+                           "rank_gpus", "rank_max_memory", "alone"],
     "interp.scanning": ["scan", "ScanResult", "write_scan", "load_scan", "head_table", "load_heads"],
     # old module paths (interp <= 0.1), resolved by interp._moved
     "interp.probes": ["natural_text_tokens", "default_probes"],

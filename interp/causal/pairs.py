@@ -87,6 +87,12 @@ class TaskBatch:
         return TaskBatch(self.clean.to(device), self.corrupted.to(device), self.answers.to(device),
                          self.wrong.to(device), self.rows, None if self.lengths is None else self.lengths.to(device))
 
+    def take(self, start: int, stop: int) -> TaskBatch:
+        """Rows ``start:stop`` (same padding width)."""
+        s = slice(start, stop)
+        return TaskBatch(self.clean[s], self.corrupted[s], self.answers[s], self.wrong[s], self.rows[s],
+                         None if self.lengths is None else self.lengths[s])
+
     def split(self, size: int) -> list[TaskBatch]:
         """Pieces of at most ``size`` rows."""
         out = []

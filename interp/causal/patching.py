@@ -55,6 +55,7 @@ from interp.causal.common import (
 from interp.causal.metrics import Metric, grouped_metric, last_position_only, logit_diff_metric
 from interp.errors import InterpError
 from interp.causal.checks import check_patching
+from interp.distributed import merge_owned, shard
 from interp.hooks import HookedModel, hook_name
 from interp.hooks.replay import check_reuse, plan_batches, record
 
@@ -269,6 +270,7 @@ def activation_patching(
         # layer-0 token both prompts share) cannot change anything: it keeps the base metric, unrun.
         live = [i for i, cell in enumerate(cells) if reuse == "none" or not torch.equal(
             source[cell.hook][(slice(None), *cell.index)], base[cell.hook][(slice(None), *cell.index)])]
+        live = shard(live, strided=True)  # under torchrun: this rank's cells, merged after the loop
         # A patch at (layer, position) leaves blocks < layer and positions < position as in the base run.
         needs = [(cells[i].layer, cells[i].position if cells[i].position is not None else 0) for i in live]
         plan = plan_batches(recording, needs, rows_per_cell=n_prompts, max_rows=batch_size, last_only=last_only)
@@ -289,6 +291,7 @@ def activation_patching(
             done += len(batch.cells)
             if progress:
                 progress(done, len(cells))
+        patched_values = merge_owned(patched_values, live)
     frame = cells_frame(model, cells, clean_tokens[0])
     frame["metric"] = patched_values.numpy()
     frame["delta"] = frame["metric"] - base_value

@@ -39,6 +39,7 @@ from interp.causal.common import (
 )
 from interp.errors import InterpError
 from interp.causal.checks import check_trace_args
+from interp.distributed import merge_owned, shard
 from interp.hooks import HookedModel, hook_name
 from interp.hooks.points import HookPoint
 from interp.hooks.replay import check_reuse, plan_batches, record
@@ -181,12 +182,14 @@ def causal_trace(
             (layers_here[0] + (1 if kind == "resid" else 0), pos) for (kind, _, pos), layers_here in zip(cells, restored)
         ]
         rows = sweep_rows(model, n_pos, batch_size, reuse=reuse, plain=64)
-        plan = plan_batches(recording, needs, rows_per_cell=samples, max_rows=rows, last_only=True)
+        mine = shard(range(len(cells)), strided=True)  # under torchrun: this rank's cells, merged after the loop
+        plan = plan_batches(recording, [needs[i] for i in mine], rows_per_cell=samples, max_rows=rows, last_only=True)
         probs = torch.zeros(len(cells), dtype=torch.float64)
-        done = 0
+        done = len(cells) - len(mine)
         for batch in recording.batches(plan):
             patches: dict[str, list[RowPatch]] = {}
-            for row, i in enumerate(batch.cells):
+            owned = [mine[j] for j in batch.cells]
+            for row, i in enumerate(owned):
                 kind, layer, pos = cells[i]
                 rows = slice(row * samples, (row + 1) * samples)
                 for l_restore in restored[i]:
@@ -196,10 +199,11 @@ def causal_trace(
                 len(batch.cells), starts=batch.starts, prefix=batch.prefix, last_only=True,
                 fwd_hooks=[(name, row_patch_hook(p)) for name, p in patches.items()],
             )
-            probs[batch.cells] = answer_prob(logits).cpu().double()
+            probs[owned] = answer_prob(logits).cpu().double()
             done += len(batch.cells)
             if progress:
                 progress(done, len(cells))
+        probs = merge_owned(probs, mine)
     texts = token_strings(model, tokens[0])
     frame = pd.DataFrame(
         {

@@ -27,6 +27,7 @@ import torch
 from interp.circuits.graph import CircuitGraph, circuit_modules, upstream_outputs, work_dtype
 from interp.causal.metrics import TaskMetric, get_metric
 from interp.causal.pairs import PromptPairs, TaskBatch
+from interp.distributed import all_reduce_sum, shard_batches
 from interp.errors import InterpError
 from interp.hooks import HookedModel, hook_name
 from interp.hooks.modules import module_hooks
@@ -93,7 +94,7 @@ def edge_attribution(
     scores = torch.zeros(graph.n_up, graph.n_down, dtype=torch.float64)
     wd = work_dtype(model)
     n, clean_total, corrupted_total = 0, 0.0, 0.0
-    for batch in as_batches(model, data, batch_size):
+    for batch in shard_batches(as_batches(model, data, batch_size)):  # this rank's rows (all in one process)
         clean_logits, clean_out = upstream_outputs(model, batch.clean)
         corrupted_logits, corrupted_out = upstream_outputs(model, batch.corrupted)
         clean_last = batch.last(clean_logits).to(wd)
@@ -118,6 +119,7 @@ def edge_attribution(
         n += batch.size
         if progress is not None:
             progress(batch.size)
+    scores, n, clean_total, corrupted_total = all_reduce_sum(scores, n, clean_total, corrupted_total)
     scores /= n
     name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
     return EdgeScores(graph, scores, method, steps if method == "eap-ig" else 0, name,

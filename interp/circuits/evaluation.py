@@ -23,6 +23,7 @@ from interp.circuits.eap import EdgeScores, Progress, as_batches
 from interp.circuits.graph import CircuitGraph, output_hooks, split_inputs, upstream_outputs, work_dtype
 from interp.causal.metrics import TaskMetric, get_metric
 from interp.causal.pairs import PromptPairs, TaskBatch
+from interp.distributed import all_reduce_sum, shard_batches
 from interp.errors import InterpError
 from interp.hooks import HookedModel
 
@@ -162,7 +163,7 @@ def evaluate_circuits(
     totals = np.zeros(len(masks))
     clean_total = corrupted_total = 0.0
     n = 0
-    for batch in as_batches(model, data, batch_size):
+    for batch in shard_batches(as_batches(model, data, batch_size)):  # this rank's rows (all in one process)
         with torch.no_grad():
             clean_last = batch.last(model(batch.clean)).to(wd)
         corrupted_logits, corrupted_out = upstream_outputs(model, batch.corrupted)
@@ -176,6 +177,7 @@ def evaluate_circuits(
         n += batch.size
         if progress is not None:
             progress(batch.size)
+    totals, clean_total, corrupted_total, n = all_reduce_sum(totals, clean_total, corrupted_total, n)
     clean, corrupted = clean_total / n, corrupted_total / n
     metrics = (totals / n).tolist()
     return {"metrics": metrics, "clean": clean, "corrupted": corrupted,
@@ -271,7 +273,7 @@ def patch_edges(
     totals = np.zeros(len(edges))
     wd = work_dtype(model)
     n = 0
-    for batch in as_batches(model, data, batch_size):
+    for batch in shard_batches(as_batches(model, data, batch_size)):  # this rank's rows (all in one process)
         clean_logits, clean_out = upstream_outputs(model, batch.clean)
         _, corrupted_out = upstream_outputs(model, batch.corrupted)
         diff = (corrupted_out - clean_out) * scale
@@ -290,6 +292,7 @@ def patch_edges(
         n += batch.size
         if progress is not None:
             progress(batch.size)
+    totals, n = all_reduce_sum(totals, n)
     return totals / n
 
 

@@ -74,9 +74,11 @@ def _ints(text: str | None, what: str) -> list[int] | None:
 def _bars():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from interp.distributed import is_writer
+
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console,
+        console=console, disable=not is_writer(),  # under torchrun: rank 0's bars only
     )
 
 
@@ -158,7 +160,7 @@ def register_commands(app: typer.Typer) -> None:
         data: Annotated[Path | None, typer.Option(
             metavar="FILE", help="rows to trace (.jsonl, .csv, .parquet) instead of --prompt: columns prompt (or clean), subject, "
                                  "optional answer (empty: the top prediction)")] = None,
-        n: Annotated[int | None, typer.Option(metavar="N", help="prompts to generate with --task, or the first N rows of --data",
+        n: Annotated[int | None, typer.Option("--n", "-n", metavar="N", help="prompts to generate with --task, or the first N rows of --data",
                                               show_default="8 for --task, every row of --data")] = None,
         samples: Annotated[int, typer.Option(metavar="N", help="corrupted runs per cell")] = 10,
         noise: Annotated[float, typer.Option(metavar="X", help="noise std as a multiple of the token-embedding std")] = 3.0,
@@ -201,7 +203,9 @@ def register_commands(app: typer.Typer) -> None:
             from interp.causal.common import answer_token
             from interp.causal.tracing import average_traces, causal_trace, find_subject, plot_causal_trace
 
-            hooked = interp.load(model, device=device, dtype=dtype)
+            from interp.distributed import is_writer, rank_device
+
+            hooked = interp.load(model, device=rank_device(device), dtype=dtype)
 
             def run(text: str, subject_text: str, answer_text, progress) -> pd.DataFrame:
                 n_rows = _batch_rows(hooked, hooked.to_tokens(text).shape[1], batch_size, max_memory)
@@ -259,12 +263,15 @@ def register_commands(app: typer.Typer) -> None:
                     info = {"mean": summary(shown.attrs), "rows": [summary(t.attrs) for t in traces]}
                 (folder / "trace.json").write_text(json.dumps(info, indent=2) + "\n")
 
-            write_atomically(out, write, overwrite=overwrite)
+            if is_writer():  # under torchrun every rank holds the merged traces; rank 0 writes them
+                write_atomically(out, write, overwrite=overwrite)
         except KeyboardInterrupt:
             console.print("interrupted: nothing was written")
             raise typer.Exit(130)
         except Exception as error:  # noqa: BLE001 - every failure becomes one line unless --debug
             fail(error, debug)
+        if not is_writer():
+            return
         what = f"p({shown.attrs['answer']!r})" if single else f"{len(traces)} prompts, mean p(answer)"
         files = f"{out / 'trace.csv'}" + ("" if single else f", {out / 'trace_mean.csv'}")
         console.print(
@@ -284,7 +291,7 @@ def register_commands(app: typer.Typer) -> None:
         task: TaskOption = None,
         data: Annotated[Path | None, typer.Option(
             metavar="FILE", help="prompt pairs (.jsonl, .csv, .parquet: clean, corrupted, answer, wrong) instead of --clean")] = None,
-        n: Annotated[int | None, typer.Option(metavar="N", help="pairs to generate with --task, or the first N rows of --data",
+        n: Annotated[int | None, typer.Option("--n", "-n", metavar="N", help="pairs to generate with --task, or the first N rows of --data",
                                               show_default="16 for --task, every row of --data")] = None,
         seed: Annotated[int, typer.Option(metavar="SEED", help="--task's generator seed")] = 0,
         sites: Annotated[str, typer.Option(metavar="SITES", help="comma-separated sites: resid_pre, attn_out, mlp_out, head_out, head_out_pos, head_q, head_k, head_v")] = "resid_pre",
@@ -343,7 +350,9 @@ def register_commands(app: typer.Typer) -> None:
                 rows = read_pairs(data)
             import interp
 
-            hooked = interp.load(model, device=device, dtype=dtype)
+            from interp.distributed import is_writer, rank_device
+
+            hooked = interp.load(model, device=rank_device(device), dtype=dtype)
             if rows is not None and rows.meta.get("mib"):  # MIB's filter: the rows this tokenizer can score
                 rows = rows.keep_usable(hooked, limit=n)[0]
             used = None
@@ -356,7 +365,8 @@ def register_commands(app: typer.Typer) -> None:
                 dataset = task_or_data(task, rows, n, model=hooked, seed=seed, default_n=16)
                 batch, note = _patch_rows(dataset, hooked)
                 if note:
-                    console.print(f"note: {note}", highlight=False, soft_wrap=True)
+                    if is_writer():
+                        console.print(f"note: {note}", highlight=False, soft_wrap=True)
                 prompts, corrupted = batch.clean, batch.corrupted
                 how = {"metric": reads_last_position(lambda logits: logit_diff(logits[:, -1], batch))}
                 used = dataset.frame.iloc[batch.rows].assign(row=batch.rows)
@@ -379,12 +389,15 @@ def register_commands(app: typer.Typer) -> None:
                     used[["row", *[c for c in used.columns if c != "row"]]].to_json(
                         folder / "pairs.jsonl", orient="records", lines=True, force_ascii=False)
 
-            write_atomically(out, write, overwrite=overwrite)
+            if is_writer():  # under torchrun every rank holds the merged grid; rank 0 writes it
+                write_atomically(out, write, overwrite=overwrite)
         except KeyboardInterrupt:
             console.print("interrupted: nothing was written")
             raise typer.Exit(130)
         except Exception as error:  # noqa: BLE001
             fail(error, debug)
+        if not is_writer():
+            return
         console.print(
             f"patched {len(frame)} cells over {n_prompts} prompt pair{'s' if n_prompts > 1 else ''}: clean metric "
             f"{frame.attrs['clean_metric']:.4f}, corrupted {frame.attrs['corrupted_metric']:.4f}; wrote "

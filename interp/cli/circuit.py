@@ -7,6 +7,7 @@ circuit.json and circuit.html (plus logit_lens.csv, faithfulness.csv, verificati
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +25,7 @@ def register_commands(app: typer.Typer) -> None:
         model: Annotated[str, typer.Argument(help=f"alias ({DEFAULT_MODEL}), local HF folder, .gguf file, or hub id")] = DEFAULT_MODEL,
         task: Annotated[str | None, typer.Option(help="built-in task: ioi, greater_than, induction, factual, mcqa, arithmetic, arithmetic_subtraction")] = None,
         data: Annotated[Path | None, typer.Option(help="prompt-pair dataset (.jsonl, .csv, .parquet), or a MIB dataset file, instead of --task")] = None,
-        n: Annotated[int, typer.Option(help="prompt pairs to generate (or the first N rows of --data)")] = 64,
+        n: Annotated[int, typer.Option("--n", "-n", help="prompt pairs to generate (or the first N rows of --data); -n under torchrun, whose own flags shadow --n")] = 64,
         out: Annotated[Path, typer.Option(help="output folder")] = Path("interp-out/circuit"),
         method: Annotated[str, typer.Option(help="eap or eap-ig")] = "eap-ig",
         steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps")] = 5,
@@ -74,12 +75,14 @@ def register_commands(app: typer.Typer) -> None:
             pairs = read_pairs(data, counterfactual=counterfactual) if data is not None else None
             roles = scan_roles(scan) if scan is not None else None
             import interp
+            from interp.distributed import is_writer, rank_device, shard_range
 
-            with console.status(f"loading {model}"):
-                hooked = interp.load(model, device=device, dtype=dtype)
+            writer = is_writer()  # under torchrun: rank 0 shows progress and writes; every rank computes its rows
+            with console.status(f"loading {model}") if writer else nullcontext():
+                hooked = interp.load(model, device=rank_device(device), dtype=dtype)
             if pairs is not None and pairs.meta.get("mib"):  # MIB's filter: rows this tokenizer can score
                 pairs, dropped, reason = pairs.keep_usable(hooked, limit=n)
-                if dropped:
+                if dropped and writer:
                     console.print(f"kept {len(pairs)} rows of {data.name}; dropped {dropped} this tokenizer cannot score "
                                   f"(first: {reason})")
             pairs = task_or_data(task, pairs, n, model=hooked, seed=seed, default_n=n,
@@ -89,20 +92,23 @@ def register_commands(app: typer.Typer) -> None:
             if evaluate is not None:
                 given = _file_scores(evaluate, hooked, metric, file_layers, file_heads)
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=console, transient=False) as bars:
+                          console=console, transient=False, disable=not writer) as bars:
 
                 def step(description: str, total: int | None):
-                    handle = bars.add_task(description, total=total)
+                    handle = bars.add_task(description, total=None if total is None else len(shard_range(total)))
                     return lambda k: bars.advance(handle, k)
 
                 result = discover_circuit(hooked, pairs, method=method, steps=steps, metric=metric, n_edges=edges,
                                           selection=selection, verify=verify, batch_size=batch, roles=roles, scores=given,
                                           progress=step)
-            write_atomically(out, result.save, overwrite=overwrite)  # staged, then renamed into place
+            if writer:
+                write_atomically(out, result.save, overwrite=overwrite)  # staged, then renamed into place
         except InterpError as error:
             fail(error, debug)
         except Exception as error:  # noqa: BLE001 - one line unless --debug
             fail(error, debug)
+        if not writer:
+            return
         summary = result.summary()
         c = summary["circuit"]
         console.print(

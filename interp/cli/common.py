@@ -44,7 +44,9 @@ def fail(error: BaseException, debug: bool) -> None:
         message = str(error)
     else:
         message = f"{type(error).__name__}: {error}".splitlines()[0] + " (run with --debug for the traceback)"
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # messages may hold [...]
     raise typer.Exit(1)
 
 

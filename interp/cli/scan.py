@@ -25,6 +25,19 @@ def _device_type(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _other_rank() -> bool:
+    """Under torchrun / accelerate: True on ranks other than 0, which leave the scan to rank 0 (it says so)."""
+    from interp.distributed import is_writer, launched
+
+    if not launched():
+        return False
+    if is_writer():
+        console.print("note: interp scan does not split its analyses over processes; rank 0 runs every analysis, "
+                      "the other ranks exit (the circuit, patch and trace commands split their rows)", highlight=False, soft_wrap=True)
+        return False
+    return True
+
+
 def _print_resume(plan: dict[str, str]) -> None:
     reused = [name for name, why in plan.items() if why == "reused"]
     console.print(f"resume: reusing {', '.join(reused) if reused else 'nothing (no checkpoint matches these settings)'}")
@@ -167,6 +180,8 @@ def register_commands(app: typer.Typer) -> None:
             check_output_dir(out, overwrite=overwrite, resume=resume)
             if backend == "triton":
                 check_backend(backend, _device_type(device))
+            if _other_rank():
+                return
             with folder_lock(out, what="scan"):
                 result, hooked = _run_scan(model, out, chosen, settings, max_bytes, device, dtype, overwrite, resume, report, threads)
         except KeyboardInterrupt:
