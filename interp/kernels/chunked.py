@@ -135,7 +135,8 @@ def _row_max_argmax(scores: Tensor) -> tuple[Tensor, Tensor]:
     block_max = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
     row_max, block = block_max.max(-1)  # few columns: the slow indexed max is fine here
     cols = block[..., None] * _ARGMAX_BLOCK + torch.arange(_ARGMAX_BLOCK, device=scores.device)
-    cols = cols.clamp(max=span - 1)  # a short last block repeats its last column: harmless for argmax
+    if full < span:
+        cols = cols.clamp(max=span - 1)  # a short last block repeats its last column: harmless for argmax
     within = scores.gather(-1, cols).argmax(-1)
     return row_max, block * _ARGMAX_BLOCK + within
 
@@ -200,7 +201,7 @@ def attention_with_stats_chunked(
     q_scaled = (q.float() * scale).view(batch, n_kv_heads, group, n_query, d_head)
     # Contiguous [d, key] operands make the per-kv-head matrix products markedly faster on CPU.
     k_t = k.float().transpose(-1, -2).contiguous()
-    v32 = v.float()
+    v32 = v.float().contiguous()  # HF hands a transposed view; contiguous, each chunk's rows are a view too
     # Gradients (e.g. attribution through a statistics forward) need the allocating, out-of-place ops;
     # without them the products and the softmax write into reused buffers.
     if not track:
@@ -230,9 +231,9 @@ def attention_with_stats_chunked(
                 scores = softcap * torch.tanh(scores / softcap)
         else:
             scores = scores_buffer[: batch * n_heads * c * span].view(batch, n_kv_heads, group * c, span)
-            for b in range(batch):
-                for h in range(n_kv_heads):
-                    torch.mm(q_c[b, h], k_t[b, h, :, key_lo:key_hi], out=scores[b, h])
+            # One batched product: a loop of per-head products is as fast on an idle CPU, but each is a
+            # parallel region of its own, and on a busy one every region waits for its slowest thread.
+            torch.bmm(q_c.flatten(0, 1), k_t[..., key_lo:key_hi].flatten(0, 1), out=scores.flatten(0, 1))
             if softcap is not None:
                 scores.div_(softcap).tanh_().mul_(softcap)
         scores = scores.view(batch, n_kv_heads, group, c, span)
@@ -292,9 +293,7 @@ def attention_with_stats_chunked(
             out_c = torch.matmul(flat_probs, v32[:, :, key_lo:key_hi])
         else:
             out_c = torch.empty(batch, n_kv_heads, group * c, d_head_v, **f32)
-            for b in range(batch):
-                for h in range(n_kv_heads):
-                    torch.mm(flat_probs[b, h], v32[b, h, key_lo:key_hi], out=out_c[b, h])
+            torch.bmm(flat_probs.flatten(0, 1), v32[:, :, key_lo:key_hi].flatten(0, 1), out=out_c.flatten(0, 1))
         out[:, :, :, rows] = out_c.view(batch, n_kv_heads, group, c, d_head_v).to(q.dtype)
         lse[..., rows] = row_lse
         entropy[..., rows] = row_entropy
