@@ -17,7 +17,9 @@ It prints wall time and peak memory above the loaded weights (measured after a 3
 the same mode, so one-off runtime allocations are not counted), with ratios to the baseline. The
 times of plain and stats come from one more subprocess that runs them alternately, ``--repeats``
 times each, and keeps each mode's fastest run: a burst of load on a shared machine then slows both
-modes alike, or only runs that are discarded (eager, too large to repeat, is timed once). Every
+modes alike, or only runs that are discarded (eager, too large to repeat, is timed once). Their
+ratio of process CPU time (fastest run each) is printed too: with ``--threads 1`` on a busy machine it
+leaves out the time the process waited for a core, which wall time cannot. Every
 mode keeps only the last position's logits (``logits_to_keep=1``, as the scan does), so the
 ``[pos, vocab]`` logits (800 MB at 4,096 tokens) do not hide what attention costs. A
 mode that runs out of memory is reported as such. With a CUDA GPU, it also times the Triton kernel
@@ -97,12 +99,14 @@ def timing_child(model_name: str, modes: list[str], length: int, backend: str, r
     for mode in modes:
         run(mode, tokens[:, :32])
     best = {mode: float("inf") for mode in modes}
+    cpu = dict(best)
     for _ in range(repeats):
         for mode in modes:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run(mode, tokens)
             best[mode] = min(best[mode], time.perf_counter() - start)
-    return {"length": length, "seconds": best, "load": os.getloadavg()[0]}
+            cpu[mode] = min(cpu[mode], time.process_time() - start_cpu)
+    return {"length": length, "seconds": best, "cpu_seconds": cpu, "load": os.getloadavg()[0]}
 
 
 def _child_command(model: str, length: int, backend: str, threads: int | None) -> list[str]:
@@ -179,13 +183,14 @@ def main() -> None:
     threads = args.threads if args.threads is not None else "torch default"
     print(f"models {', '.join(models)}, CPU: {platform.processor() or platform.machine()}, batch 1, fp32, backend {args.backend}, threads {threads}")
     print(f"time: fastest of {args.repeats} alternating runs of {'/'.join(timed)} in one process; memory: one run per mode in its own process")
-    print(f"{'model':>14} {'length':>7} {'mode':>6} {'time s':>8} {'x plain':>8} {'mem MB':>8} {'x plain':>8} {'eager/stats mem':>16} {'load':>5}")
+    print(f"{'model':>14} {'length':>7} {'mode':>6} {'time s':>8} {'x plain':>8} {'mem MB':>8} {'x plain':>8} {'eager/stats mem':>16} {'x plain cpu':>10} {'load':>5}")
     for model, length in ((model, length) for length in lengths for model in models):
         rows = {mode: run_child(model, mode, length, args.backend, args.threads) for mode in modes}
         timing = run_timing(model, timed, length, args.backend, args.repeats, args.threads) if timed else {}
         for mode in timed:
             if "error" not in rows[mode] and "error" not in timing:
                 rows[mode]["seconds"] = timing["seconds"][mode]
+                rows[mode]["cpu_seconds"] = timing["cpu_seconds"][mode]
         load = f"{timing['load']:.1f}" if "load" in timing else ""
         base = rows.get("plain")
         for mode, row in rows.items():
@@ -198,7 +203,13 @@ def main() -> None:
             versus = ""
             if mode == "eager" and "stats" in rows and "error" not in rows["stats"]:
                 versus = f"{extra / (rows['stats']['peak_mb'] - rows['stats']['loaded_mb']):.1f}"
-            print(f"{model:>14} {length:>7} {mode:>6} {row['seconds']:>8.2f} {t_ratio:>8.2f} {extra:>8.0f} {m_ratio:>8.2f} {versus:>16} {load:>5}")
+            cpu_ratio = ""
+            if "cpu_seconds" in row and base and "cpu_seconds" in base:
+                cpu_ratio = f"{row['cpu_seconds'] / base['cpu_seconds']:.2f}"
+            print(
+                f"{model:>14} {length:>7} {mode:>6} {row['seconds']:>8.2f} {t_ratio:>8.2f} {extra:>8.0f} {m_ratio:>8.2f} "
+                f"{versus:>16} {cpu_ratio:>10} {load:>5}"
+            )
         if "error" in timing:
             print(f"{model:>14} {length:>7} timing run failed ({timing['error']}); times above are single runs")
     gpu_kernel_timing()
