@@ -38,7 +38,7 @@ from interp.kernels.validation import validate_inputs
 # than MIN_CHUNK queries: below that, Python loop overhead dominates at long context.
 # The block is read and written by about eight passes (two products, max, softmax, shift, entropy,
 # column sums): a few MB stays in the CPU's caches between them, 16 MB did not and ran each pass
-# 1.5-2x slower per element (SmolLM2 at 1-4K tokens: the kernel took 1.2-1.4x longer; docs/benchmarks.md).
+# 1.5-2x slower per element (SmolLM2 at 1-2K tokens the kernel took 1.3-1.5x longer; docs/benchmarks.md).
 DEFAULT_CHUNK_BUDGET_BYTES = 4 * 2**20
 MIN_CHUNK = 64
 
