@@ -183,7 +183,7 @@ def main() -> None:
     threads = args.threads if args.threads is not None else "torch default"
     print(f"models {', '.join(models)}, CPU: {platform.processor() or platform.machine()}, batch 1, fp32, backend {args.backend}, threads {threads}")
     print(f"time: fastest of {args.repeats} alternating runs of {'/'.join(timed)} in one process; memory: one run per mode in its own process")
-    print(f"{'model':>14} {'length':>7} {'mode':>6} {'time s':>8} {'x plain':>8} {'mem MB':>8} {'x plain':>8} {'eager/stats mem':>16} {'x plain cpu':>10} {'load':>5}")
+    print(f"{'model':>14} {'length':>7} {'mode':>6} {'time s':>8} {'x plain':>8} {'mem MB':>8} {'x plain':>8} {'eager/stats mem':>16} {'x plain cpu':>11} {'load':>5}")
     for model, length in ((model, length) for length in lengths for model in models):
         rows = {mode: run_child(model, mode, length, args.backend, args.threads) for mode in modes}
         timing = run_timing(model, timed, length, args.backend, args.repeats, args.threads) if timed else {}
@@ -208,7 +208,7 @@ def main() -> None:
                 cpu_ratio = f"{row['cpu_seconds'] / base['cpu_seconds']:.2f}"
             print(
                 f"{model:>14} {length:>7} {mode:>6} {row['seconds']:>8.2f} {t_ratio:>8.2f} {extra:>8.0f} {m_ratio:>8.2f} "
-                f"{versus:>16} {cpu_ratio:>10} {load:>5}"
+                f"{versus:>16} {cpu_ratio:>11} {load:>5}"
             )
         if "error" in timing:
             print(f"{model:>14} {length:>7} timing run failed ({timing['error']}); times above are single runs")
