@@ -36,7 +36,10 @@ from interp.kernels.validation import validate_inputs
 # Default chunk size targets this many bytes for one float32 [batch, heads, chunk, n_key] block
 # (the implementation keeps two such buffers, plus small temporaries), but never fewer
 # than MIN_CHUNK queries: below that, Python loop overhead dominates at long context.
-DEFAULT_CHUNK_BUDGET_BYTES = 16 * 2**20
+# The block is read and written by about eight passes (two products, max, softmax, shift, entropy,
+# column sums): a few MB stays in the CPU's caches between them, 16 MB did not and ran each pass
+# 1.5-2x slower per element (SmolLM2 at 1-2K tokens the kernel took 1.3-1.5x longer; docs/benchmarks.md).
+DEFAULT_CHUNK_BUDGET_BYTES = 4 * 2**20
 MIN_CHUNK = 64
 
 # Stands in for -inf on masked scores: softmax gives them exactly 0 weight, and 0 * _MASKED is 0
@@ -132,7 +135,8 @@ def _row_max_argmax(scores: Tensor) -> tuple[Tensor, Tensor]:
     block_max = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
     row_max, block = block_max.max(-1)  # few columns: the slow indexed max is fine here
     cols = block[..., None] * _ARGMAX_BLOCK + torch.arange(_ARGMAX_BLOCK, device=scores.device)
-    cols = cols.clamp(max=span - 1)  # a short last block repeats its last column: harmless for argmax
+    if full < span:
+        cols = cols.clamp(max=span - 1)  # a short last block repeats its last column: harmless for argmax
     within = scores.gather(-1, cols).argmax(-1)
     return row_max, block * _ARGMAX_BLOCK + within
 
@@ -197,7 +201,7 @@ def attention_with_stats_chunked(
     q_scaled = (q.float() * scale).view(batch, n_kv_heads, group, n_query, d_head)
     # Contiguous [d, key] operands make the per-kv-head matrix products markedly faster on CPU.
     k_t = k.float().transpose(-1, -2).contiguous()
-    v32 = v.float()
+    v32 = v.float().contiguous()  # HF hands a transposed view; contiguous, each chunk's rows are a view too
     # Gradients (e.g. attribution through a statistics forward) need the allocating, out-of-place ops;
     # without them the products and the softmax write into reused buffers.
     if not track:
@@ -205,10 +209,12 @@ def attention_with_stats_chunked(
         max_span = n_key if not reaches else min(n_key, chunk_size + min(reaches) - 1)
         scores_buffer, probs_buffer = _workspace(batch * n_heads * min(chunk_size, n_query) * max_span, device)
 
+    # Per chunk shape, built once per call: the causal mask [c, c] and the recent-window columns.
+    masks: dict[int, Tensor] = {}
+    windows: dict[tuple[int, int], Tensor] = {}
     for start in range(0, n_query, chunk_size):
         stop = min(start + chunk_size, n_query)
         c = stop - start
-        query_pos = torch.arange(start, stop, device=device) + q_offset  # [c]
         # Keys this chunk can see: [key_lo, key_hi).
         key_hi = q_offset + stop
         key_lo = 0 if sliding_window is None else max(0, q_offset + start - sliding_window + 1)
@@ -225,17 +231,20 @@ def attention_with_stats_chunked(
                 scores = softcap * torch.tanh(scores / softcap)
         else:
             scores = scores_buffer[: batch * n_heads * c * span].view(batch, n_kv_heads, group * c, span)
-            for b in range(batch):
-                for h in range(n_kv_heads):
-                    torch.mm(q_c[b, h], k_t[b, h, :, key_lo:key_hi], out=scores[b, h])
+            # One batched product: a loop of per-head products is as fast on an idle CPU, but each is a
+            # parallel region of its own, and on a busy one every region waits for its slowest thread.
+            torch.bmm(q_c.flatten(0, 1), k_t[..., key_lo:key_hi].flatten(0, 1), out=scores.flatten(0, 1))
             if softcap is not None:
                 scores.div_(softcap).tanh_().mul_(softcap)
         scores = scores.view(batch, n_kv_heads, group, c, span)
 
         # Causality hides keys after the query; they are all in the last c columns.
-        later = torch.ones(c, c, dtype=torch.bool, device=device).triu_(1)
+        later = masks.get(c)
+        if later is None:
+            later = masks[c] = torch.ones(c, c, dtype=torch.bool, device=device).triu_(1)
         scores[..., span - c :].masked_fill_(later, _MASKED)
         if sliding_window is not None or key_padding_mask is not None or attention_chunk is not None:
+            query_pos = torch.arange(start, stop, device=device) + q_offset  # [c]
             key_pos = torch.arange(key_lo, key_hi, device=device)
             hidden = torch.zeros(batch, 1, 1, c, span, dtype=torch.bool, device=device)
             if sliding_window is not None:
@@ -284,9 +293,7 @@ def attention_with_stats_chunked(
             out_c = torch.matmul(flat_probs, v32[:, :, key_lo:key_hi])
         else:
             out_c = torch.empty(batch, n_kv_heads, group * c, d_head_v, **f32)
-            for b in range(batch):
-                for h in range(n_kv_heads):
-                    torch.mm(flat_probs[b, h], v32[b, h, key_lo:key_hi], out=out_c[b, h])
+            torch.bmm(flat_probs.flatten(0, 1), v32[:, :, key_lo:key_hi].flatten(0, 1), out=out_c.flatten(0, 1))
         out[:, :, :, rows] = out_c.view(batch, n_kv_heads, group, c, d_head_v).to(q.dtype)
         lse[..., rows] = row_lse
         entropy[..., rows] = row_entropy
@@ -297,24 +304,27 @@ def attention_with_stats_chunked(
             entropy[..., rows].masked_fill_(~row_ok, 0.0)
             argmax[..., rows].masked_fill_(~row_ok, -1)
 
-        def column_mass(col: Tensor) -> Tensor:
-            """A at one column per query (col: [c], relative to key_lo; < 0 means none)."""
-            picked = probs.gather(-1, col.clamp(min=0).expand(*probs.shape[:-1])[..., None])[..., 0]
-            return torch.where(col >= 0, picked, 0.0)
-
-        # The diagonal is always inside the span; the previous key may fall just before it.
-        diag_mass[..., rows] = column_mass(query_pos - key_lo)
-        prev_mass[..., rows] = column_mass(query_pos - 1 - key_lo)
+        # The diagonal, the previous key and the recent window lie in a band of the last columns:
+        # query i's own key is band column shift + i, so the first two are diagonals of the band (views).
+        lo = max(0, span - c - max(config.window, 2) + 1)
+        band, shift = probs[..., lo:], span - c - lo
+        diag_mass[..., rows] = band.diagonal(shift, -2, -1)
+        if shift > 0:
+            prev_mass[..., rows] = band.diagonal(shift - 1, -2, -1)
+        else:  # the chunk starts at key 0: its first query has no previous key (its mass stays 0)
+            prev_mass[..., start + 1 : stop] = band.diagonal(-1, -2, -1)
 
         sink_hi = min(config.n_sink, key_hi)
         if key_lo < sink_hi:
             sink_per_position[..., rows, key_lo:sink_hi] = probs[..., : sink_hi - key_lo]
         if config.window > 0:
-            # Keys in (p - window, p] lie in the last c + window - 1 columns.
-            lo = max(0, span - c - config.window + 1)
-            key_pos = torch.arange(key_lo + lo, key_hi, device=device)
-            in_window = (key_pos[None, :] > query_pos[:, None] - config.window).float()
-            window_mass[..., rows] = torch.einsum("...s,...s->...", probs[..., lo:], in_window)
+            # Keys in (p - window, p]: band columns shift + i - window < j <= shift + i.
+            in_window = windows.get((c, shift))
+            if in_window is None:
+                j = torch.arange(span - lo, device=device)
+                i = torch.arange(c, device=device)[:, None] + shift
+                in_window = windows[(c, shift)] = ((j > i - config.window) & (j <= i)).float()
+            window_mass[..., rows] = torch.einsum("...s,...s->...", band, in_window)
         if config.targets is not None:
             # Scatter into a per-query membership mask over the span (duplicates collapse);
             # indices outside the span (incl. -1) go to a dropped extra column.
