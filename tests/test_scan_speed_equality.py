@@ -197,3 +197,27 @@ def test_head_ablation_equals_full_forwards_with_a_hand_written_mean():
             handle.remove()
             row = frame[(frame.layer == layer) & (frame["head"] == head)]
             assert float(row.delta.iloc[0]) == pytest.approx(expected, abs=1e-5)
+
+
+@torch.no_grad()
+def test_previous_token_scores_from_the_shared_pass_equal_eager_attention(tiny_folder):
+    """The scan's previous_token columns come from the statistics pass it shares with max_attention."""
+    import interp
+    from interp.analyses.probes import default_probes
+    from interp.settings import ScanSettings
+
+    model = interp.load(tiny_folder, device="cpu")
+    result = interp.scan(model, analyses="max_attention,previous_token", settings=ScanSettings(context_length=24, batch=2))
+    plain = interp.load(tiny_folder, device="cpu").model
+    plain.set_attn_implementation("eager")
+    probes = default_probes(model, context_length=24, batch=2, seed=0)
+    for probe, column in (("repeated", "previous_token_score"), ("natural", "previous_token_score_natural")):
+        tokens = probes[probe].tokens
+        n = tokens.shape[1]
+        for layer, pattern in enumerate(plain(tokens, output_attentions=True).attentions):
+            previous = pattern[:, :, torch.arange(1, n), torch.arange(0, n - 1)]  # [batch, head, query >= 1]
+            got = result.heads[result.heads.layer == layer].sort_values("head")
+            torch.testing.assert_close(torch.tensor(got[column].to_numpy()).float(), previous.mean(dim=(0, 2)), atol=1e-5, rtol=0)
+            if probe == "repeated":
+                tl = previous.sum(dim=2).mean(dim=0) / n  # TransformerLens 'mul': summed over all n queries
+                torch.testing.assert_close(torch.tensor(got["previous_token_score_tl"].to_numpy()).float(), tl, atol=1e-5, rtol=0)
