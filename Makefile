@@ -17,6 +17,9 @@ setup: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/interp scan $(MODEL) --out $(OUT) --overwrite
+	@$(BIN)/python -c "import json, sys; m = json.load(open(sys.argv[1])); t = m['timings_s']; \
+	[print(f'{name:>16} {s:6.1f} s') for name, s in t.items()]; \
+	print(f'{\"all analyses\":>16} {sum(t.values()):6.1f} s on {m[\"threads\"]} threads')" $(OUT)/scan.json
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

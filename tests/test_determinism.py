@@ -28,7 +28,10 @@ def _scan(folder: str, out, extra_env: dict[str, str]) -> subprocess.CompletedPr
 
 
 def test_two_identical_scans_give_bit_identical_tables(tiny_folder, tmp_path):
-    runs = [_scan(tiny_folder, tmp_path / f"run{i}", {}) for i in range(2)]
+    # The CLI's default is auto (a probe that may pick another count under load): fix the count, as
+    # repeating a recorded run does.
+    count = str(torch.get_num_threads())
+    runs = [_scan(tiny_folder, tmp_path / f"run{i}", {"INTERP_THREADS": count}) for i in range(2)]
     for run in runs:
         assert run.returncode == 0, run.stderr[-2000:]
     # Not a terminal: one plain line per finished analysis, with its time (a log can read it).
@@ -42,10 +45,33 @@ def test_two_identical_scans_give_bit_identical_tables(tiny_folder, tmp_path):
     assert meta["threads"] == torch.get_num_threads()
 
 
-def test_auto_threads_are_probed_once_and_recorded(tiny_folder, tmp_path):
-    run = _scan(tiny_folder, tmp_path / "auto", {"INTERP_THREADS": "auto"})
+@pytest.mark.parametrize("env", [{"INTERP_THREADS": "auto"}, {}], ids=["auto", "cli-default"])
+def test_auto_threads_are_probed_once_and_recorded(tiny_folder, tmp_path, env):
+    run = _scan(tiny_folder, tmp_path / "auto", env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads((tmp_path / "auto" / "scan.json").read_text())["threads"] in (1, torch.get_num_threads())
+
+
+def test_the_cli_scan_defaults_to_auto_threads(monkeypatch, tmp_path):
+    """Without --threads or INTERP_THREADS the CLI passes threads='auto' to interp.scan."""
+    from typer.testing import CliRunner
+
+    import interp.cli.scan as cli_scan
+    from interp.cli.app import app
+
+    seen = {}
+
+    def fake_run(model, out, chosen, settings, max_bytes, device, dtype, overwrite, resume, report, threads):
+        seen["threads"] = threads
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("INTERP_THREADS", raising=False)
+    monkeypatch.delenv("INTERP_ADAPT_THREADS", raising=False)
+    monkeypatch.setattr(cli_scan, "_run_scan", fake_run)
+    CliRunner().invoke(app, ["scan", "tiny", "--out", str(tmp_path / "out")])
+    assert seen == {"threads": "auto"}
+    CliRunner().invoke(app, ["scan", "tiny", "--out", str(tmp_path / "out2"), "--threads", "2"])
+    assert seen == {"threads": 2}
 
 
 def test_inside_a_run_the_count_never_adapts(monkeypatch):

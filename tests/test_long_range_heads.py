@@ -8,7 +8,7 @@ from tiny_models import tiny_model
 
 from interp.analyses import mass_outside, retrieval_ablation_check, retrieval_scores, streaming_head_mask, streaming_scores
 from interp.analyses.retrieval import answer_recall, copy_paste_score, greedy_decode_with_argmax
-from interp.analyses.streaming import _answer_losses, kv_head_table, lambda_blocked
+from interp.analyses.streaming import kv_head_table, lambda_blocked
 from interp.hooks import HookedModel
 from interp.analyses.needles import NeedleSample, needle_grid, needle_sample
 
@@ -71,6 +71,13 @@ def test_streaming_proxy_closed_form_under_uniform_attention():
         outside = mass_outside(model, torch.randint(0, 97, (1, 30)), n_sink=2, window=5)
     expected = sum((p + 1 - 7) / (p + 1) for p in range(7, 30)) / 23  # uniform: (keys outside) / (visible keys)
     torch.testing.assert_close(outside, torch.full((2, 4), expected), atol=1e-6, rtol=1e-6)
+
+
+def _answer_losses(model: HookedModel, sample: NeedleSample, rows: int) -> torch.Tensor:
+    """Answer cross-entropy of one full forward over prompt + answer (whatever hooks are active)."""
+    answer = torch.tensor(sample.answer_ids)
+    logits = model(torch.cat([sample.tokens[0], answer])[None])[0, -len(answer) - 1 : -1]
+    return torch.nn.functional.cross_entropy(logits, answer).repeat(rows)
 
 
 @torch.no_grad()

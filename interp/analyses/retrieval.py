@@ -20,7 +20,7 @@ import torch
 
 from interp.analyses.head_stats import head_frame
 from interp.analyses.registry import register
-from interp.hooks import HookedModel
+from interp.hooks import HookedModel, hook_name
 from interp.kernels import AttentionStats, StatsConfig
 from interp.analyses.needles import NeedleSample, needle_grid
 
@@ -41,25 +41,39 @@ def greedy_decode_with_argmax(
     positions: a sliding-window layer's cache keeps only its last ``window - 1`` keys, so the kernel's
     argmax (an index into the keys it was given) is shifted by the keys dropped before them.
     """
+    generated, argmax = _decode_rows_with_argmax(model, tokens, max_new_tokens)
+    return generated[0].tolist(), argmax[0]
+
+
+def _decode_rows_with_argmax(model: HookedModel, tokens: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`greedy_decode_with_argmax` of several prompts of one length ``[rows, pos]`` in one batch:
+    ``(generated [rows, step], argmax [rows, step, layer, head])``."""
 
     def last_query_argmax(layer: int, stats: AttentionStats) -> torch.Tensor:
-        return stats.argmax[0, :, -1].cpu()
+        return stats.argmax[:, :, -1].cpu()
 
     out = model.model(input_ids=tokens[:, :-1], use_cache=True, logits_to_keep=1)  # the prefill's logits are unused
     cache, current = out.cache, tokens[:, -1:]
     generated, argmaxes = [], []
-    for step in range(max_new_tokens):
+    for step in range(steps):
         position = tokens.shape[1] - 1 + step  # of the query; it sees its cached keys plus itself
         dropped = torch.tensor([position - cache.layers[layer].keys.shape[-2] for layer in range(model.cfg.n_layers)])
         with model.collect_attention_stats(_ARGMAX_ONLY, reduce=last_query_argmax) as stats:
             out = model.model(input_ids=current, cache=cache, use_cache=True)
         cache = out.cache
-        next_id = int(out.logits[0, -1].argmax())
-        generated.append(next_id)
-        argmax = torch.stack([stats[layer] for layer in range(model.cfg.n_layers)])
+        current = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+        generated.append(current[:, 0].cpu())
+        argmax = torch.stack([stats[layer] for layer in range(model.cfg.n_layers)], dim=1)  # [rows, layer, head]
         argmaxes.append(torch.where(argmax >= 0, argmax + dropped[:, None], argmax))
-        current = torch.tensor([[next_id]], device=tokens.device)
-    return generated, torch.stack(argmaxes)
+    return torch.stack(generated, dim=1), torch.stack(argmaxes, dim=1)
+
+
+def _by_length(samples: list[NeedleSample]) -> dict[int, list[int]]:
+    """Sample indices grouped by prompt length (equal lengths batch without padding), in first-seen order."""
+    groups: dict[int, list[int]] = {}
+    for index, sample in enumerate(samples):
+        groups.setdefault(sample.tokens.shape[1], []).append(index)
+    return groups
 
 
 def answer_recall(generated: list[int], answer_ids: list[int]) -> float:
@@ -96,18 +110,26 @@ def sample_retrieval_scores(model: HookedModel, sample: NeedleSample) -> tuple[t
 def retrieval_scores(model: HookedModel, samples: list[NeedleSample], *, on_sample=None) -> pd.DataFrame:
     """Per head: ``retrieval_score`` (mean over retrieved samples), ``retrieval_head`` (score > 0.1).
 
-    ``frame.attrs["summary"]`` holds the number of samples, how many were retrieved and the mean recall.
+    Prompts of equal length are decoded together in one batch. ``frame.attrs["summary"]`` holds the
+    number of samples, how many were retrieved and the mean recall.
     """
     total = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    counted, recalls = 0, []
-    for index, sample in enumerate(samples):
-        score, recall = sample_retrieval_scores(model, sample)
-        recalls.append(recall)
-        if recall > RECALL_TO_COUNT:
-            total += score
-            counted += 1
-        if on_sample:
-            on_sample(index + 1, len(samples))
+    counted, recalls, done = 0, [0.0] * len(samples), 0
+    with torch.no_grad():
+        for indices in _by_length(samples).values():
+            steps = max(len(samples[i].answer_ids) for i in indices)
+            tokens = torch.cat([samples[i].tokens for i in indices])
+            generated, argmax = _decode_rows_with_argmax(model, tokens, steps)
+            for row, i in enumerate(indices):
+                sample, n = samples[i], len(samples[i].answer_ids)
+                ids = generated[row, :n].tolist()
+                recalls[i] = answer_recall(ids, sample.answer_ids)
+                if recalls[i] > RECALL_TO_COUNT:
+                    total += copy_paste_score(ids, argmax[row, :n], sample.tokens[0].cpu(), sample.answer_span)
+                    counted += 1
+            done += len(indices)
+            if on_sample:
+                on_sample(done, len(samples))
     frame = head_frame(model, {"retrieval_score": total / max(counted, 1)})
     frame["retrieval_head"] = frame["retrieval_score"] > RETRIEVAL_THRESHOLD
     frame.attrs["summary"] = {
@@ -132,23 +154,64 @@ def needle_recall(model: HookedModel, samples: list[NeedleSample]) -> float:
     return sum(recalls) / len(recalls)
 
 
+def _zeroing_hooks(model: HookedModel, ablated: list[list[tuple[int, int]]]) -> list[tuple[str, object]]:
+    """``hook_z`` hooks that zero, in batch row ``r``, the heads ``ablated[r]`` (as ``ablate_heads`` does for every row)."""
+    keep: dict[int, torch.Tensor] = {}
+    for row, heads in enumerate(ablated):
+        for layer, head in heads:
+            keep.setdefault(layer, torch.ones(len(ablated), 1, model.cfg.n_heads, 1, device=model.device))[row, 0, head, 0] = 0.0
+
+    def zero(mask: torch.Tensor):
+        return lambda z, hook: z * mask.to(z.dtype)
+
+    return [(hook_name(layer, "attn.hook_z"), zero(mask)) for layer, mask in sorted(keep.items())]
+
+
+@torch.no_grad()
+def _recalls_with_heads_zeroed(
+    model: HookedModel, samples: list[NeedleSample], conditions: list[list[tuple[int, int]]]
+) -> list[float]:
+    """Per condition (a list of heads to zero), :func:`needle_recall` over ``samples`` with those heads zeroed.
+
+    Every condition and every prompt of one length share one batched ``generate``; each row is cut
+    where its own ``generate`` would have stopped (its answer's length, or an end-of-text token).
+    """
+    eos = model.model.generation_config.eos_token_id
+    stops = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+    recalls = [[0.0] * len(samples) for _ in conditions]
+    for indices in _by_length(samples).values():
+        tokens = torch.cat([samples[i].tokens for i in indices]).repeat(len(conditions), 1)  # condition-major rows
+        hooks = _zeroing_hooks(model, [heads for heads in conditions for _ in indices])
+        steps = max(len(samples[i].answer_ids) for i in indices)
+        with model.hooks(hooks):
+            out = model.model.generate(
+                tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=steps, do_sample=False, pad_token_id=0
+            )[:, tokens.shape[1] :].tolist()
+        for row, generated in enumerate(out):
+            condition, i = divmod(row, len(indices))
+            generated = generated[: len(samples[indices[i]].answer_ids)]
+            ended = [step for step, token in enumerate(generated) if token in stops]
+            generated = generated[: ended[0] + 1] if ended else generated
+            recalls[condition][indices[i]] = answer_recall(generated, samples[indices[i]].answer_ids)
+    return [sum(r) / len(r) for r in recalls]
+
+
 def retrieval_ablation_check(
     model: HookedModel, samples: list[NeedleSample], scores: pd.DataFrame, *, k: int = 10, n_random: int = 3, seed: int = 0
 ) -> dict[str, float]:
-    """Needle recall with the top-``k`` retrieval heads zeroed vs ``k`` random heads (mean of ``n_random`` draws)."""
+    """Needle recall with the top-``k`` retrieval heads zeroed vs ``k`` random heads (mean of ``n_random`` draws).
+
+    The clean run, the top-``k`` run and the random draws decode together (one batch per prompt length).
+    """
     ranked = scores.sort_values("retrieval_score", ascending=False)
     top = list(zip(ranked.layer.head(k).astype(int), ranked["head"].head(k).astype(int)))
     everything = list(zip(scores.layer.astype(int), scores["head"].astype(int)))
     rng = random.Random(seed)
-    with model.ablate_heads(top):
-        top_recall = needle_recall(model, samples)
-    random_recalls = []
-    for _ in range(n_random):
-        with model.ablate_heads(rng.sample(everything, k)):
-            random_recalls.append(needle_recall(model, samples))
+    draws = [rng.sample(everything, k) for _ in range(n_random)]
+    clean, top_recall, *random_recalls = _recalls_with_heads_zeroed(model, samples, [[], top, *draws])
     return {
         "k": k,
-        "recall_clean": needle_recall(model, samples),
+        "recall_clean": clean,
         "recall_top_k_ablated": top_recall,
         "recall_random_k_ablated": sum(random_recalls) / n_random,
     }

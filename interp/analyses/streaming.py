@@ -17,24 +17,22 @@ recent ``window`` tokens ("Lambda-shaped" attention). Two scores:
 ``sparsity`` (default 0.5) with the lowest ``streaming_score_kv`` is made to stream; see
 :func:`streaming_head_mask` for the ``[layer, kv_head]`` mask.
 
-The causal score runs one batched forward per layer (a row per KV group, or per head), with the
-restricted layer's pattern materialized; the scan therefore keeps its needle prompt at
+The causal score runs one batched forward per layer (a row per KV group, or per head), replayed from
+that layer and from position ``n_sink + window`` of one recorded plain run, with the restricted layer's
+pattern materialized; the scan therefore keeps its needle prompt at
 ``2 x window`` tokens (512 by default) whatever ``--context-length`` is, while the proxy runs through
 the O(N) statistics kernel at the full context length.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-
 import pandas as pd
 import torch
-from transformers.cache_utils import Cache
 
 from interp.analyses.head_stats import head_frame, head_stat_means
 from interp.analyses.registry import register
 from interp.hooks import HookedModel
+from interp.hooks.replay import record
 from interp.kernels import StatsConfig
 from interp.analyses.needles import NeedleSample, needle_sample
 from interp.analyses.probes import natural_text_tokens
@@ -61,48 +59,24 @@ def mass_outside(model: HookedModel, tokens: torch.Tensor, *, n_sink: int, windo
     return (1 - means["sink_mass"] - means["window_mass"]).clamp_min(0)
 
 
-@dataclass
-class _Prefix:
-    """KV cache of a sample's first ``length`` tokens, shared by every restricted forward.
-
-    Lambda attention blocks nothing for queries before ``n_sink + window`` (they see every key), so
-    those positions have the same keys and values in every restricted run as in the plain one.
-    """
-
-    cache: Cache
-    length: int
-
-
-def _shared_prefix(model: HookedModel, sample: NeedleSample, *, n_sink: int, window: int) -> _Prefix | None:
-    """The plain run's cache of the positions Lambda attention leaves untouched, or None when it cannot be reused."""
-    length = min(n_sink + window, sample.tokens.shape[1] - 1)
-    sliding = getattr(model.model.config, "sliding_window", None)
-    # A sliding-window cache keeps only its last keys, and knockout edges are aligned to absolute positions.
-    if length < 1 or (sliding is not None and sliding < sample.tokens.shape[1] + len(sample.answer_ids)):
-        return None
-    out = model.model(input_ids=sample.tokens[:, :length], use_cache=True, logits_to_keep=1)  # only the cache is used
-    return _Prefix(out.cache, length)
-
-
-def _answer_losses(model: HookedModel, sample: NeedleSample, rows: int, prefix: _Prefix | None = None) -> torch.Tensor:
-    """Answer cross-entropy (nats/token) for ``rows`` copies of the sample, under whatever hooks are active.
-
-    With ``prefix`` only the tokens after it are run, on a copy of its cache.
-    """
+def _answer_tokens(model: HookedModel, sample: NeedleSample) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(prompt + answer [1, n], answer [answer])``: the sequence whose answer positions are scored."""
     answer = torch.tensor(sample.answer_ids, device=model.device)
-    tokens = torch.cat([sample.tokens[0], answer])[None].repeat(rows, 1)
+    return torch.cat([sample.tokens[0], answer])[None], answer
+
+
+def _answer_losses(logits: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
+    """``[rows]`` answer cross-entropy (nats/token) from the logits of the last ``len(answer) + 1`` positions."""
+    logits = logits[:, -len(answer) - 1 : -1]
+    return torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), answer[None].expand(logits.shape[0], -1), reduction="none"
+    ).mean(dim=1)
+
+
+def _full_forward_losses(model: HookedModel, tokens: torch.Tensor, answer: torch.Tensor, rows: int) -> torch.Tensor:
+    """Answer losses of ``rows`` copies of ``tokens`` from one plain forward (whatever hooks are active)."""
     # Only the positions that predict answer tokens: skips the [pos, vocab] logits of the rest.
-    keep = len(answer) + 1
-    if prefix is None:
-        logits = model(tokens, logits_to_keep=keep)[:, :-1]
-    else:
-        cache = copy.deepcopy(prefix.cache)
-        cache.batch_repeat_interleave(rows)
-        logits = model.model(
-            input_ids=tokens[:, prefix.length :], cache=cache, use_cache=True, logits_to_keep=keep
-        ).logits[:, :-1]
-    losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), answer[None].repeat(rows, 1), reduction="none")
-    return losses.mean(dim=1)
+    return _answer_losses(model(tokens.repeat(rows, 1), logits_to_keep=len(answer) + 1), answer)
 
 
 @torch.no_grad()
@@ -121,9 +95,12 @@ def streaming_scores(
 
     ``per_head=False`` skips the per-query-head pass (its result is then NaN): the KV-group pass costs
     ``n_kv_heads`` rows per layer, the per-head pass ``n_heads``. Layers not in ``layers`` stay NaN.
-    ``reuse_prefix`` runs the first ``n_sink + window`` positions once and continues every restricted
-    forward from their cache (same result, about half the work at the default 2 x window prompt). It
-    is skipped while other hooks or knockouts are active: they would see suffix-only positions.
+    ``reuse_prefix`` records one plain run and replays each restricted forward from it
+    (:mod:`interp.hooks.replay`): the restriction at layer ``l`` changes neither the blocks before
+    ``l`` nor the first ``n_sink + window`` positions (those queries see every key anyway), so each
+    forward runs only blocks ``>= l`` on the later positions (same result, about a quarter of the
+    work at the default 2 x window prompt). It is skipped while other hooks or knockouts are active:
+    replayed blocks would not rerun them.
     """
     cfg = model.cfg
     head_scores = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
@@ -133,11 +110,23 @@ def streaming_scores(
         head_scores[chosen] = 0.0
     group_scores[chosen] = 0.0
     for sample in samples:
-        n = sample.tokens.shape[1] + len(sample.answer_ids)
+        tokens, answer = _answer_tokens(model, sample)
+        n, keep = tokens.shape[1], len(answer) + 1
         drop = lambda_blocked(n, n_sink=n_sink, window=window, device=model.device)
-        shared = reuse_prefix and not model.intervening()
-        prefix = _shared_prefix(model, sample, n_sink=n_sink, window=window) if shared else None
-        baseline = _answer_losses(model, sample, 1, prefix)[0]
+        recording = None
+        if reuse_prefix and not model.intervening():
+            recording, _ = record(model, tokens)
+            baseline = _answer_losses(recording.logits, answer)[0]
+        else:
+            baseline = _full_forward_losses(model, tokens, answer, 1)[0]
+
+        def losses(layer: int, rows: int) -> torch.Tensor:
+            if recording is None:
+                return _full_forward_losses(model, tokens, answer, rows)
+            # Queries before n_sink + window see every key: Lambda attention changes nothing there.
+            logits = recording.run(rows, start=layer, prefix=n_sink + window, logits_to_keep=keep)
+            return _answer_losses(logits, answer)
+
         head_edges = torch.zeros(cfg.n_heads, cfg.n_heads, n, n, dtype=torch.bool, device=model.device)
         group_edges = torch.zeros(cfg.n_kv_heads, cfg.n_heads, n, n, dtype=torch.bool, device=model.device)
         for head in range(cfg.n_heads):
@@ -146,10 +135,9 @@ def streaming_scores(
         for index, layer in enumerate(chosen):
             if per_head:
                 with model.knockout(head_edges, layers=[layer]):
-                    losses = _answer_losses(model, sample, cfg.n_heads, prefix)
-                head_scores[layer] += (losses - baseline).cpu() / len(samples)
+                    head_scores[layer] += (losses(layer, cfg.n_heads) - baseline).cpu() / len(samples)
             with model.knockout(group_edges, layers=[layer]):
-                group = (_answer_losses(model, sample, cfg.n_kv_heads, prefix) - baseline).cpu() / len(samples)
+                group = (losses(layer, cfg.n_kv_heads) - baseline).cpu() / len(samples)
             group_scores[layer] += group.repeat_interleave(cfg.n_groups)
             if on_layer:
                 on_layer(index + 1, len(chosen))

@@ -85,12 +85,27 @@ def token_role_scores(model: HookedModel, tokens: torch.Tensor, *, backend: str 
     return head_frame(model, columns)
 
 
+def _previous_token_from_means(ctx, probe: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`role_scores` of previous_token from the scan's shared statistics pass over ``probe`` (no forward of its own).
+
+    Every query but the first has a previous token, and the shared means skip exactly that query;
+    the first query's previous-token mass is 0, so the TransformerLens score is ``(n - 1) / n`` of it.
+    """
+    score = ctx.head_means(probe)["prev_mass"]
+    n = ctx.probes[probe].tokens.shape[1]
+    return score, score * (n - 1) / n
+
+
 def _register(role: str) -> None:
     @register(role)
     def _scan(ctx) -> pd.DataFrame:
         backend = ctx.settings.backend
-        score, tl_score = role_scores(ctx.model, ctx.probes["repeated"].tokens, role, backend=backend)
-        natural, _ = role_scores(ctx.model, ctx.probes["natural"].tokens, role, backend=backend)
+        if role == "previous_token":
+            score, tl_score = _previous_token_from_means(ctx, "repeated")
+            natural, _ = _previous_token_from_means(ctx, "natural")
+        else:
+            score, tl_score = role_scores(ctx.model, ctx.probes["repeated"].tokens, role, backend=backend)
+            natural, _ = role_scores(ctx.model, ctx.probes["natural"].tokens, role, backend=backend)
         return head_frame(
             ctx.model, {f"{role}_score": score, f"{role}_score_tl": tl_score, f"{role}_score_natural": natural}
         )

@@ -100,10 +100,13 @@ def next_token_loss(tokens: torch.Tensor) -> Metric:
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         targets = tokens.to(logits.device)[:, 1:].expand(logits.shape[0], -1)
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), targets, reduction="none"
-        )
-        return loss.mean(dim=1)
+        # Row by row: each row's [pos, vocab] is contiguous, and a softmax along its last axis runs
+        # several times faster than over the transposed [batch, vocab, pos] layout.
+        losses = [
+            torch.nn.functional.cross_entropy(logits[row, :-1].float(), targets[row], reduction="none").mean()
+            for row in range(logits.shape[0])
+        ]
+        return torch.stack(losses) if losses else logits.new_zeros(0)
 
     return metric
 

@@ -152,8 +152,8 @@ def register_commands(app: typer.Typer) -> None:
             bool, typer.Option("--report/--no-report", help="also write report.html and heads.parquet/heads.json")
         ] = True,
         threads: Annotated[
-            str | None, typer.Option(metavar="N|auto", help="CPU threads for the whole scan; 'auto' probes the load once (recorded in scan.json)",
-                                     show_default="$INTERP_THREADS, else one per core")
+            str | None, typer.Option(metavar="N|auto", help="CPU threads for the whole scan; 'auto' probes the load once (recorded in scan.json; "
+                                     "rerun with --threads N to repeat it bit for bit)", show_default="$INTERP_THREADS, else auto")
         ] = None,
         debug: DebugOption = False,
     ) -> None:
@@ -176,7 +176,8 @@ def register_commands(app: typer.Typer) -> None:
                 needle_samples=needle_samples, streaming_per_head=streaming_per_head,
             )
             max_bytes = parse_size(max_memory) if max_memory else None
-            threads = thread_setting(threads)
+            # auto: on a CPU shared with another job one thread is several times faster than one per core.
+            threads = thread_setting(threads) or "auto"
             check_output_dir(out, overwrite=overwrite, resume=resume)
             if backend == "triton":
                 check_backend(backend, _device_type(device))

@@ -191,11 +191,12 @@ class Recording:
         starts: Sequence[int] | None = None,
         fwd_hooks: Iterable[tuple[str, HookFn]] = (),
         last_only: bool = False,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
         """Logits of ``groups`` copies of the base (rows group-major) with ``fwd_hooks`` added.
 
-        Returns ``[groups * rows, pos, vocab]``, or ``[groups * rows, 1, vocab]`` (last position only)
-        when ``last_only``; positions ``< prefix`` are the recorded base logits. Hooks must act at
+        Returns ``[groups * rows, pos, vocab]``, or the last ``logits_to_keep`` positions only (``last_only``:
+        the last one); positions ``< prefix`` are the recorded base logits. Hooks must act at
         blocks ``>= start`` (anything earlier is replayed) and index positions relative to ``prefix``.
 
         ``starts`` (one nondecreasing start block per group) staggers the forward: group ``g``'s rows
@@ -210,11 +211,14 @@ class Recording:
                 raise InterpError(f"starts must give one nondecreasing start block per group ({groups}), got {list(starts)}")
             start = starts[0]
         start, prefix = self.clamp(start, prefix)
+        keep = 1 if last_only else logits_to_keep
+        if keep < 0:
+            raise InterpError(f"logits_to_keep must be >= 0 (0 = every position), got {logits_to_keep}")
         model = self.model
         self.calls += 1
         if self.reuse == "none":
-            logits = model.run_with_hooks(self.tokens.repeat(groups, 1), fwd_hooks=self.base_hooks + hooks)
-            return logits[:, -1:] if last_only else logits
+            logits = model.run_with_hooks(self.tokens.repeat(groups, 1), fwd_hooks=self.base_hooks + hooks, logits_to_keep=keep)
+            return logits
         self._check_hooks(hooks, start)
         joined = [sum(1 for s in starts if s <= layer) if starts is not None else groups for layer in range(self.model.cfg.n_layers)]
         first = joined[start] if start < len(joined) else groups
@@ -235,11 +239,12 @@ class Recording:
                 input_ids=_rows(self.tokens[:, prefix:], first),
                 cache=cache,
                 use_cache=cache is not None,
-                logits_to_keep=1 if last_only else 0,
+                logits_to_keep=min(keep, self.n_pos - prefix),
             ).logits
-        if last_only or prefix == 0:
+        if prefix == 0 or 0 < keep <= self.n_pos - prefix:
             return logits
-        return torch.cat([_rows(self.logits[:, :prefix], groups).to(logits.dtype), logits], dim=1)
+        recorded = self.logits[:, :prefix] if keep == 0 else self.logits[:, self.n_pos - keep : prefix]
+        return torch.cat([_rows(recorded, groups).to(logits.dtype), logits], dim=1)
 
     def _check_hooks(self, hooks: Sequence[tuple[str, HookFn]], start: int) -> None:
         n_layers = self.model.cfg.n_layers
