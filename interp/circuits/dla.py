@@ -38,23 +38,36 @@ def _frozen_norm(model: HookedModel, wd: torch.dtype) -> tuple[str | None, float
     """``(kind, eps, gain, offset)`` of the final norm ``y = gain * xhat + offset`` (``kind`` None: no norm).
 
     Read from the module on ``u`` and ``-u`` (``u`` alternating +-1, whose normalisation is known and far
-    from 0), so any per-feature affine RMSNorm or LayerNorm works (Gemma's ``1 + weight`` included).
+    from 0), so any per-feature affine RMSNorm or LayerNorm works (Gemma's ``1 + weight`` included). A norm
+    whose formula or eps the layout could not read (OLMo's parameter-free LayerNorm) is tried with common
+    eps values and used only if one reproduces the module on a small-variance input.
     """
     site = model.layout.ln_final
     d = model.cfg.d_model
     device = next(model.model.parameters()).device
     if site is None:
         return None, 0.0, torch.ones(d, dtype=wd, device=device), torch.zeros(d, dtype=wd, device=device)
-    if site.kind is None or site.eps is None:
-        raise InterpError(f"direct logit attribution needs a recognised RMSNorm or LayerNorm final norm, got {site.cls}")
     norm = model.model.get_submodule(site.path)
     dtype = next(model.model.parameters()).dtype
     u = (1.0 - 2.0 * (torch.arange(d, device=device) % 2)).to(torch.float64)
+    probe = 0.01 * torch.linspace(-1.0, 2.0, d, device=device, dtype=torch.float64) ** 3  # small variance: eps matters
     with torch.no_grad():
-        plus, minus = (norm(s[None].to(dtype))[0].to(wd) for s in (u, -u))
-    centred = u - u.mean() if site.kind == "layer" else u
-    xhat = (centred / torch.sqrt(centred.pow(2).mean() + site.eps)).to(wd)
-    return site.kind, float(site.eps), (plus - minus) / (2 * xhat), (plus + minus) / 2
+        plus, minus, seen = (norm(s[None].to(dtype))[0].to(wd) for s in (u, -u, probe))
+    kinds = (site.kind,) if site.kind is not None else ("rms", "layer")
+    epsilons = (site.eps,) if site.eps is not None else (1e-5, 1e-6, 1e-8, 1e-12, 0.0)
+    tolerance = 1e-4 if dtype in (torch.float32, torch.float64) else 3e-2
+    for kind in kinds:
+        for eps in epsilons:
+            gain, offset = (plus - minus) / (2 * _xhat(u, kind, eps).to(wd)), (plus + minus) / 2
+            fitted = gain * _xhat(probe, kind, eps).to(wd) + offset
+            if float((fitted - seen).abs().max()) <= tolerance * max(float(seen.abs().max()), 1e-30):
+                return kind, float(eps), gain, offset
+    raise InterpError(f"direct logit attribution needs an RMSNorm or LayerNorm final norm, got {site.cls} at {site.path}")
+
+
+def _xhat(x: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
+    centred = x - x.mean() if kind == "layer" else x
+    return centred / torch.sqrt(centred.pow(2).mean() + eps)
 
 
 def _unembed(model: HookedModel) -> torch.nn.Module:
@@ -100,6 +113,7 @@ def direct_logit_attribution(
         contributions = torch.einsum("bnd,bd->bn", parts * scale[:, None] * gain, direction)
         contributions[:, -1] += (offset[None] * direction).sum(-1)  # the norm's bias is a constant
         lm_bias = getattr(unembed, "bias", None)
+        lm_bias = None if lm_bias is None else lm_bias.detach()
         if lm_bias is not None:
             contributions[:, -1] += _gather_mean(lm_bias.to(wd)[None].expand(batch.size, -1), batch.answers) - \
                 _gather_mean(lm_bias.to(wd)[None].expand(batch.size, -1), batch.wrong)

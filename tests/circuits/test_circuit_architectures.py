@@ -2,7 +2,8 @@
 
 Per model type: the full circuit gives the clean metric and the empty circuit the corrupted one, both
 computed here from the plain Hugging Face forward (before interp wraps the model); EAP equals a central
-difference of single-edge patching on edges into a q, k, v, MLP and logits input. The fast per-head
+difference of single-edge patching on edges into a q, k, v, MLP and logits input; DLA's rows and the logit
+lens add up to HF's unembedded final hidden state. The fast per-head
 projection path agrees with the generic (attention-probe) path, and a whole pipeline run works on GPT-2
 (head nodes, parallel-free, fused c_attn) and Gemma 3 (one attention node per layer).
 """
@@ -25,6 +26,7 @@ import interp  # noqa: E402
 from interp.causal.pairs import TaskBatch  # noqa: E402
 from interp.circuits import CircuitGraph, edge_attribution, evaluate_circuits, patch_edges  # noqa: E402
 from interp.circuits import graph as graph_module  # noqa: E402
+from interp.circuits.dla import direct_logit_attribution, logit_lens  # noqa: E402
 from interp.circuits.graph import circuit_layout  # noqa: E402
 from interp.errors import InterpError  # noqa: E402
 from interp.models.coverage import TESTED  # noqa: E402
@@ -113,6 +115,11 @@ def test_circuits_are_exact(model_type, float64_everywhere):
     plain = _plain(model_type)
     batch = _batch(plain.config.vocab_size if hasattr(plain.config, "vocab_size") else 64)
     clean, corrupted = _logit_diff(plain, batch.clean, batch), _logit_diff(plain, batch.corrupted, batch)
+    with torch.no_grad():  # HF's last hidden state is the final norm's output: the unembedding alone, no soft-capping
+        final = plain(input_ids=batch.clean, output_hidden_states=True, use_cache=False).hidden_states[-1][:, -1]
+        unembedded = plain.get_output_embeddings()(final).double()
+    rows = torch.arange(2)
+    unembedded_diff = float((unembedded[rows, batch.answers[:, 0]] - unembedded[rows, batch.wrong[:, 0]]).mean())
     model = interp.load(plain)
     graph = CircuitGraph.of(model)
     assert graph.granularity == ("layer" if model_type in LAYER_NODES else "head")
@@ -128,6 +135,11 @@ def test_circuits_are_exact(model_type, float64_everywhere):
     central = (plus - minus) / (2 * EPS)
     assert np.abs(eap).max() > 1e-6  # the check compares something
     np.testing.assert_allclose(eap, central, atol=1e-5 * max(1.0, np.abs(eap).max()), rtol=0)
+    # DLA's rows (frozen final-norm scale) and the logit lens at the last layer both add up to the unembedded logits.
+    dla = direct_logit_attribution(model, [batch])
+    assert abs(dla.attrs["total"] - unembedded_diff) < 1e-6
+    assert set(dla["node"]) >= {"embed", "bias", graph.up_names[-1]}
+    assert abs(logit_lens(model, [batch])["logit_diff"].iloc[-1] - unembedded_diff) < 1e-6
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3", "gemma3_text"])
