@@ -28,7 +28,7 @@ from interp.circuits.evaluation import (
 )
 from interp.causal.metrics import METRICS, answer_prob, kl_to_clean, logit_diff
 from interp.causal.pairs import PromptPairs, TaskBatch, read_pairs
-from interp.circuits.graph import CircuitGraph, split_inputs
+from interp.circuits.graph import CircuitGraph, CircuitLayout, circuit_layout, split_inputs
 from interp.circuits.mib import read_mib_scores, write_mib_scores
 from interp.circuits.tasks import (
     IOI_TEMPLATES,
@@ -43,7 +43,7 @@ from interp.circuits.tasks import (
 )
 
 __all__ = [
-    "IOI_TEMPLATES", "MIB_FRACTIONS", "area_under_curve", "read_mib_scores", "write_mib_scores", "CircuitGraph", "EdgeScores", "METRICS", "PromptPairs", "TASKS", "TaskBatch", "answer_prob", "circuit_nodes",
+    "IOI_TEMPLATES", "MIB_FRACTIONS", "area_under_curve", "read_mib_scores", "write_mib_scores", "CircuitGraph", "CircuitLayout", "circuit_layout", "EdgeScores", "METRICS", "PromptPairs", "TASKS", "TaskBatch", "answer_prob", "circuit_nodes",
     "edge_attribution", "evaluate_circuits", "factual_task", "faithfulness", "faithfulness_curve",
     "greater_than_task", "induction_task", "ioi_task", "kl_to_clean", "logit_diff", "make_task", "patch_edges",
     "greedy_mask", "prune", "read_pairs", "select_edges", "split_inputs", "threshold_mask", "top_n_mask",

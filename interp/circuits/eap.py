@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from interp.circuits.graph import CircuitGraph, circuit_modules, upstream_outputs, work_dtype
+from interp.circuits.graph import CircuitGraph, circuit_layout, split_inputs, upstream_outputs, work_dtype
 from interp.causal.metrics import TaskMetric, get_metric
 from interp.causal.pairs import PromptPairs, TaskBatch
 from interp.distributed import all_reduce_sum, shard_batches
@@ -140,14 +140,20 @@ def input_gradients(
     ``[batch, pos, d_model]`` (interleaved: attn 0, mlp 0, attn 1, ...), then the logits' input.
     ``embed`` (``[batch, pos, d_model]``) replaces the residual stream entering block 0.
 
-    One ordinary forward and backward gives the gradient at every q/k/v projection output, MLP
-    input and final-norm output; each slot's gradient is then pulled back by hand through its own
-    head's projection weights and its norm (the chain rule :func:`split_inputs` would apply, without
-    widening the forward to one residual stream per slot).
+    Fast path (pre-norm blocks with separate per-head q/k/v projections, as Llama): one ordinary
+    forward and backward gives the gradient at every q/k/v projection output, MLP input and
+    final-norm output; each slot's gradient is then pulled back by hand through its own head's
+    projection weights and its norm (the chain rule :func:`split_inputs` would apply, without
+    widening the forward to one residual stream per slot). Any other architecture: autograd through
+    :func:`split_inputs` with zero deltas (exact by definition, slower).
     """
     graph = CircuitGraph.of(model)
     wd = work_dtype(model)
-    attn_norms, mlp_norms, final_norm = circuit_modules(model)
+    lay = circuit_layout(model)
+    if not (lay.fast_qkv and all(n is not None for n in lay.attn_norm) and all(r == "norm" for r in lay.mlp_read)
+            and model.layout.ln_final is not None):
+        return _split_gradients(model, batch, metric_fn, clean_last, embed)
+    attn_norms, mlp_norms, final_norm = lay.attn_norm, lay.mlp_site, lay.logits_site
     H, KV, D = graph.n_heads, graph.n_kv_heads, model.cfg.d_head
     norm_inputs: dict[tuple[str, int], torch.Tensor] = {}
     watched: dict[tuple[str, int], torch.Tensor] = {}
@@ -184,6 +190,10 @@ def input_gradients(
         g = found.get(key)
         return torch.zeros_like(watched[key], dtype=wd) if g is None else g.to(wd)
 
+    def flat_vjp(norm, key):  # blocks that flatten [batch, pos] (OPT) hand the norm [batch*pos, d]
+        x, g = norm_inputs[key], grad_of(key)
+        return norm_vjp(norm, x, g).reshape(*batch.clean.shape, -1)
+
     out = []
     for layer in range(graph.n_layers):
         attention = model.attention_module(layer)
@@ -193,8 +203,45 @@ def input_gradients(
             weight = getattr(attention, f"{part}_proj").weight.detach().to(wd).reshape(heads, D, -1)
             pulled.append(torch.einsum("bphd,hdm->bphm", g.reshape(*g.shape[:2], heads, D), weight))
         out.append(norm_vjp(attn_norms[layer], norm_inputs[("attn", layer)], torch.cat(pulled, dim=2)))
-        out.append(norm_vjp(mlp_norms[layer], norm_inputs[("mlp", layer)], grad_of(("mlp", layer))))
-    out.append(norm_vjp(final_norm, norm_inputs[("logits", graph.n_layers)], grad_of(("logits", graph.n_layers))))
+        out.append(flat_vjp(mlp_norms[layer], ("mlp", layer)))
+    out.append(flat_vjp(final_norm, ("logits", graph.n_layers)))
+    return out
+
+
+def _split_gradients(
+    model: HookedModel, batch: TaskBatch, metric_fn: TaskMetric, clean_last: torch.Tensor, embed: torch.Tensor | None,
+) -> list[torch.Tensor]:
+    """:func:`input_gradients` for any architecture: autograd through :func:`split_inputs` with zero deltas."""
+    graph = CircuitGraph.of(model)
+    wd = work_dtype(model)
+    deltas: dict[tuple[str, int], torch.Tensor] = {}
+
+    def delta(group: str, layer: int, x: torch.Tensor) -> torch.Tensor:
+        shape = (*x.shape[:-1], graph.slots, x.shape[-1]) if group == "attn" else x.shape
+        d = torch.zeros(shape, device=x.device, dtype=x.dtype, requires_grad=True)
+        deltas[(group, layer)] = d
+        return d
+
+    def start(activation, hook):
+        return None if embed is None else embed.to(activation.dtype)
+
+    with torch.enable_grad(), split_inputs(model, delta), model.hooks([(hook_name(0, "hook_resid_pre"), start)]):
+        logits = model(batch.clean)
+        value = metric_fn(batch.last(logits).to(wd), batch, clean_last).sum()
+        keys = list(deltas)
+        found = dict(zip(keys, torch.autograd.grad(value, [deltas[k] for k in keys], allow_unused=True)))
+    b, p = batch.clean.shape
+
+    def grad_of(key: tuple[str, int], *shape: int) -> torch.Tensor:
+        g = found.get(key)
+        if g is None:
+            return torch.zeros(b, p, *shape, model.cfg.d_model, device=batch.clean.device, dtype=wd)
+        return g.to(wd).reshape(b, p, *shape, model.cfg.d_model)
+
+    out = []
+    for layer in range(graph.n_layers):
+        out += [grad_of(("attn", layer), graph.slots), grad_of(("mlp", layer))]
+    out.append(grad_of(("logits", graph.n_layers)))
     return out
 
 

@@ -31,16 +31,7 @@ from interp.hooks import HookedModel
 # ---------------------------------------------------------------------------------------------- selection
 def _feeds(graph: CircuitGraph, down: int) -> list[int]:
     """Upstream nodes whose output an input helps compute (empty for ``logits``)."""
-    name, kind, layer = graph.down_info[down]
-    if kind == "logits":
-        return []
-    if kind == "mlp":
-        return [graph.mlp_index(layer)]
-    if kind == "q":
-        return [graph.head_index(layer, int(name.split(".h")[1]))]
-    group = int(name.split(".kv")[1])
-    per = graph.n_heads // graph.n_kv_heads
-    return [graph.head_index(layer, h) for h in range(group * per, (group + 1) * per)]
+    return graph.feeds(down)
 
 
 def _inputs_of(graph: CircuitGraph) -> list[list[int]]:
@@ -197,6 +188,8 @@ def _run_circuits(model, graph, batch, corrupted_out, masks, metric_fn, clean_la
     current = torch.zeros(g, b, p, graph.n_up, d, device=corrupted_out.device, dtype=wd)
     running = torch.zeros(g, b, p, d, device=corrupted_out.device, dtype=wd)  # sum of this run's outputs so far
     corrupted_cum = torch.cumsum(corrupted_out, dim=2)  # [b, pos, n_up, d]: corrupted sums of prefixes
+    # A parallel block's MLP reads what its attention read: the running sum from before the attention wrote.
+    before_attn: dict[int, torch.Tensor] = {}
 
     def store(index, value):
         value = value.detach().to(wd).reshape(g, b, p, -1, d)
@@ -204,10 +197,15 @@ def _run_circuits(model, graph, batch, corrupted_out, masks, metric_fn, clean_la
         running.add_(value.sum(3))
 
     def delta(group: str, layer: int, x: torch.Tensor):
+        so_far = running
         if group == "attn":
             vis, cols = graph.visible_attn(layer), graph.attn_down(layer)
+            if graph.is_parallel(layer):
+                before_attn[layer] = running.clone()
         elif group == "mlp":
             vis, cols = graph.visible_mlp(layer), slice(graph.mlp_down(layer), graph.mlp_down(layer) + 1)
+            if graph.is_parallel(layer):
+                so_far = before_attn.pop(layer)
         else:
             vis, cols = graph.n_up, slice(graph.logits_down, graph.logits_down + 1)
         kept = kept_all[:, :vis, cols]  # [g, vis, slots]
@@ -222,7 +220,7 @@ def _run_circuits(model, graph, batch, corrupted_out, masks, metric_fn, clean_la
             rows, weights, base = removed_rows, removed[:, removed_rows], None
         else:
             rows, weights = kept_rows, kept[:, kept_rows]
-            base = corrupted_cum[None, :, :, vis - 1] - running  # [g, b, p, d]
+            base = corrupted_cum[None, :, :, vis - 1] - so_far  # [g, b, p, d]
         diff = corrupted_out[None, :, :, rows] - current[:, :, :, rows]  # [g, b, p, k, d]
         part = torch.einsum("gbpud,gus->gbpsd", diff, weights.to(wd))
         out = part if base is None else base[:, :, :, None] - part

@@ -1,24 +1,38 @@
 """The computational graph of a transformer as circuits see it, and the hooks that split its inputs.
 
 Nodes that *write* to the residual stream (upstream nodes, in execution order): ``embed`` (the
-residual stream entering block 0), every attention head ``a{l}.h{h}`` (its ``hook_result``) and
-every MLP ``m{l}``. Nodes that *read* it (downstream inputs): each query head's query input
-``a{l}.h{h}`` kind ``q``; each key/value head's key and value inputs ``a{l}.kv{g}`` kinds ``k`` and
-``v`` (GQA: k and v belong to the KV head, shared by ``n_heads / n_kv_heads`` query heads); each
-MLP's input ``m{l}`` kind ``mlp``; and ``logits`` (the final norm's input). An edge ``u -> v``
-exists when ``u`` runs before ``v`` reads: the residual stream at ``v``'s input is
-``embed + sum_u out_u`` (+ constant biases), so every edge is one term of that sum.
+residual stream entering block 0), per block its attention, either every head ``a{l}.h{h}`` (its
+``hook_result``) or one node ``a{l}`` for the whole layer, and its MLP ``m{l}``. Nodes that *read*
+it (downstream inputs): each query head's query input ``a{l}.h{h}`` kind ``q``; each key/value
+head's key and value inputs ``a{l}.kv{g}`` kinds ``k`` and ``v`` (GQA: k and v belong to the KV
+head, shared by ``n_heads / n_kv_heads`` query heads); each MLP's input ``m{l}`` kind ``mlp``; and
+``logits`` (the final norm's input). An edge ``u -> v`` exists when ``u`` runs before ``v`` reads
+(in a parallel block the MLP reads what the attention reads): the residual stream at ``v``'s input
+is ``embed + sum_u out_u`` (+ constant biases), so every edge is one term of that sum.
+
+The block structure is the traced layout (:attr:`HookedModel.layout`), not a table: which norm feeds
+the attention and the MLP, whether the block is parallel. What a node adds to the residual stream is
+read from the stream itself (``hook_resid_mid - hook_resid_pre`` for a sequential block's attention,
+``hook_resid_post - hook_resid_mid`` for its MLP), so post-norms, sandwich norms, residual multipliers
+and mixtures of experts are all exact. Heads are separate nodes only where the layer's attention
+output *is* the sum of its heads' ``hook_result`` plus a constant (checked on a traced forward, see
+:func:`circuit_layout`); Gemma 2/3 and OLMo 2 normalise the attention output before adding it, so
+their attention is one node per layer (``CircuitGraph.head_nodes`` False).
 
 :func:`split_inputs` gives every downstream input its own copy of the residual stream on the
 original Hugging Face modules, without re-implementing the model. For block ``l``:
 
-* a forward hook on the pre-attention norm computes ``norm(x[:, :, None] + delta)`` with
-  ``delta [batch, pos, slots, d_model]``, one slot per q head, k head and v head (TransformerLens'
-  ``use_split_qkv_input``), by calling the norm module itself on the widened tensor;
-* forward hooks on ``q_proj``, ``k_proj``, ``v_proj`` replace each projection's output by the
-  per-head projection of that head's own slot (the module's weights, sliced per head);
-* a forward pre-hook on the pre-MLP norm adds the MLP's ``delta`` to its input, and one on the
-  final norm adds the logits' ``delta``. The skip connections keep the unmodified stream.
+* the attention's inputs: ``delta [batch, pos, slots, d_model]``, one slot per q head, k head and v
+  head (TransformerLens' ``use_split_qkv_input``). Fast path (separate ``q_proj``/``k_proj``/``v_proj``
+  linear layers and no norm across heads after them): the pre-attention norm runs on the widened
+  ``x[:, :, None] + delta`` and hooks on the projections replace each output by the per-head
+  projection of that head's own slot. Generic path (fused projections, MLA, norms across heads):
+  for every slot the attention module runs on ``norm(x + delta_slot)`` up to interp's
+  ``attn.hook_q/k/v`` point, where the call is cut short; the real call then gets each head's q, k, v
+  from its own slot's run;
+* a forward pre-hook on the MLP's input (its norm, or the MLP itself) adds the MLP's ``delta``, and
+  one on the final norm (or the unembedding) adds the logits' ``delta``. The skip connections keep
+  the unmodified stream.
 
 With ``delta`` a zero tensor that requires grad, ``d metric / d delta`` is the gradient with
 respect to the residual stream *as seen by* that one input (everything downstream included); with
@@ -27,8 +41,9 @@ respect to the residual stream *as seen by* that one input (everything downstrea
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -38,45 +53,208 @@ import torch
 from torch import nn
 
 from interp.errors import InterpError
-from interp.models.architectures import BLOCK_NORMS
 from interp.hooks import HookedModel, hook_name
 from interp.hooks.modules import module_hooks
 
-# Per architecture: (pre-attention norm, pre-MLP norm) inside a block, and the final norm.
-# Only architectures whose blocks add attention and MLP outputs straight into the residual stream
-# (no post-norms, no embedding scale applied outside the embedding module) qualify.
 KINDS = ("q", "k", "v", "mlp", "logits")
 
+# circuit_layout's result per model (tracing costs one forward).
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-def circuit_modules(model: HookedModel) -> tuple[list[nn.Module], list[nn.Module], nn.Module]:
-    """(pre-attention norms, pre-MLP norms, final norm) of ``model``, or an error for unsupported architectures."""
-    spec = model.architecture_spec
-    if spec.attn_norm is None or spec.mlp_norm is None or spec.final_norm is None:
-        raise InterpError(
-            f"circuit discovery does not support architecture {model.cfg.architecture!r} yet; "
-            f"supported: {', '.join(sorted(BLOCK_NORMS))}"
-        )
-    return ([block.get_submodule(spec.attn_norm) for block in model.layers],
-            [block.get_submodule(spec.mlp_norm) for block in model.layers],
-            model.model.get_submodule(spec.final_norm))
+
+@dataclass(frozen=True)
+class CircuitLayout:
+    """Where a model's circuit inputs and outputs are, from its traced layout and one checked forward.
+
+    ``attn_norm[l]``: the norm whose output is the attention's input (None: the attention reads the
+    stream). ``mlp_read[l]``: ``"norm"`` (``mlp_norm[l]`` reads the stream), ``"entry"`` (the MLP
+    itself reads the stream) or ``"shared"`` (a parallel block whose MLP reads ``attn_norm``'s output).
+    ``logits_site``: the final norm, or the unembedding where there is none. ``fast_qkv``: separate
+    per-head ``q_proj``/``k_proj``/``v_proj`` linear layers (see module doc).
+    """
+
+    head_nodes: bool
+    parallel: tuple[bool, ...]
+    attn_norm: tuple[nn.Module | None, ...]
+    attn_top: tuple[nn.Module, ...]
+    mlp_read: tuple[str, ...]
+    mlp_site: tuple[nn.Module, ...]
+    logits_site: nn.Module
+    fast_qkv: bool
+    why_layer_nodes: str | None = None
+
+    @property
+    def granularity(self) -> str:
+        """``"head"`` (one node per attention head) or ``"layer"`` (one attention node per layer)."""
+        return "head" if self.head_nodes else "layer"
+
+
+def circuit_layout(model: HookedModel) -> CircuitLayout:
+    """The model's :class:`CircuitLayout` (traced once per model), or a one-line error saying why circuits cannot run."""
+    found = _CACHE.get(model)
+    if found is None:
+        found = _discover(model)
+        _CACHE[model] = found
+    return found
+
+
+def _refuse(model: HookedModel, why: str) -> InterpError:
+    return InterpError(f"circuit discovery does not support {model.cfg.architecture!r}: {why}")
+
+
+def _fast_qkv(model: HookedModel, attention: nn.Module) -> bool:
+    """Separate q/k/v linear layers of the expected per-head shapes, and no norm over more than one head after them."""
+    cfg = model.cfg
+    shapes = {"q_proj": cfg.n_heads * cfg.d_head, "k_proj": cfg.n_kv_heads * cfg.d_head, "v_proj": cfg.n_kv_heads * cfg.d_head}
+    for name, rows in shapes.items():
+        proj = getattr(attention, name, None)
+        if not isinstance(proj, nn.Linear) or proj.weight.shape != (rows, cfg.d_model):
+            return False
+    for name, child in attention.named_children():
+        # A norm on q or k (q_norm, k_layernorm, query_layernorm, ...) must act on one head at a time; norms
+        # elsewhere (on the attention's output) do not touch the inputs. Weightless ones could be either.
+        lowered = name.lower()
+        on_qk = lowered.startswith(("q_", "k_", "query", "key")) or lowered in ("qnorm", "knorm")
+        if on_qk and ("norm" in lowered or "norm" in type(child).__name__.lower()):
+            weight = getattr(child, "weight", None)
+            if not isinstance(weight, torch.Tensor) or weight.numel() != cfg.d_head:
+                return False
+    return True
+
+
+def _discover(model: HookedModel) -> CircuitLayout:
+    if not model.attention_hookable:
+        raise _refuse(model, "its attention modules were replaced by a wrapper, so hook_q/k/v never run; load the weights with interp.load")
+    layout = model.layout
+    blocks = model.layers
+    top = model.architecture_spec.attention.split(".")[0]
+    n = model.cfg.n_layers
+    attn_norm, attn_top, mlp_read, mlp_site = [], [], [], []
+    for layer, (block, lay) in enumerate(zip(blocks, layout.layers)):
+        attn_norm.append(block.get_submodule(lay.ln1.path) if lay.ln1 is not None else None)
+        attn_top.append(block.get_submodule(top))
+        if lay.ln2 is not None:
+            mlp_read.append("norm")
+            mlp_site.append(block.get_submodule(lay.ln2.path))
+        else:
+            mlp_read.append("shared" if lay.parallel and lay.ln1 is not None else "entry")
+            mlp_site.append(block.get_submodule(lay.mlp_entry))
+    if layout.ln_final is not None:
+        logits_site = model.model.get_submodule(layout.ln_final.path)
+    else:
+        logits_site = model.model.get_output_embeddings()
+        if logits_site is None:
+            raise _refuse(model, "it has no output embedding module whose input is the final residual stream")
+    parallel = tuple(lay.parallel for lay in layout.layers)
+    fast = all(_fast_qkv(model, model.attention_module(layer)) for layer in range(n))
+    head_nodes, why = _check_additive(model, parallel, logits_site, fast)
+    return CircuitLayout(head_nodes, parallel, tuple(attn_norm), tuple(attn_top), tuple(mlp_read), tuple(mlp_site),
+                         logits_site, fast, why)
+
+
+def _tolerance(model: HookedModel) -> float:
+    dtype = next(model.model.parameters()).dtype
+    return 1e-3 if dtype in (torch.float32, torch.float64) else 5e-2
+
+
+def _relative(values: torch.Tensor, scale: torch.Tensor) -> float:
+    return float(values.double().abs().max() / scale.double().abs().max().clamp_min(1e-30))
+
+
+def _spread(values: torch.Tensor, scale: torch.Tensor) -> float:
+    """How far ``values [batch, pos, ...]`` are from one constant (a bias), relative to ``scale``'s size."""
+    return _relative(values - values[:1, :1], scale)
+
+
+def _check_additive(model: HookedModel, parallel: tuple[bool, ...], logits_site: nn.Module,
+                    fast_qkv: bool) -> tuple[bool, str | None]:
+    """One forward on two short prompts: does the residual stream telescope through the blocks, are parallel
+    blocks ``x + attn + mlp``, and is each attention's contribution the sum of its heads' ``hook_result``?"""
+    n = model.cfg.n_layers
+    seen: dict[str, torch.Tensor] = {}
+    calls: dict[str, int] = {}
+
+    def keep(activation, hook):
+        seen[hook.name] = activation.detach()
+        calls[hook.name] = calls.get(hook.name, 0) + 1
+
+    def keep_logits_in(module, args):
+        seen["logits_in"] = args[0].detach()
+
+    names = []
+    for layer in range(n):
+        sites = ["hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_q", "attn.hook_z",
+                 "attn.hook_result"]
+        if not parallel[layer]:
+            sites.append("hook_resid_mid")
+        names += [hook_name(layer, site) for site in sites]
+    vocab = model.cfg.d_vocab
+    tokens = torch.stack([torch.arange(3, 9), torch.arange(11, 5, -1)]) % max(vocab - 1, 1)
+    try:
+        with torch.no_grad(), module_hooks(pre=[(logits_site, keep_logits_in)]), model.hooks([(name, keep) for name in names]):
+            model(tokens.to(model.device))
+    except InterpError as error:
+        raise _refuse(model, str(error)) from None
+    twice = [layer for layer in range(n) if calls.get(hook_name(layer, "attn.hook_q"), 0) != 1]
+    if twice and not fast_qkv:
+        raise _refuse(model, f"layer {twice[0]}'s attention calls the attention function {calls.get(hook_name(twice[0], 'attn.hook_q'), 0)} "
+                             f"times per forward (differential attention), so its q/k/v inputs cannot be split per head")
+    tol = _tolerance(model)
+    shape = seen[hook_name(0, "hook_resid_pre")].shape
+
+    def get(layer: int | None, site: str) -> torch.Tensor:
+        value = seen["logits_in"] if layer is None else seen[hook_name(layer, site)]
+        return value.reshape(shape) if site not in ("attn.hook_z", "attn.hook_result") else value
+
+    for layer in range(n):
+        after = get(layer + 1, "hook_resid_pre") if layer + 1 < n else get(None, "")
+        if _relative(after.double() - get(layer, "hook_resid_post").double(), after) > tol:
+            where = (f"block {layer + 1}" if layer + 1 < n else "the final norm" if model.layout.ln_final is not None
+                     else "the unembedding (no final norm feeds it directly)")
+            raise _refuse(model, f"the residual stream changes between block {layer} and {where}, so it is not a sum of node outputs")
+        if parallel[layer]:
+            rest = get(layer, "hook_resid_post") - get(layer, "hook_resid_pre") - get(layer, "hook_attn_out") - get(layer, "hook_mlp_out")
+            if _spread(rest, get(layer, "hook_attn_out")) > tol:
+                raise _refuse(model, f"parallel block {layer} does not add its attention and MLP outputs unscaled to the residual stream")
+    why = None
+    for layer in range(n):
+        result = get(layer, "attn.hook_result")
+        z = get(layer, "attn.hook_z")
+        added = get(layer, "hook_attn_out") if parallel[layer] else get(layer, "hook_resid_mid") - get(layer, "hook_resid_pre")
+        try:
+            per_head = torch.einsum("bphd,hdm->bphm", z.double(), model.W_O(layer).detach().double())
+        except (RuntimeError, InterpError):
+            per_head = None
+        if per_head is None or per_head.shape != result.shape or _relative(per_head - result.double(), result) > tol:
+            why = f"layer {layer}'s output projection does not read the heads' hook_z alone"
+        elif _spread(added - result.sum(2), added) > tol:
+            why = f"layer {layer} does not add the sum of its heads' outputs to the residual stream (a norm or scale after the attention)"
+        if why is not None:
+            break
+    return why is None, why
 
 
 @dataclass(frozen=True)
 class CircuitGraph:
     """Node and input indexing for a model with ``n_layers`` blocks of ``n_heads`` query / ``n_kv_heads`` KV heads.
 
-    Upstream index: ``embed`` = 0, head ``(l, h)`` = ``1 + l * (n_heads + 1) + h``, MLP ``l`` =
-    ``1 + l * (n_heads + 1) + n_heads``. Downstream index: per layer, ``n_heads`` q slots, then
-    ``n_kv_heads`` k slots, ``n_kv_heads`` v slots, one MLP slot; ``logits`` last.
+    Upstream index: ``embed`` = 0, then per layer its attention nodes (``n_heads`` heads, or one node
+    when ``head_nodes`` is False) and its MLP. Downstream index: per layer, ``n_heads`` q slots, then
+    ``n_kv_heads`` k slots, ``n_kv_heads`` v slots, one MLP slot; ``logits`` last. ``parallel[l]``:
+    block ``l``'s MLP reads the same stream as its attention (empty: no parallel blocks).
     """
 
     n_layers: int
     n_heads: int
     n_kv_heads: int
+    head_nodes: bool = True
+    parallel: tuple[bool, ...] = ()
 
     @classmethod
     def of(cls, model: HookedModel) -> CircuitGraph:
-        return cls(model.cfg.n_layers, model.cfg.n_heads, model.cfg.n_kv_heads)
+        layout = circuit_layout(model)
+        parallel = layout.parallel if any(layout.parallel) else ()
+        return cls(model.cfg.n_layers, model.cfg.n_heads, model.cfg.n_kv_heads, layout.head_nodes, parallel)
 
     # sizes -------------------------------------------------------------------------------
     @property
@@ -85,8 +263,17 @@ class CircuitGraph:
         return self.n_heads + 2 * self.n_kv_heads
 
     @property
+    def attn_nodes(self) -> int:
+        """Upstream attention nodes per layer."""
+        return self.n_heads if self.head_nodes else 1
+
+    @property
+    def granularity(self) -> str:
+        return "head" if self.head_nodes else "layer"
+
+    @property
     def per_layer_up(self) -> int:
-        return self.n_heads + 1
+        return self.attn_nodes + 1
 
     @property
     def n_up(self) -> int:
@@ -100,12 +287,20 @@ class CircuitGraph:
     def n_down(self) -> int:
         return self.n_layers * self.per_layer_down + 1
 
+    def is_parallel(self, layer: int) -> bool:
+        return bool(self.parallel) and self.parallel[layer]
+
     # indices -----------------------------------------------------------------------------
     def head_index(self, layer: int, head: int) -> int:
-        return 1 + layer * self.per_layer_up + head
+        """Upstream index of the node holding head ``head``'s output (the layer's node without head nodes)."""
+        return 1 + layer * self.per_layer_up + (head if self.head_nodes else 0)
+
+    def attn_index(self, layer: int) -> int:
+        """Upstream index of layer ``layer``'s first attention node."""
+        return 1 + layer * self.per_layer_up
 
     def mlp_index(self, layer: int) -> int:
-        return 1 + layer * self.per_layer_up + self.n_heads
+        return 1 + layer * self.per_layer_up + self.attn_nodes
 
     def attn_down(self, layer: int) -> slice:
         start = layer * self.per_layer_down
@@ -123,14 +318,17 @@ class CircuitGraph:
         return 1 + layer * self.per_layer_up
 
     def visible_mlp(self, layer: int) -> int:
-        return 1 + layer * self.per_layer_up + self.n_heads
+        if self.is_parallel(layer):
+            return self.visible_attn(layer)
+        return 1 + layer * self.per_layer_up + self.attn_nodes
 
     # names -------------------------------------------------------------------------------
     @cached_property
     def up_names(self) -> list[str]:
         names = ["embed"]
         for layer in range(self.n_layers):
-            names += [f"a{layer}.h{h}" for h in range(self.n_heads)] + [f"m{layer}"]
+            heads = [f"a{layer}.h{h}" for h in range(self.n_heads)] if self.head_nodes else [f"a{layer}"]
+            names += heads + [f"m{layer}"]
         return names
 
     @cached_property
@@ -168,6 +366,21 @@ class CircuitGraph:
         """Layer of an upstream node (-1 for ``embed``)."""
         return -1 if index == 0 else (index - 1) // self.per_layer_up
 
+    def feeds(self, down: int) -> list[int]:
+        """Upstream nodes whose output input ``down`` helps compute (empty for ``logits``)."""
+        name, kind, layer = self.down_info[down]
+        if kind == "logits":
+            return []
+        if kind == "mlp":
+            return [self.mlp_index(layer)]
+        if not self.head_nodes:
+            return [self.attn_index(layer)]
+        if kind == "q":
+            return [self.head_index(layer, int(name.split(".h")[1]))]
+        group = int(name.split(".kv")[1])
+        per = self.n_heads // self.n_kv_heads
+        return [self.head_index(layer, h) for h in range(group * per, (group + 1) * per)]
+
     def edges_frame(self, scores: torch.Tensor | None = None) -> pd.DataFrame:
         """One row per edge: ``upstream, downstream, kind, up_index, down_index[, score]``, in index order."""
         up, down = torch.nonzero(self.edge_mask, as_tuple=True)
@@ -192,7 +405,7 @@ class CircuitGraph:
         for j, (name, k, _) in enumerate(self.down_info):
             if name == downstream and k == kind:
                 if u >= self.visible[j]:
-                    raise InterpError(f"{upstream} -> {downstream} ({kind}) is not an edge: {upstream} runs later")
+                    raise InterpError(f"{upstream} -> {downstream} ({kind}) is not an edge: {upstream} does not run before it reads")
                 return u, j
         raise InterpError(f"unknown downstream input {downstream!r} of kind {kind!r}")
 
@@ -202,22 +415,53 @@ class CircuitGraph:
 DeltaFn = Callable[[str, int, torch.Tensor], torch.Tensor | None]
 
 
+class _Probed(Exception):
+    """Raised at ``hook_v`` to end an attention call once a slot's q, k and v are known."""
+
+
+_CACHE_KWARGS = ("past_key_value", "past_key_values", "layer_past")
+
+
+def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_input(args: tuple, kwargs: dict, value: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (value, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": value}
+
+
 @contextmanager
 def split_inputs(model: HookedModel, delta: DeltaFn) -> Iterator[None]:
     """Give every downstream input its own residual stream ``x + delta`` for the ``with`` block (see module doc)."""
     graph = CircuitGraph.of(model)
-    attn_norms, mlp_norms, final_norm = circuit_modules(model)
+    lay = circuit_layout(model)
     H, KV, D = graph.n_heads, graph.n_kv_heads, model.cfg.d_head
-    normed: dict[int, torch.Tensor] = {}
+    stream: dict[int, torch.Tensor] = {}  # the residual stream the attention reads, per layer in flight
+    pending: dict[int, torch.Tensor] = {}  # the attention's delta, from its norm to its call
+    normed: dict[int, torch.Tensor] = {}  # fast path: norm(x + delta) per slot
+    probed: dict[int, dict[str, dict[int, torch.Tensor]]] = {}  # generic path: q/k/v per head from its slot
+    probe: dict[str, object] = {}  # the slot run in progress: {"layer": l, "q": .., "k": .., "v": ..}
+
+    def attn_delta(layer: int, x: torch.Tensor) -> None:
+        stream[layer] = x
+        d = delta("attn", layer, x)
+        if d is None:
+            normed.pop(layer, None)
+            pending.pop(layer, None)
+            return
+        d = d.reshape(*x.shape[:-1], graph.slots, x.shape[-1])
+        if lay.fast_qkv:
+            norm = lay.attn_norm[layer]
+            wide = x.unsqueeze(-2) + d
+            normed[layer] = norm.forward(wide) if norm is not None else wide
+        else:
+            pending[layer] = d
 
     def attn_norm_hook(layer: int):
         def hook(module, args, output):
-            x = args[0]
-            d = delta("attn", layer, x)
-            if d is None:
-                normed.pop(layer, None)
-                return None
-            normed[layer] = module.forward(x.unsqueeze(2) + d)
+            attn_delta(layer, args[0])
             return None
         return hook
 
@@ -226,7 +470,7 @@ def split_inputs(model: HookedModel, delta: DeltaFn) -> Iterator[None]:
             split = normed.get(layer)
             if split is None:
                 return None
-            inputs = split[:, :, start:start + count]  # [batch, pos, heads, d_model]
+            inputs = split[..., start:start + count, :]  # [batch, pos, heads, d_model]
             weight = module.weight.reshape(count, D, -1)
             out = torch.einsum("bphm,hdm->bphd", inputs.to(weight.dtype), weight).reshape(*output.shape)
             if module.bias is not None:
@@ -236,27 +480,111 @@ def split_inputs(model: HookedModel, delta: DeltaFn) -> Iterator[None]:
             return out
         return hook
 
-    def pre_hook(group: str, layer: int):
-        def hook(module, args):
-            x = args[0]
-            d = delta(group, layer, x)
+    def attention_pre_hook(layer: int):
+        def hook(module, args, kwargs):
+            if lay.attn_norm[layer] is None:
+                attn_delta(layer, _first_input(args, kwargs))
+            d = pending.pop(layer, None)
             if d is None:
+                probed.pop(layer, None)
                 return None
-            return (x + d, *args[1:])
+            x, norm = stream[layer], lay.attn_norm[layer]
+            call_kwargs = {k: (None if k in _CACHE_KWARGS else v) for k, v in kwargs.items()}
+            found: dict[str, dict[int, torch.Tensor]] = {"q": {}, "k": {}, "v": {}}
+            for slot in range(graph.slots):
+                ds = d[..., slot, :]
+                if not ds.requires_grad and not bool(ds.any()):
+                    continue  # this slot reads the real stream: the real call computes its head
+                hidden = x + ds
+                hidden = norm.forward(hidden) if norm is not None else hidden
+                a, kw = _with_input(args, call_kwargs, hidden)
+                probe.clear()
+                probe["layer"] = layer
+                try:
+                    module.forward(*a, **kw)
+                except _Probed:
+                    pass
+                finally:
+                    got, _ = dict(probe), probe.clear()
+                if "v" not in got:
+                    raise InterpError(f"layer {layer}'s attention returned before reaching hook_v; circuits cannot split its inputs")
+                part, head = ("q", slot) if slot < H else ("k", slot - H) if slot < H + KV else ("v", slot - H - KV)
+                found[part][head] = got[part][:, :, head]
+            probed[layer] = found
+            return None
         return hook
 
-    forward, pre = [], []
+    def qkv_fn(layer: int, part: str):
+        def fn(activation, hook):
+            if probe.get("layer") == layer:
+                probe[part] = activation
+                if part == "v":
+                    raise _Probed
+                return None
+            found = probed.get(layer)
+            if not found or not found[part]:
+                return None
+            heads = list(activation.unbind(2))
+            if len(heads) != (H if part == "q" else KV):
+                raise InterpError(f"layer {layer}'s hook_{part} has {len(heads)} heads, not the {H if part == 'q' else KV} "
+                                  f"circuits expect; circuits cannot split its inputs")
+            for head, value in found[part].items():
+                heads[head] = value.to(activation.dtype)
+            return torch.stack(heads, 2)
+        return fn
+
+    last_read: list[int] = []  # the last MLP read in this forward: the final norm may also run before block 0 (NanoChat)
+
+    def reads_hook(group: str, layer: int):
+        def hook(module, args, kwargs):
+            x = _first_input(args, kwargs)
+            if group == "mlp":
+                last_read[:] = [layer]
+            elif last_read != [graph.n_layers - 1]:
+                return None
+            else:
+                last_read.clear()
+            if group == "mlp" and lay.mlp_read[layer] == "shared":
+                base = stream[layer]
+                d = delta(group, layer, base)
+                if d is None:
+                    return None
+                return _with_input(args, kwargs, lay.attn_norm[layer].forward(base + d.reshape(base.shape)))
+            if x.dim() == 2 and layer in stream:  # a block that flattens [batch, pos] before its MLP (OPT)
+                d = delta(group, layer, x.reshape(stream[layer].shape))
+            else:
+                d = delta(group, layer, x)
+            if d is None:
+                return None
+            return _with_input(args, kwargs, x + d.reshape(x.shape).to(x.dtype))
+        return hook
+
+    forward, pre_kwargs, named = [], [], []
     for layer in range(graph.n_layers):
-        attention = model.attention_module(layer)
-        forward += [(attn_norms[layer], attn_norm_hook(layer)), (attention.q_proj, proj_hook(layer, 0, H)),
-                    (attention.k_proj, proj_hook(layer, H, KV)), (attention.v_proj, proj_hook(layer, H + KV, KV))]
-        pre.append((mlp_norms[layer], pre_hook("mlp", layer)))
-    pre.append((final_norm, pre_hook("logits", graph.n_layers)))
+        norm = lay.attn_norm[layer]
+        if norm is not None:
+            forward.append((norm, attn_norm_hook(layer)))
+        if lay.fast_qkv:
+            attention = model.attention_module(layer)
+            forward += [(attention.q_proj, proj_hook(layer, 0, H)), (attention.k_proj, proj_hook(layer, H, KV)),
+                        (attention.v_proj, proj_hook(layer, H + KV, KV))]
+        if norm is None or not lay.fast_qkv:
+            pre_kwargs.append((lay.attn_top[layer], attention_pre_hook(layer)))
+        if not lay.fast_qkv:
+            named += [(hook_name(layer, f"attn.hook_{part}"), qkv_fn(layer, part)) for part in ("q", "k", "v")]
+        pre_kwargs.append((lay.mlp_site[layer], reads_hook("mlp", layer)))
+    pre_kwargs.append((lay.logits_site, reads_hook("logits", graph.n_layers)))
     try:
-        with module_hooks(forward, pre):
+        with ExitStack() as stack:
+            stack.enter_context(module_hooks(forward, pre_kwargs=pre_kwargs))
+            if named:
+                stack.enter_context(model.hooks(named))
             yield
     finally:
         normed.clear()
+        probed.clear()
+        pending.clear()
+        stream.clear()
 
 
 def work_dtype(model: HookedModel) -> torch.dtype:
@@ -267,28 +595,61 @@ def work_dtype(model: HookedModel) -> torch.dtype:
 def output_hooks(model: HookedModel, store: Callable[[int, torch.Tensor], None]) -> list[tuple[str, Callable]]:
     """Hook pairs calling ``store(first_up_index, value [batch, pos, n, d_model])`` as each upstream node writes.
 
-    ``embed`` is the residual stream entering block 0; heads come from ``hook_result``, MLPs from
-    ``hook_mlp_out``. Values are passed as computed (detach them to keep them).
+    ``embed`` is the residual stream entering block 0; heads come from ``hook_result``; a layer's
+    attention node is what it adds to the residual stream (``hook_resid_mid - hook_resid_pre``, or
+    ``hook_attn_out`` in a parallel block) and an MLP likewise (``hook_resid_post - hook_resid_mid``,
+    or ``hook_resid_post - hook_resid_pre - hook_attn_out``). Values are passed as computed (detach
+    them to keep them).
     """
     graph = CircuitGraph.of(model)
+    pre: dict[int, torch.Tensor] = {}
+    mid: dict[int, torch.Tensor] = {}
+    attn: dict[int, torch.Tensor] = {}
 
-    def embed(activation, hook):
-        store(0, activation.unsqueeze(2))
+    def keep_pre(layer):
+        def fn(activation, hook):
+            pre[layer] = activation
+            if layer == 0:
+                store(0, activation.unsqueeze(2))
+        return fn
 
     def result(layer):
         def fn(activation, hook):
-            store(graph.head_index(layer, 0), activation)
+            store(graph.attn_index(layer), activation)
         return fn
 
-    def mlp(layer):
+    def keep_mid(layer):
         def fn(activation, hook):
-            store(graph.mlp_index(layer), activation.unsqueeze(2))
+            value = activation.reshape(pre[layer].shape)
+            mid[layer] = value
+            if not graph.head_nodes:
+                store(graph.attn_index(layer), (value - pre[layer]).unsqueeze(2))
         return fn
 
-    pairs = [(hook_name(0, "hook_resid_pre"), embed)]
+    def keep_attn(layer):
+        def fn(activation, hook):
+            attn[layer] = activation
+            if not graph.head_nodes:
+                store(graph.attn_index(layer), activation.unsqueeze(2))
+        return fn
+
+    def post(layer):
+        def fn(activation, hook):
+            value = activation.reshape(pre[layer].shape)
+            before = pre.pop(layer) + attn.pop(layer) if graph.is_parallel(layer) else mid.pop(layer)
+            store(graph.mlp_index(layer), (value - before).unsqueeze(2))
+        return fn
+
+    pairs = []
     for layer in range(graph.n_layers):
-        pairs.append((hook_name(layer, "attn.hook_result"), result(layer)))
-        pairs.append((hook_name(layer, "hook_mlp_out"), mlp(layer)))
+        pairs.append((hook_name(layer, "hook_resid_pre"), keep_pre(layer)))
+        if graph.head_nodes:
+            pairs.append((hook_name(layer, "attn.hook_result"), result(layer)))
+        if graph.is_parallel(layer):
+            pairs.append((hook_name(layer, "hook_attn_out"), keep_attn(layer)))
+        else:
+            pairs.append((hook_name(layer, "hook_resid_mid"), keep_mid(layer)))
+        pairs.append((hook_name(layer, "hook_resid_post"), post(layer)))
     return pairs
 
 

@@ -3,7 +3,10 @@
 The file is ``{"cfg": {...}, "nodes": {"input": {"in_graph": ...}, "a0.h0": ..., "m0": ..., "logits": ...},
 "edges": {"a0.h0->a1.h2<q>": {"score": ..., "in_graph": ...}, "input->m0": ..., "m1->logits": ...}}``.
 Node names: ``input`` (interp's ``embed``), ``a{l}.h{h}``, ``m{l}``, ``logits``; an edge into an attention
-head names the query head and the input ``<q>``, ``<k>`` or ``<v>``.
+head names the query head and the input ``<q>``, ``<k>`` or ``<v>``. Parallel blocks set ``cfg``'s
+``parallel_attn_mlp`` (as MIB does). Models whose attention is one node per layer (post-norm blocks,
+see :mod:`interp.circuits.graph`) write upstream nodes ``a{l}`` and ``cfg["attention_nodes"] = "layer"``,
+interp's extension: such files round-trip through interp but are not comparable with MIB's per-head graphs.
 
 MIB gives every *query* head its own k and v input ("ungrouped" GQA), while interp's graph has one k
 and one v input per KV head, shared by its ``n_heads / n_kv_heads`` query heads. The mapping:
@@ -72,8 +75,10 @@ def to_mib_dict(graph: CircuitGraph, scores: torch.Tensor, circuit: torch.Tensor
     """The MIB JSON object for ``scores`` (``[n_up, n_down]``) and an optional circuit mask (``in_graph``)."""
     if circuit is None:
         circuit = torch.zeros(graph.n_up, graph.n_down, dtype=torch.bool)
-    cfg: dict[str, Any] = {"n_layers": graph.n_layers, "n_heads": graph.n_heads, "parallel_attn_mlp": False,
+    cfg: dict[str, Any] = {"n_layers": graph.n_layers, "n_heads": graph.n_heads, "parallel_attn_mlp": any(graph.parallel),
                            "d_model": int(d_model) if d_model is not None else None}
+    if not graph.head_nodes:
+        cfg["attention_nodes"] = "layer"  # interp's extension: one upstream node a{l} per layer (post-norm blocks)
     if graph.n_kv_heads != graph.n_heads:
         cfg["n_key_value_heads"] = graph.n_kv_heads  # informational: MIB's names are per query head
     inside = {_src(n) for n in circuit_nodes(graph, circuit)} if bool(circuit.any()) else set()
@@ -131,7 +136,9 @@ def check_mib_scores(path: str | Path) -> tuple[int, int]:
         raise InterpError(f"{path}: 'cfg' lacks integer n_layers and n_heads; give a file written by Graph.to_json") from None
     if n_layers < 1 or n_heads < 1:
         raise InterpError(f"{path}: cfg has n_layers {n_layers}, n_heads {n_heads}; both must be at least 1")
-    _check_edges(path, data, CircuitGraph(n_layers, n_heads, n_heads))  # names do not depend on KV heads
+    head_nodes = data["cfg"].get("attention_nodes", "head") != "layer"
+    parallel = (True,) * n_layers if data["cfg"].get("parallel_attn_mlp") else ()
+    _check_edges(path, data, CircuitGraph(n_layers, n_heads, n_heads, head_nodes, parallel))  # names do not depend on KV heads
     return n_layers, n_heads
 
 

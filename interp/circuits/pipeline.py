@@ -121,7 +121,9 @@ class CircuitResult:
             "clean_metric": self.scores.clean_metric,
             "corrupted_metric": self.scores.corrupted_metric,
             "n_graph_edges": self.graph.n_edges,
-            "graph": {"n_layers": self.graph.n_layers, "n_heads": self.graph.n_heads, "n_kv_heads": self.graph.n_kv_heads},
+            "graph": {"n_layers": self.graph.n_layers, "n_heads": self.graph.n_heads, "n_kv_heads": self.graph.n_kv_heads,
+                      # "head": a node per attention head; "layer": one attention node a{l} per layer (post-norm blocks)
+                      "attention_nodes": self.graph.granularity, "parallel": any(self.graph.parallel)},
             "circuit": {
                 "n_selected": chosen,
                 "n_edges": int(self.circuit.sum()),

@@ -18,20 +18,29 @@ from torch import nn
 ForwardHook = Callable[[nn.Module, tuple, Any], Any]
 # fn(module, args) -> replacement args or None
 PreHook = Callable[[nn.Module, tuple], Any]
+# fn(module, args, kwargs) -> replacement (args, kwargs) or None
+KwargsPreHook = Callable[[nn.Module, tuple, dict], Any]
 
 
 @contextmanager
 def module_hooks(
     forward: Iterable[tuple[nn.Module, ForwardHook]] = (),
     pre: Iterable[tuple[nn.Module, PreHook]] = (),
+    pre_kwargs: Iterable[tuple[nn.Module, KwargsPreHook]] = (),
 ) -> Iterator[None]:
-    """Register ``(module, fn)`` forward hooks and forward pre-hooks for the ``with`` block (torch semantics)."""
+    """Register ``(module, fn)`` forward hooks and forward pre-hooks for the ``with`` block (torch semantics).
+
+    ``pre_kwargs`` pre-hooks also see (and may replace) the keyword arguments, for modules called with them
+    (attention modules get ``hidden_states=...``).
+    """
     handles = []
     try:
         for module, fn in forward:
             handles.append(module.register_forward_hook(fn))
         for module, fn in pre:
             handles.append(module.register_forward_pre_hook(fn))
+        for module, fn in pre_kwargs:
+            handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
         yield
     finally:
         for handle in handles:

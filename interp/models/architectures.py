@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 import re
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 from torch import nn
@@ -40,8 +40,6 @@ class ArchitectureSpec:
             that call ``ALL_ATTENTION_FUNCTIONS`` (most modern ones), ``"gpt_neo_attn"`` for GPT-Neo,
             whose eager attention is the method ``_attn``.
         final_norm: dotted path from the model to the norm before the unembedding (None: none found).
-        attn_norm, mlp_norm: dotted paths from a block to the norm before its attention and before its
-            MLP, for the pre-norm blocks of :data:`BLOCK_NORMS` (None elsewhere: circuits refuse those).
         discovered: True when found by :func:`discover`, False for an entry of :data:`OVERRIDES`.
     """
 
@@ -51,8 +49,6 @@ class ArchitectureSpec:
     mlp: str
     attention_entry: str = "interface"
     final_norm: str | None = None
-    attn_norm: str | None = None
-    mlp_norm: str | None = None
     discovered: bool = True
 
 
@@ -68,16 +64,6 @@ OVERRIDES: dict[str, ArchitectureSpec] = {
         final_norm="transformer.ln_f",
         discovered=False,
     ),
-}
-
-# Sequential pre-norm blocks (x + attn(norm1(x)), then x + mlp(norm2(x))) whose norms interp's circuits
-# read: (norm before attention, norm before the MLP), from a block. Circuit discovery (interp.circuits)
-# needs them and is exact on these model types; others are refused until their block shape is handled.
-BLOCK_NORMS: dict[str, tuple[str, str]] = {
-    "llama": ("input_layernorm", "post_attention_layernorm"),
-    "mistral": ("input_layernorm", "post_attention_layernorm"),
-    "qwen2": ("input_layernorm", "post_attention_layernorm"),
-    "qwen3": ("input_layernorm", "post_attention_layernorm"),
 }
 
 # Inside a block's MLP, interp's neuron hooks (mlp.hook_pre / hook_pre_linear / hook_post) hook these linear
@@ -322,8 +308,6 @@ def spec_for(model: nn.Module) -> ArchitectureSpec:
     if model_type in REFUSED:
         raise UnsupportedArchitectureError(f"architecture {model_type!r} is not supported: {REFUSED[model_type]}")
     spec = OVERRIDES[model_type] if model_type in OVERRIDES else discover(model)
-    if model_type in BLOCK_NORMS:
-        spec = replace(spec, attn_norm=BLOCK_NORMS[model_type][0], mlp_norm=BLOCK_NORMS[model_type][1])
     return spec
 
 

@@ -64,10 +64,15 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _feeds(down: str, kind: str, n_heads: int, n_kv_heads: int) -> list[str]:
-    """Upstream nodes whose output the input ``(down, kind)`` helps compute (the page's pruning and drawing)."""
+def _feeds(down: str, kind: str, n_heads: int, n_kv_heads: int, head_nodes: bool = True) -> list[str]:
+    """Upstream nodes whose output the input ``(down, kind)`` helps compute (the page's pruning and drawing).
+
+    Without head nodes (one attention node ``a{l}`` per layer) every q/k/v input of layer ``l`` feeds ``a{l}``.
+    """
     if kind == "logits":
         return []
+    if not head_nodes and kind in ("q", "k", "v"):
+        return [down.split(".")[0]]
     if kind in ("k", "v") and ".kv" in down:
         layer, group = down[1:].split(".kv")
         per = max(1, n_heads // max(1, n_kv_heads))
@@ -93,7 +98,8 @@ def page_data(summary: dict[str, Any], edges: pd.DataFrame | None = None, nodes:
         listed = [[str(u), str(d), str(k), float(s)] for u, d, k, s in rows]
     else:
         listed = [[e["upstream"], e["downstream"], e["kind"], float(e["score"])] for e in circuit["edges"]][:max_edges]
-    feeds = {f"{d}|{k}": _feeds(d, k, n_heads, n_kv) for _, d, k, _ in listed}
+    head_nodes = shape.get("attention_nodes", "head") != "layer"
+    feeds = {f"{d}|{k}": _feeds(d, k, n_heads, n_kv, head_nodes) for _, d, k, _ in listed}
     info: dict[str, dict[str, Any]] = {}
     roles: dict[str, str] = {}
     if nodes is not None:
@@ -176,7 +182,7 @@ def curve_figure(summary: dict[str, Any]) -> go.Figure:
 
 
 def _dla_table(nodes: pd.DataFrame, k: int = 20) -> str:
-    top = nodes[nodes["kind"].isin(["head", "mlp", "embed"])].copy()
+    top = nodes[nodes["kind"].isin(["head", "attn", "mlp", "embed"])].copy()
     top = top.reindex(top["dla"].abs().sort_values(ascending=False).index).head(k)
     rows = "".join(
         f"<tr><td>{html.escape(r.node)}</td><td>{r.dla:.4f}</td><td>{r.eap:.4f}</td>"
