@@ -9,6 +9,12 @@ the first-order estimate of ``M(clean with only that edge fed its corrupted valu
 ``steps`` runs whose input embeddings are interpolated ``corrupted + k/steps (clean - corrupted)``,
 ``k = 1..steps`` (hannamw's default, "EAP-IG-inputs").
 
+The other methods of MIB's circuit-localization track, as hannamw's ``attribute.py`` defines them:
+"eap-ig-activations" averages the gradient over runs that each replace one node's output (the
+embedding, one layer's attention, one MLP) by the constant ``corrupted + k/steps (clean - corrupted)``;
+"clean-corrupted" averages the clean run's and the corrupted run's gradient; "exact" scores each edge
+by its exact single-edge patching effect (:func:`~interp.circuits.evaluation.patch_edges`).
+
 Cost: two no-grad forwards (clean, corrupted) plus one forward and backward per step, batched over
 the dataset. Memory: the upstream differences ``[batch, pos, n_up, d_model]`` and, per layer, the
 input gradients ``[batch, pos, slots, d_model]``; scores are one ``[n_up, n_down]`` matrix, never
