@@ -1,4 +1,5 @@
-"""Circuit discovery: task datasets, direct logit attribution, edge attribution (EAP, EAP-IG), exact evaluation.
+"""Circuit discovery: task datasets, direct logit attribution, edge attribution (EAP, EAP-IG and MIB's other
+methods), exact evaluation.
 
     from interp.circuits import ioi_task, edge_attribution, top_n_mask, evaluate_circuits
     pairs = ioi_task(64, model=model)

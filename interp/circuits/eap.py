@@ -9,6 +9,12 @@ the first-order estimate of ``M(clean with only that edge fed its corrupted valu
 ``steps`` runs whose input embeddings are interpolated ``corrupted + k/steps (clean - corrupted)``,
 ``k = 1..steps`` (hannamw's default, "EAP-IG-inputs").
 
+The other methods of MIB's circuit-localization track, as hannamw's ``attribute.py`` defines them:
+"eap-ig-activations" averages the gradient over runs that each replace one node's output (the
+embedding, one layer's attention, one MLP) by the constant ``corrupted + k/steps (clean - corrupted)``;
+"clean-corrupted" averages the clean run's and the corrupted run's gradient; "exact" scores each edge
+by its exact single-edge patching effect (:func:`~interp.circuits.evaluation.patch_edges`).
+
 Cost: two no-grad forwards (clean, corrupted) plus one forward and backward per step, batched over
 the dataset. Memory: the upstream differences ``[batch, pos, n_up, d_model]`` and, per layer, the
 input gradients ``[batch, pos, slots, d_model]``; scores are one ``[n_up, n_down]`` matrix, never
@@ -18,12 +24,11 @@ anything of size edges x tokens x d_model.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
-import pandas as pd
 import torch
 
+from interp.circuits.edge_scores import EdgeScores, Progress, as_batches
+from interp.circuits.evaluation import patch_edges
 from interp.circuits.graph import CircuitGraph, circuit_layout, split_inputs, upstream_outputs, work_dtype
 from interp.causal.metrics import TaskMetric, get_metric
 from interp.causal.pairs import PromptPairs, TaskBatch
@@ -32,42 +37,35 @@ from interp.errors import InterpError
 from interp.hooks import HookedModel, hook_name
 from interp.hooks.modules import module_hooks
 
-Progress = Callable[[int], None] | None
+# Scoring methods (MIB's names; "eap-ig" is MIB's "EAP-IG-inputs", accepted under that name too).
+METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted", "exact")
+_ALIASES = {"eap-ig-inputs": "eap-ig"}
+STEP_METHODS = ("eap-ig", "eap-ig-activations")
+# Exact scoring runs every edge alone on every prompt; above this many single-prompt forwards it is refused.
+EXACT_LIMIT = 1_000_000
 
 
-@dataclass
-class EdgeScores:
-    """Scores for every edge of a model's graph: ``scores[up, down]`` (0 where there is no edge)."""
-
-    graph: CircuitGraph
-    scores: torch.Tensor
-    method: str
-    steps: int
-    metric: str
-    clean_metric: float
-    corrupted_metric: float
-    n_prompts: int
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def frame(self) -> pd.DataFrame:
-        """``upstream, downstream, kind, score, abs_score, rank`` per edge, best first (rank 1 = largest |score|)."""
-        frame = self.graph.edges_frame(self.scores)
-        frame["abs_score"] = frame["score"].abs()
-        frame = frame.sort_values("abs_score", ascending=False, kind="stable").reset_index(drop=True)
-        frame["rank"] = range(1, len(frame) + 1)
-        return frame
-
-    def node_scores(self) -> torch.Tensor:
-        """``[n_up]``: each upstream node's total score over its outgoing edges (= node-level EAP)."""
-        return self.scores.sum(dim=1)
+def check_method(method: str) -> str:
+    """The canonical name of a scoring method (see :data:`METHODS`), or a one-line error."""
+    name = method.lower().replace("_", "-")
+    name = _ALIASES.get(name, name)
+    if name not in METHODS:
+        raise InterpError(f"unknown attribution method {method!r}; use one of {', '.join(METHODS)} "
+                          f"(eap-ig-inputs is eap-ig)")
+    return name
 
 
-def as_batches(model: HookedModel, data: PromptPairs | Sequence[TaskBatch], batch_size: int) -> list[TaskBatch]:
-    if isinstance(data, PromptPairs):
-        batches = data.encode(model, batch_size=batch_size, pad=True)
-    else:
-        batches = [piece for b in data for piece in b.split(batch_size)]
-    return [b.to(model.device) for b in batches]
+def check_exact_cost(graph: CircuitGraph, n_prompts: int, limit: int | None = EXACT_LIMIT) -> int:
+    """Single-prompt forwards exact scoring needs (``n_edges x n_prompts``); a one-line error above ``limit``."""
+    cost = graph.n_edges * n_prompts
+    if limit is not None and cost > limit:
+        fits = limit // graph.n_edges
+        lower = f"use at most {fits} prompts (--n {fits})" if fits else "use a smaller model"
+        raise InterpError(
+            f"exact scoring patches each edge alone: {graph.n_edges:,} edges x {n_prompts} prompts = {cost:,} "
+            f"single-prompt forwards, over the limit of {limit:,}; {lower}, score with eap-ig, or force it "
+            f"(--force-exact, exact_limit=None)")
+    return cost
 
 
 def edge_attribution(
@@ -79,27 +77,37 @@ def edge_attribution(
     metric: str | TaskMetric = "logit_diff",
     batch_size: int = 16,
     progress: Progress = None,
+    exact_limit: int | None = EXACT_LIMIT,
 ) -> EdgeScores:
-    """Score every edge with ``method`` ``"eap"`` or ``"eap-ig"`` (``steps`` interpolation steps).
+    """Score every edge with ``method`` (MIB's circuit-localization methods, see the module doc):
+
+    ``"eap"``; ``"eap-ig"`` (= ``"eap-ig-inputs"``, ``steps`` interpolation steps of the input embeddings);
+    ``"eap-ig-activations"`` (``steps`` steps of each node's activation in turn); ``"clean-corrupted"``
+    (the gradient averaged over the clean and the corrupted run); ``"exact"`` (each edge's exact
+    single-edge patching effect, refused above ``exact_limit`` single-prompt forwards; None forces it).
 
     ``progress(n)`` is called after each batch of ``n`` prompts.
     """
-    method = method.lower().replace("_", "-")
-    if method not in ("eap", "eap-ig"):
-        raise InterpError(f"unknown attribution method {method!r}; use 'eap' or 'eap-ig'")
-    if method == "eap-ig" and steps < 1:
-        raise InterpError(f"EAP-IG needs steps >= 1, got {steps}")
+    method = check_method(method)
+    if method in STEP_METHODS and steps < 1:
+        raise InterpError(f"{method} needs steps >= 1, got {steps}")
     metric_fn = get_metric(metric)
     graph = CircuitGraph.of(model)
+    batches = as_batches(model, data, batch_size)
+    if method == "exact":
+        check_exact_cost(graph, sum(b.size for b in batches), exact_limit)
     scores = torch.zeros(graph.n_up, graph.n_down, dtype=torch.float64)
     wd = work_dtype(model)
     n, clean_total, corrupted_total = 0, 0.0, 0.0
-    for batch in shard_batches(as_batches(model, data, batch_size)):  # this rank's rows (all in one process)
+    for batch in shard_batches(batches):  # this rank's rows (all of them in one process)
         clean_logits, clean_out = upstream_outputs(model, batch.clean)
         corrupted_logits, corrupted_out = upstream_outputs(model, batch.corrupted)
         clean_last = batch.last(clean_logits).to(wd)
         clean_total += float(metric_fn(clean_last, batch, clean_last).sum())
         corrupted_total += float(metric_fn(batch.last(corrupted_logits).to(wd), batch, clean_last).sum())
+        n += batch.size
+        if method == "exact":
+            continue  # scored below, over every batch at once
         diff = corrupted_out - clean_out
         real = batch.real()
         if real is not None:  # pads get no gradient; zero their differences too, so they add exactly nothing
@@ -107,7 +115,7 @@ def edge_attribution(
         del corrupted_out, corrupted_logits
         if method == "eap":
             grads = input_gradients(model, batch, metric_fn, clean_last)
-        else:
+        elif method == "eap-ig":
             grads = None
             for k in range(1, steps + 1):
                 # corrupted + k/steps (clean - corrupted), with diff = corrupted - clean
@@ -115,15 +123,120 @@ def edge_attribution(
                 step = input_gradients(model, batch, metric_fn, clean_last, embed=embed)
                 grads = step if grads is None else [g.add_(s) for g, s in zip(grads, step)]
             grads = [g / steps for g in grads]
+        elif method == "clean-corrupted":
+            grads = input_gradients(model, batch, metric_fn, clean_last)
+            on_corrupted = TaskBatch(batch.corrupted, batch.corrupted, batch.answers, batch.wrong, batch.rows, batch.lengths)
+            other = input_gradients(model, on_corrupted, metric_fn, clean_last)
+            grads = [(g + o) / 2 for g, o in zip(grads, other)]
+        else:
+            grads = activation_ig_gradients(model, batch, metric_fn, clean_last, clean_out, diff, steps)
         accumulate_scores(graph, scores, diff, grads)
-        n += batch.size
         if progress is not None:
             progress(batch.size)
-    scores, n, clean_total, corrupted_total = all_reduce_sum(scores, n, clean_total, corrupted_total)
-    scores /= n
+    if method == "exact":  # patch_edges shards its own rows and combines them
+        n, clean_total, corrupted_total = all_reduce_sum(n, clean_total, corrupted_total)
+        up, down = torch.nonzero(graph.edge_mask, as_tuple=True)
+        edges = list(zip(up.tolist(), down.tolist()))
+        effects = patch_edges(model, batches, edges, metric=metric_fn, batch_size=batch_size, progress=progress)
+        scores[up, down] = torch.as_tensor(effects, dtype=torch.float64)
+    else:
+        scores, n, clean_total, corrupted_total = all_reduce_sum(scores, n, clean_total, corrupted_total)
+        scores /= n
     name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
-    return EdgeScores(graph, scores, method, steps if method == "eap-ig" else 0, name,
+    return EdgeScores(graph, scores, method, steps if method in STEP_METHODS else 0, name,
                       clean_total / n, corrupted_total / n, n)
+
+
+def interpolated_nodes(graph: CircuitGraph) -> list[tuple[str, int, slice]]:
+    """The nodes EAP-IG-activations interpolates one at a time, as MIB does: ``(kind, layer, upstream slice)``
+    for the embedding, then per layer its attention (all its nodes at once) and its MLP."""
+    nodes = [("embed", -1, slice(0, 1))]
+    for layer in range(graph.n_layers):
+        first = graph.attn_index(layer)
+        mlp = graph.mlp_index(layer)
+        nodes += [("attn", layer, slice(first, first + graph.attn_nodes)), ("mlp", layer, slice(mlp, mlp + 1))]
+    return nodes
+
+
+def fixed_node_hooks(graph: CircuitGraph, kind: str, layer: int, fixed: torch.Tensor) -> list[tuple[str, Callable]]:
+    """Hooks that make layer ``layer``'s attention (``kind="attn"``) or MLP add the constant ``fixed``
+    ``[batch, pos, d_model]`` to the residual stream instead of its own output, on any architecture.
+
+    The replacement is made in the stream (``stream - live output + fixed``, with the live output read
+    in the same forward as :func:`~interp.circuits.graph.output_hooks` defines it), so constant biases
+    stay and no gradient flows back through the replaced node.
+    """
+    live: dict[str, torch.Tensor] = {}
+
+    def keep(key: str, heads: bool = False):
+        def fn(activation, hook):
+            live[key] = activation.sum(2) if heads else activation
+        return fn
+
+    def swap(read_live: Callable[[torch.Tensor], torch.Tensor]):
+        def fn(activation, hook):
+            stream = activation.reshape(live["pre"].shape)
+            return (stream - read_live(stream) + fixed.to(stream.dtype)).reshape(activation.shape)
+        return fn
+
+    pairs = [(hook_name(layer, "hook_resid_pre"), keep("pre"))]
+    parallel = graph.is_parallel(layer)
+    if kind == "attn":
+        if graph.head_nodes:
+            pairs.append((hook_name(layer, "attn.hook_result"), keep("attn", heads=True)))
+        elif parallel:
+            pairs.append((hook_name(layer, "hook_attn_out"), keep("attn")))
+        if parallel:
+            pairs.append((hook_name(layer, "hook_resid_post"), swap(lambda stream: live["attn"])))
+        elif graph.head_nodes:
+            pairs.append((hook_name(layer, "hook_resid_mid"), swap(lambda stream: live["attn"])))
+        else:
+            pairs.append((hook_name(layer, "hook_resid_mid"), swap(lambda stream: stream - live["pre"])))
+        return pairs
+    if parallel:
+        pairs.append((hook_name(layer, "hook_attn_out"), keep("attn")))
+        pairs.append((hook_name(layer, "hook_resid_post"), swap(lambda stream: stream - live["pre"] - live["attn"])))
+    else:
+        pairs.append((hook_name(layer, "hook_resid_mid"), keep("mid")))
+        pairs.append((hook_name(layer, "hook_resid_post"),
+                      swap(lambda stream: stream - live["mid"].reshape(stream.shape))))
+    return pairs
+
+
+def activation_ig_gradients(
+    model: HookedModel,
+    batch: TaskBatch,
+    metric_fn: TaskMetric,
+    clean_last: torch.Tensor,
+    clean_out: torch.Tensor,
+    diff: torch.Tensor,
+    steps: int,
+) -> list[torch.Tensor]:
+    """EAP-IG-activations' gradient at every input (the layout of :func:`input_gradients`), MIB's definition:
+    the mean, over every node ``w`` of :func:`interpolated_nodes` and ``k = 1..steps``, of the gradient on
+    the clean prompt with ``w``'s output replaced by the constant ``corrupted + k/steps (clean - corrupted)``
+    (so no gradient flows back through ``w`` in that run). ``diff`` is ``corrupted - clean``.
+
+    The ``steps`` runs of one node share one forward and backward (the batch repeated ``steps`` times).
+    """
+    b = batch.size
+    rows = batch.repeat(steps)
+    clean_rows = clean_last.repeat(steps, 1)
+    # [steps * batch, pos, n_up, d]: step k's rows hold corrupted + k/steps (clean - corrupted)
+    weights = torch.tensor([1 - k / steps for k in range(1, steps + 1)], dtype=diff.dtype, device=diff.device)
+    total = None
+    graph = CircuitGraph.of(model)
+    nodes = interpolated_nodes(graph)
+    for kind, layer, span in nodes:
+        value = (clean_out[None, :, :, span] + weights[:, None, None, None, None] * diff[None, :, :, span]).flatten(0, 1)
+        if kind == "embed":
+            grads = input_gradients(model, rows, metric_fn, clean_rows, embed=value[:, :, 0])
+        else:
+            with model.hooks(fixed_node_hooks(graph, kind, layer, value.sum(2))):
+                grads = input_gradients(model, rows, metric_fn, clean_rows)
+        grads = [g.reshape(steps, b, *g.shape[1:]).sum(0) for g in grads]
+        total = grads if total is None else [t.add_(g) for t, g in zip(total, grads)]
+    return [t / (len(nodes) * steps) for t in total]
 
 
 def input_gradients(

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp.circuits.eap import EdgeScores, Progress, as_batches
+from interp.circuits.edge_scores import EdgeScores, Progress, as_batches
 from interp.circuits.graph import CircuitGraph, output_hooks, split_inputs, upstream_outputs, work_dtype
 from interp.causal.metrics import TaskMetric, get_metric
 from interp.causal.pairs import PromptPairs, TaskBatch

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from interp.circuits.dla import direct_logit_attribution, logit_lens
-from interp.circuits.eap import EdgeScores, edge_attribution
+from interp.circuits.eap import EXACT_LIMIT, EdgeScores, edge_attribution
 from interp.circuits.graph import CircuitGraph
 from interp.circuits.evaluation import (SELECTIONS, circuit_nodes, faithfulness_curve, mib_curve, mib_sizes, patch_edges,
                                         select_edges)
@@ -196,6 +196,7 @@ def discover_circuit(
     roles: pd.DataFrame | None = None,
     scores: EdgeScores | None = None,
     progress: StepProgress | None = None,
+    exact_limit: int | None = EXACT_LIMIT,
 ) -> CircuitResult:
     """Score every edge, evaluate top-n circuits exactly, pick one, and check the scores by patching.
 
@@ -204,7 +205,8 @@ def discover_circuit(
     ``target_faithfulness`` (else the largest). ``selection``: ``"top"`` or ``"greedy"`` edges
     (:func:`~interp.circuits.evaluation.select_edges`). ``verify``: how many top edges to patch one at a time
     for ``verification.csv`` (0 = none). ``scores``: evaluate these edge scores (e.g. read from an MIB
-    file) instead of computing them. The MIB grid (:data:`~interp.circuits.evaluation.MIB_FRACTIONS`) is
+    file) instead of computing them. ``method``: any of :data:`~interp.circuits.eap.METHODS`; ``exact_limit``
+    as in :func:`~interp.circuits.eap.edge_attribution`. The MIB grid (:data:`~interp.circuits.evaluation.MIB_FRACTIONS`) is
     evaluated with the curve, giving ``result.mib`` and CPR / CMD.
     """
     if selection not in SELECTIONS:  # before the long steps
@@ -217,7 +219,7 @@ def discover_circuit(
     start = time.perf_counter()
     if scores is None:
         scores = edge_attribution(model, batches, method=method, steps=steps, metric=metric, batch_size=batch_size,
-                                  progress=progress(f"{method.upper()} edge scores", n_prompts))
+                                  progress=progress(f"{method.upper()} edge scores", n_prompts), exact_limit=exact_limit)
     elif scores.graph != CircuitGraph.of(model):
         raise InterpError(f"the scores are for a graph {scores.graph} but the model's is {CircuitGraph.of(model)}")
     timings["attribution"] = time.perf_counter() - start

@@ -27,8 +27,9 @@ def register_commands(app: typer.Typer) -> None:
         data: Annotated[Path | None, typer.Option(help="prompt-pair dataset (.jsonl, .csv, .parquet), or a MIB dataset file, instead of --task")] = None,
         n: Annotated[int, typer.Option("--n", "-n", help="prompt pairs to generate (or the first N rows of --data); -n under torchrun, whose own flags shadow --n")] = 64,
         out: Annotated[Path, typer.Option(help="output folder")] = Path("interp-out/circuit"),
-        method: Annotated[str, typer.Option(help="eap or eap-ig")] = "eap-ig",
-        steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps")] = 5,
+        method: Annotated[str, typer.Option(help="eap, eap-ig (= MIB's eap-ig-inputs), eap-ig-activations, clean-corrupted or exact (MIB's methods)")] = "eap-ig",
+        steps: Annotated[int, typer.Option(help="interpolation steps of eap-ig and eap-ig-activations")] = 5,
+        force_exact: Annotated[bool, typer.Option("--force-exact", help="run --method exact even above its limit of single-prompt forwards")] = False,
         metric: Annotated[str, typer.Option(help="logit_diff, prob or kl")] = "logit_diff",
         edges: Annotated[int | None, typer.Option(help="circuit size (top edges before pruning) [default: smallest reaching 0.8 faithfulness]")] = None,
         selection: Annotated[str, typer.Option(help="top: the largest |score| edges; greedy: grown from the logits, every edge on a path to them")] = "top",
@@ -53,8 +54,14 @@ def register_commands(app: typer.Typer) -> None:
                     raise InterpError(f"{flag} must be at least 1, got {value}")
             if verify < 0:
                 raise InterpError(f"--verify must be 0 (no exact check) or more, got {verify}")
-            if method.lower().replace("_", "-") not in ("eap", "eap-ig"):
-                raise InterpError(f"unknown --method {method!r}; use eap or eap-ig")
+            from interp.circuits.eap import EXACT_LIMIT, METHODS, check_method
+
+            try:
+                method = check_method(method)
+            except InterpError:
+                raise InterpError(f"unknown --method {method!r}; use one of {', '.join(METHODS)} (eap-ig-inputs is eap-ig)") from None
+            if force_exact and method != "exact":
+                raise InterpError("--force-exact applies to --method exact only")
             from interp.catalog import METRIC_NAMES
 
             if metric not in METRIC_NAMES:
@@ -88,6 +95,11 @@ def register_commands(app: typer.Typer) -> None:
             pairs = task_or_data(task, pairs, n, model=hooked, seed=seed, default_n=n,
                                  **({"counterfactual": counterfactual} if task is not None and counterfactual else {}))
             pairs.encode(hooked)  # one error line naming the row, before any long step
+            if method == "exact" and not force_exact and evaluate is None:
+                from interp.circuits.eap import check_exact_cost
+                from interp.circuits.graph import CircuitGraph
+
+                check_exact_cost(CircuitGraph.of(hooked), len(pairs))  # the model's graph size is known only now
             given = None
             if evaluate is not None:
                 given = _file_scores(evaluate, hooked, metric, file_layers, file_heads)
@@ -99,6 +111,7 @@ def register_commands(app: typer.Typer) -> None:
                     return lambda k: bars.advance(handle, k)
 
                 result = discover_circuit(hooked, pairs, method=method, steps=steps, metric=metric, n_edges=edges,
+                                          exact_limit=None if force_exact else EXACT_LIMIT,
                                           selection=selection, verify=verify, batch_size=batch, roles=roles, scores=given,
                                           progress=step)
             if writer:
