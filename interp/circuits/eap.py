@@ -375,7 +375,7 @@ def norm_vjp(norm: torch.nn.Module, x: torch.Tensor, cotangent: torch.Tensor) ->
         return r * a - xs * (r.pow(3) * (a * xs).mean(-1, keepdim=True))
     wide = xs.expand_as(cotangent).clone().requires_grad_(True)
     with torch.enable_grad():
-        y = norm(wide.to(x.dtype))
+        y = norm.forward(wide.to(x.dtype))  # .forward: no hook on the norm (hook_resid_mid, ln*.hook_*) sees this copy
         (grad,) = torch.autograd.grad(y, wide, cotangent.to(y.dtype))
     return grad.to(wd)
 

@@ -533,17 +533,20 @@ def split_inputs(model: HookedModel, delta: DeltaFn) -> Iterator[None]:
             return torch.stack(heads, 2)
         return fn
 
-    last_read: list[int] = []  # the last MLP read in this forward: the final norm may also run before block 0 (NanoChat)
+    # The final norm may also run before block 0 (NanoChat): the logits read only after the last block has
+    # run (or been replayed, interp.hooks.replay, which still calls the block module).
+    after_last: list[bool] = []
+
+    def last_block_hook(module, args, output):
+        after_last[:] = [True]
 
     def reads_hook(group: str, layer: int):
         def hook(module, args, kwargs):
             x = _first_input(args, kwargs)
-            if group == "mlp":
-                last_read[:] = [layer]
-            elif last_read != [graph.n_layers - 1]:
-                return None
-            else:
-                last_read.clear()
+            if group == "logits":
+                if not after_last:
+                    return None
+                after_last.clear()
             if group == "mlp" and lay.mlp_read[layer] == "shared":
                 base = stream[layer]
                 d = delta(group, layer, base)
@@ -573,6 +576,7 @@ def split_inputs(model: HookedModel, delta: DeltaFn) -> Iterator[None]:
         if not lay.fast_qkv:
             named += [(hook_name(layer, f"attn.hook_{part}"), qkv_fn(layer, part)) for part in ("q", "k", "v")]
         pre_kwargs.append((lay.mlp_site[layer], reads_hook("mlp", layer)))
+    forward.append((model.layers[graph.n_layers - 1], last_block_hook))
     pre_kwargs.append((lay.logits_site, reads_hook("logits", graph.n_layers)))
     try:
         with ExitStack() as stack:
@@ -585,6 +589,7 @@ def split_inputs(model: HookedModel, delta: DeltaFn) -> Iterator[None]:
         probed.clear()
         pending.clear()
         stream.clear()
+        after_last.clear()
 
 
 def work_dtype(model: HookedModel) -> torch.dtype:
