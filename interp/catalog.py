@@ -96,3 +96,18 @@ def analysis_names(names: str | list[str] | None) -> list[str]:
     if unknown:
         raise InterpError(f"unknown analysis {', '.join(unknown)}; choose from: {', '.join(CATALOG)}")
     return list(dict.fromkeys(wanted))
+
+
+# Edge-scoring methods of interp.circuits.eap (MIB's circuit-localization methods), checked without torch.
+METHODS: tuple[str, ...] = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted", "exact")
+_METHOD_ALIASES = {"eap-ig-inputs": "eap-ig"}
+
+
+def check_method(method: str) -> str:
+    """The canonical name of an edge-scoring method (see :data:`METHODS`), or a one-line error."""
+    name = method.lower().replace("_", "-")
+    name = _METHOD_ALIASES.get(name, name)
+    if name not in METHODS:
+        raise InterpError(f"unknown attribution method {method!r}; use one of {', '.join(METHODS)} "
+                          f"(eap-ig-inputs is eap-ig)")
+    return name

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from interp.catalog import METHODS as METHODS, check_method  # METHODS re-exported
 from interp.circuits.edge_scores import EdgeScores, Progress, as_batches
 from interp.circuits.evaluation import patch_edges
 from interp.circuits.graph import CircuitGraph, circuit_layout, split_inputs, upstream_outputs, work_dtype
@@ -38,21 +39,9 @@ from interp.hooks import HookedModel, hook_name
 from interp.hooks.modules import module_hooks
 
 # Scoring methods (MIB's names; "eap-ig" is MIB's "EAP-IG-inputs", accepted under that name too).
-METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted", "exact")
-_ALIASES = {"eap-ig-inputs": "eap-ig"}
 STEP_METHODS = ("eap-ig", "eap-ig-activations")
 # Exact scoring runs every edge alone on every prompt; above this many single-prompt forwards it is refused.
 EXACT_LIMIT = 1_000_000
-
-
-def check_method(method: str) -> str:
-    """The canonical name of a scoring method (see :data:`METHODS`), or a one-line error."""
-    name = method.lower().replace("_", "-")
-    name = _ALIASES.get(name, name)
-    if name not in METHODS:
-        raise InterpError(f"unknown attribution method {method!r}; use one of {', '.join(METHODS)} "
-                          f"(eap-ig-inputs is eap-ig)")
-    return name
 
 
 def check_exact_cost(graph: CircuitGraph, n_prompts: int, limit: int | None = EXACT_LIMIT) -> int:

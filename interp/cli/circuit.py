@@ -54,7 +54,7 @@ def register_commands(app: typer.Typer) -> None:
                     raise InterpError(f"{flag} must be at least 1, got {value}")
             if verify < 0:
                 raise InterpError(f"--verify must be 0 (no exact check) or more, got {verify}")
-            from interp.circuits.eap import EXACT_LIMIT, METHODS, check_method
+            from interp.catalog import METHODS, check_method
 
             try:
                 method = check_method(method)
@@ -109,6 +109,8 @@ def register_commands(app: typer.Typer) -> None:
                 def step(description: str, total: int | None):
                     handle = bars.add_task(description, total=None if total is None else len(shard_range(total)))
                     return lambda k: bars.advance(handle, k)
+
+                from interp.circuits.eap import EXACT_LIMIT
 
                 result = discover_circuit(hooked, pairs, method=method, steps=steps, metric=metric, n_edges=edges,
                                           exact_limit=None if force_exact else EXACT_LIMIT,
