@@ -44,3 +44,4 @@ def tiny_folder(smollm, tmp_path_factory) -> str:
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     smollm.tokenizer.save_pretrained(folder)
     return str(folder)
+

@@ -19,13 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
+from cli_apps import circuit_cli  # noqa: E402
 
-from interp.cli.circuit import register_commands  # noqa: E402
 from interp.distributed import World, shard_batches, shard_range  # noqa: E402
 
 
@@ -83,14 +82,7 @@ def test_two_processes_equal_one(tmp_path):
 
 @pytest.fixture(scope="module")
 def app():
-    app = typer.Typer()
-    register_commands(app)
-
-    @app.command("noop")
-    def noop() -> None:
-        pass
-
-    return app
+    return circuit_cli()
 
 
 CIRCUIT = ["--task", "ioi", "-n", "6", "--batch", "2", "--method", "eap-ig", "--steps", "2", "--verify", "4", "--device", "cpu"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import tiny_model  # noqa: E402
+from tiny_models import float64_rms_norms, tiny_model  # noqa: E402
 
 from interp.causal.attribution import attribution_patching  # noqa: E402
 from interp.circuits import (  # noqa: E402
@@ -28,19 +28,9 @@ from interp.circuits.dla import direct_logit_attribution, logit_lens  # noqa: E4
 from interp.hooks import HookedModel  # noqa: E402
 
 
-def _float64_norms(model: torch.nn.Module) -> torch.nn.Module:
-    """HF's RMSNorm computes in float32 whatever the input dtype; make it float64 for exact checks."""
-    for module in model.modules():
-        if type(module).__name__.endswith("RMSNorm"):
-            def forward(x, module=module):
-                return module.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + module.variance_epsilon)
-            module.forward = forward
-    return model
-
-
 @pytest.fixture(scope="module", params=["llama", "qwen3"])
 def model(request):
-    return HookedModel(_float64_norms(tiny_model(request.param).double()))
+    return HookedModel(float64_rms_norms(tiny_model(request.param).double()))
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,13 @@ import pandas as pd
 import plotly.offline
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_apps import circuit_cli  # noqa: E402
 
 from interp.circuits import ioi_task, read_pairs  # noqa: E402
 from interp.report.circuit_report import report_section  # noqa: E402
-from interp.cli.circuit import register_commands  # noqa: E402
 from interp.errors import InterpError  # noqa: E402
 
 runner = CliRunner()
@@ -25,14 +24,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def app():
-    app = typer.Typer()
-    register_commands(app)
-
-    @app.command("noop")
-    def noop() -> None:  # a second command keeps typer from collapsing the app into `circuit`
-        pass
-
-    return app
+    return circuit_cli()
 
 
 def test_circuit_writes_every_file_and_an_offline_html(app, tiny_folder, tmp_path):

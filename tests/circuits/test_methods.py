@@ -18,21 +18,11 @@ import typer
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import tiny_model  # noqa: E402
+from tiny_models import float64_rms_norms, tiny_model  # noqa: E402
 
 from interp.circuits import CircuitGraph, PromptPairs, edge_attribution, induction_task, split_inputs  # noqa: E402
 from interp.errors import InterpError  # noqa: E402
 from interp.hooks import HookedModel  # noqa: E402
-
-
-def _float64_norms(model: torch.nn.Module) -> torch.nn.Module:
-    """HF's RMSNorm computes in float32 whatever the input dtype; make it float64 for exact checks."""
-    for module in model.modules():
-        if type(module).__name__.endswith("RMSNorm"):
-            def forward(x, module=module):
-                return module.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + module.variance_epsilon)
-            module.forward = forward
-    return model
 
 
 def _linear_llama() -> torch.nn.Module:
@@ -64,7 +54,7 @@ class _Ones(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def model():
-    return HookedModel(_float64_norms(tiny_model("llama").double()))
+    return HookedModel(float64_rms_norms(tiny_model("llama").double()))
 
 
 @pytest.fixture(scope="module")

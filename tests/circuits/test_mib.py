@@ -8,13 +8,13 @@ import math
 import pandas as pd
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
+
+from cli_apps import circuit_cli  # tests/ is on sys.path (tests/circuits/conftest.py)
 
 from interp.circuits.evaluation import MIB_FRACTIONS, area_under_curve, mib_sizes
 from interp.circuits.graph import CircuitGraph
 from interp.circuits.mib import check_mib_scores, mib_edges, read_mib_scores, to_mib_dict, write_mib_scores
-from interp.cli.circuit import register_commands
 from interp.errors import InterpError
 
 runner = CliRunner()
@@ -107,14 +107,7 @@ def test_mib_files_for_another_graph_or_malformed_are_refused_in_one_line(tmp_pa
 
 @pytest.fixture(scope="module")
 def app():
-    app = typer.Typer()
-    register_commands(app)
-
-    @app.command("noop")
-    def noop() -> None:
-        pass
-
-    return app
+    return circuit_cli()
 
 
 def test_circuit_writes_cpr_cmd_and_mib_scores_and_evaluate_reproduces_them(app, tiny_folder, tmp_path):

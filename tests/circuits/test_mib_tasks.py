@@ -14,6 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_apps import circuit_cli  # noqa: E402
 
 from interp.causal.pairs import read_pairs  # noqa: E402
 from interp.circuits.tasks import (  # noqa: E402
@@ -25,7 +26,6 @@ from interp.circuits.tasks import (  # noqa: E402
     mcqa_prompt,
     mcqa_task,
 )
-from interp.cli.circuit import register_commands  # noqa: E402
 from interp.errors import InterpError  # noqa: E402
 
 runner = CliRunner()
@@ -33,14 +33,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def app():
-    app = typer.Typer()
-    register_commands(app)
-
-    @app.command("noop")
-    def noop() -> None:  # a second command keeps typer from collapsing the app into `circuit`
-        pass
-
-    return app
+    return circuit_cli()
 
 
 # ------------------------------------------------------------------------------------------ MCQA generator
