@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from interp.models.builtin import DEFAULT_MODEL
-from interp.cli.common import DebugOption, DtypeOption, check_source, console, fail, quiet_loading, task_or_data
+from interp.cli.common import DebugOption, DtypeOption, check_source, console, one_line_errors, quiet_loading, task_or_data
 from interp.errors import InterpError
 from interp.output import check_writable, replace_dir
 
@@ -188,7 +188,7 @@ def register_commands(app: typer.Typer) -> None:
         from interp.causal.checks import check_trace_args
 
         quiet_loading(debug)
-        try:
+        with one_line_errors(debug):
             single = prompt is not None or subject is not None or answer is not None
             check_source(task, data, single="--prompt/--subject/--answer", single_given=single)
             if single and (prompt is None or subject is None):
@@ -265,11 +265,6 @@ def register_commands(app: typer.Typer) -> None:
 
             if is_writer():  # under torchrun every rank holds the merged traces; rank 0 writes them
                 write_atomically(out, write, overwrite=overwrite)
-        except KeyboardInterrupt:
-            console.print("interrupted: nothing was written")
-            raise typer.Exit(130)
-        except Exception as error:  # noqa: BLE001 - every failure becomes one line unless --debug
-            fail(error, debug)
         if not is_writer():
             return
         what = f"p({shown.attrs['answer']!r})" if single else f"{len(traces)} prompts, mean p(answer)"
@@ -316,7 +311,7 @@ def register_commands(app: typer.Typer) -> None:
         from interp.causal.checks import check_answer_texts, check_batch_size
 
         quiet_loading(debug)
-        try:
+        with one_line_errors(debug):
             single = bool(clean or corrupt or answers)
             check_source(task, data, single="--clean/--corrupt/--answers", single_given=single)
             _n(n)
@@ -391,11 +386,6 @@ def register_commands(app: typer.Typer) -> None:
 
             if is_writer():  # under torchrun every rank holds the merged grid; rank 0 writes it
                 write_atomically(out, write, overwrite=overwrite)
-        except KeyboardInterrupt:
-            console.print("interrupted: nothing was written")
-            raise typer.Exit(130)
-        except Exception as error:  # noqa: BLE001
-            fail(error, debug)
         if not is_writer():
             return
         console.print(

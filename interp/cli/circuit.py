@@ -15,7 +15,7 @@ import typer
 
 from interp.models.builtin import DEFAULT_MODEL
 from interp.cli.causal import check_out, write_atomically
-from interp.cli.common import DebugOption, DtypeOption, check_source, console, fail, task_or_data
+from interp.cli.common import DebugOption, DtypeOption, check_source, console, one_line_errors, task_or_data
 from interp.errors import InterpError
 
 
@@ -47,7 +47,7 @@ def register_commands(app: typer.Typer) -> None:
         """Find the circuit behind a task: score every edge (EAP / EAP-IG), evaluate top-n circuits exactly, write files."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        try:
+        with one_line_errors(debug, interrupted=None):
             check_source(task, data)
             for flag, value in (("--n", n), ("--batch", batch), ("--steps", steps), ("--edges", edges)):
                 if value is not None and value < 1:
@@ -118,10 +118,6 @@ def register_commands(app: typer.Typer) -> None:
                                           progress=step)
             if writer:
                 write_atomically(out, result.save, overwrite=overwrite)  # staged, then renamed into place
-        except InterpError as error:
-            fail(error, debug)
-        except Exception as error:  # noqa: BLE001 - one line unless --debug
-            fail(error, debug)
         if not writer:
             return
         summary = result.summary()

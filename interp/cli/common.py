@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import os
@@ -48,6 +50,21 @@ def fail(error: BaseException, debug: bool) -> None:
 
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # messages may hold [...]
     raise typer.Exit(1)
+
+
+@contextmanager
+def one_line_errors(debug: bool, interrupted: str | None = "nothing was written") -> Iterator[None]:
+    """A command's body: any failure becomes one ``error:`` line (:func:`fail`); Ctrl-C prints
+    ``interrupted: {interrupted}`` and exits 130 (``interrupted=None``: Ctrl-C is not caught)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if interrupted is None:
+            raise
+        console.print(f"interrupted: {interrupted}")
+        raise typer.Exit(130)
+    except Exception as error:  # noqa: BLE001 - every failure becomes one line unless --debug
+        fail(error, debug)
 
 
 def check_source(task: str | None, data: Any, *, single: str | None = None, single_given: bool = False) -> None:

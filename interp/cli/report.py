@@ -25,12 +25,12 @@ def register_commands(app: typer.Typer) -> None:
         debug: DebugOption = False,
     ) -> None:
         """Write DIR/report.html (one offline HTML file) and DIR/heads.{csv,parquet,json}."""
-        from interp.cli.common import console, fail
+        from interp.cli.common import console, one_line_errors
         from interp.errors import InterpError
         from interp.output import EXPORT_FORMATS, REPORT_FILE, check_writable, folder_lock
 
         quiet_loading(debug)
-        try:
+        with one_line_errors(debug, interrupted="the report was not written"):
             formats = [f.strip().lower() for f in format.split(",") if f.strip()]
             unknown = [f for f in formats if f not in EXPORT_FORMATS]
             if unknown:
@@ -50,11 +50,6 @@ def register_commands(app: typer.Typer) -> None:
 
                     hooked = interp.load(model, device=device)
                 path = write_report(folder, model=hooked, formats=formats, overwrite=overwrite)
-        except KeyboardInterrupt:
-            console.print("interrupted: the report was not written")
-            raise typer.Exit(130)
-        except Exception as error:  # noqa: BLE001 - every failure becomes one line unless --debug
-            fail(error, debug)
         written = ", ".join(f"heads.{f}" for f in formats)
         console.print(f"wrote {path}" + (f" and {written}" if written else ""))
         print(path)

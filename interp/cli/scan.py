@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from interp.cli.common import DebugOption, DtypeOption, console, fail, quiet_loading
+from interp.cli.common import DebugOption, DtypeOption, console, one_line_errors, quiet_loading
 from interp.models.builtin import DEFAULT_MODEL
 
 
@@ -168,7 +168,7 @@ def register_commands(app: typer.Typer) -> None:
 
         quiet_loading(debug)
         out = out or _default_out(model)
-        try:
+        with one_line_errors(debug, interrupted=f"finished analyses are saved in {out / 'analyses'}; continue with --resume"):
             # Everything that can be checked without the model, before anything is imported or loaded.
             chosen = analysis_names(analyses)
             settings = ScanSettings(
@@ -185,11 +185,6 @@ def register_commands(app: typer.Typer) -> None:
                 return
             with folder_lock(out, what="scan"):
                 result, hooked = _run_scan(model, out, chosen, settings, max_bytes, device, dtype, overwrite, resume, report, threads)
-        except KeyboardInterrupt:
-            console.print(f"interrupted: finished analyses are saved in {out / 'analyses'}; continue with --resume")
-            raise typer.Exit(130)
-        except Exception as error:  # noqa: BLE001 - every failure becomes one line unless --debug
-            fail(error, debug)
         rows = len(result.heads)
         written = "heads.csv, scan.json" + (", report.html, heads.parquet, heads.json" if report else "")
         console.print(f"scanned {rows} heads of {hooked.cfg.name}; wrote {written} into {out}")

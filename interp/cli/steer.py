@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from interp.cli.causal import DeviceOption, OverwriteOption, check_out, write_atomically
-from interp.cli.common import DebugOption, DtypeOption, console, fail, quiet_loading
+from interp.cli.common import DebugOption, DtypeOption, console, one_line_errors, quiet_loading
 from interp.errors import InterpError
 from interp.models.builtin import DEFAULT_MODEL
 
@@ -122,7 +122,7 @@ def register_commands(app: typer.Typer) -> None:
         answer_logprob (the log-probability of --answer as the first new token) when --answer is given.
         """
         quiet_loading(debug)
-        try:
+        with one_line_errors(debug):
             check_hook_name(name)
             positives = read_prompt_file(positive, "--positive")
             negatives = read_prompt_file(negative, "--negative")
@@ -166,11 +166,6 @@ def register_commands(app: typer.Typer) -> None:
                 (folder / "steering.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
             write_atomically(out, write, overwrite=overwrite)
-        except KeyboardInterrupt:
-            console.print("interrupted: nothing was written")
-            raise typer.Exit(130)
-        except Exception as error:  # noqa: BLE001 - every failure becomes one line unless --debug
-            fail(error, debug)
         console.print(f"steered {len(chosen)} coefficients at {name} (vector norm {info['vector_norm']:.3g}); "
                       f"wrote {out / 'steering.csv'} and {out / 'steering.html'}")
         print(out)
