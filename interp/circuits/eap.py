@@ -30,7 +30,7 @@ import torch
 from interp.catalog import METHODS as METHODS, check_method  # METHODS re-exported
 from interp.circuits.edge_scores import EdgeScores, Progress, as_batches
 from interp.circuits.evaluation import patch_edges
-from interp.circuits.graph import CircuitGraph, circuit_layout, split_inputs, upstream_outputs, work_dtype
+from interp.circuits.graph import CircuitGraph, circuit_layout, output_hooks, split_inputs, upstream_outputs, work_dtype
 from interp.causal.metrics import TaskMetric, get_metric
 from interp.causal.pairs import PromptPairs, TaskBatch
 from interp.distributed import all_reduce_sum, shard_batches
@@ -147,49 +147,30 @@ def interpolated_nodes(graph: CircuitGraph) -> list[tuple[str, int, slice]]:
     return nodes
 
 
-def fixed_node_hooks(graph: CircuitGraph, kind: str, layer: int, fixed: torch.Tensor) -> list[tuple[str, Callable]]:
-    """Hooks that make layer ``layer``'s attention (``kind="attn"``) or MLP add the constant ``fixed``
-    ``[batch, pos, d_model]`` to the residual stream instead of its own output, on any architecture.
+def fixed_node_hooks(model: HookedModel, kind: str, layer: int, fixed: torch.Tensor) -> list[tuple[str, Callable]]:
+    """Hooks that make layer ``layer``'s attention (``kind="attn"``, all its nodes) or MLP add the constant
+    ``fixed`` ``[batch, pos, d_model]`` to the residual stream instead of its own output, on any architecture.
 
-    The replacement is made in the stream (``stream - live output + fixed``, with the live output read
-    in the same forward as :func:`~interp.circuits.graph.output_hooks` defines it), so constant biases
-    stay and no gradient flows back through the replaced node.
+    The node's live output is read in the same forward as :func:`~interp.circuits.graph.output_hooks`
+    defines it, and the stream just after the node writes becomes ``stream - live output + fixed``:
+    constant biases stay, and no gradient flows back through the replaced node.
     """
-    live: dict[str, torch.Tensor] = {}
+    graph = CircuitGraph.of(model)
+    node = graph.attn_index(layer) if kind == "attn" else graph.mlp_index(layer)
+    live: list[torch.Tensor] = []
 
-    def keep(key: str, heads: bool = False):
-        def fn(activation, hook):
-            live[key] = activation.sum(2) if heads else activation
-        return fn
+    def store(index: int, value: torch.Tensor) -> None:
+        if index == node:
+            live[:] = [value.sum(2)]
 
-    def swap(read_live: Callable[[torch.Tensor], torch.Tensor]):
-        def fn(activation, hook):
-            stream = activation.reshape(live["pre"].shape)
-            return (stream - read_live(stream) + fixed.to(stream.dtype)).reshape(activation.shape)
-        return fn
+    def swap(activation, hook):
+        stream = activation.reshape(live[0].shape)
+        return (stream - live[0] + fixed.to(stream.dtype)).reshape(activation.shape)
 
-    pairs = [(hook_name(layer, "hook_resid_pre"), keep("pre"))]
-    parallel = graph.is_parallel(layer)
-    if kind == "attn":
-        if graph.head_nodes:
-            pairs.append((hook_name(layer, "attn.hook_result"), keep("attn", heads=True)))
-        elif parallel:
-            pairs.append((hook_name(layer, "hook_attn_out"), keep("attn")))
-        if parallel:
-            pairs.append((hook_name(layer, "hook_resid_post"), swap(lambda stream: live["attn"])))
-        elif graph.head_nodes:
-            pairs.append((hook_name(layer, "hook_resid_mid"), swap(lambda stream: live["attn"])))
-        else:
-            pairs.append((hook_name(layer, "hook_resid_mid"), swap(lambda stream: stream - live["pre"])))
-        return pairs
-    if parallel:
-        pairs.append((hook_name(layer, "hook_attn_out"), keep("attn")))
-        pairs.append((hook_name(layer, "hook_resid_post"), swap(lambda stream: stream - live["pre"] - live["attn"])))
-    else:
-        pairs.append((hook_name(layer, "hook_resid_mid"), keep("mid")))
-        pairs.append((hook_name(layer, "hook_resid_post"),
-                      swap(lambda stream: stream - live["mid"].reshape(stream.shape))))
-    return pairs
+    block = f"blocks.{layer}."
+    pairs = [(name, fn) for name, fn in output_hooks(model, store) if name.startswith(block)]
+    written = "hook_resid_mid" if kind == "attn" and not graph.is_parallel(layer) else "hook_resid_post"
+    return pairs + [(hook_name(layer, written), swap)]  # after output_hooks' own hook at that point
 
 
 def activation_ig_gradients(
@@ -221,7 +202,7 @@ def activation_ig_gradients(
         if kind == "embed":
             grads = input_gradients(model, rows, metric_fn, clean_rows, embed=value[:, :, 0])
         else:
-            with model.hooks(fixed_node_hooks(graph, kind, layer, value.sum(2))):
+            with model.hooks(fixed_node_hooks(model, kind, layer, value.sum(2))):
                 grads = input_gradients(model, rows, metric_fn, clean_rows)
         grads = [g.reshape(steps, b, *g.shape[1:]).sum(0) for g in grads]
         total = grads if total is None else [t.add_(g) for t, g in zip(total, grads)]
