@@ -72,14 +72,10 @@ def _ints(text: str | None, what: str) -> list[int] | None:
 
 
 def _bars():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+    from interp.cli.progress import bars
     from interp.distributed import is_writer
 
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, disable=not is_writer(),  # under torchrun: rank 0's bars only
-    )
+    return bars(console, enabled=is_writer(), remaining=True)  # under torchrun: rank 0's bars only
 
 
 @contextmanager
@@ -99,7 +95,7 @@ def _row_progress(what: str, n_rows: int) -> Iterator[Callable[[int], Callable[[
     """Two bars on stderr, rows and the current row's cells: ``start(row)`` returns that row's cell callback."""
     with _bars() as bar:
         rows = bar.add_task(f"{what} rows", total=n_rows)
-        cells = bar.add_task(f"{what} cells", total=None)
+        cells = bar.add_task(f"{what} cells", total=None, log=False)  # a log gets a line per row, not per cell
 
         def start(row: int) -> Callable[[int, int], None]:
             bar.update(rows, completed=row)

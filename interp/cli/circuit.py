@@ -45,7 +45,6 @@ def register_commands(app: typer.Typer) -> None:
         debug: DebugOption = False,
     ) -> None:
         """Find the circuit behind a task: score every edge (EAP / EAP-IG), evaluate top-n circuits exactly, write files."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         with one_line_errors(debug, interrupted=None):
             check_source(task, data)
@@ -103,8 +102,9 @@ def register_commands(app: typer.Typer) -> None:
             given = None
             if evaluate is not None:
                 given = _file_scores(evaluate, hooked, metric, file_layers, file_heads)
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=console, transient=False, disable=not writer) as bars:
+            from interp.cli.progress import bars as progress_bars
+
+            with progress_bars(console, enabled=writer) as bars:
 
                 def step(description: str, total: int | None):
                     handle = bars.add_task(description, total=None if total is None else len(shard_range(total)))
