@@ -215,12 +215,17 @@ def curve_figure(summary: dict[str, Any]) -> go.Figure:
     return figure
 
 
+def _text(value: Any) -> str:
+    """A table cell's text: "" for a missing value (nodes.csv read back has NaN where a node has no roles)."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
 def _dla_table(nodes: pd.DataFrame, k: int = 20) -> str:
     top = nodes[nodes["kind"].isin(["head", "attn", "mlp", "embed"])].copy()
     top = top.reindex(top["dla"].abs().sort_values(ascending=False).index).head(k)
     rows = "".join(
         f"<tr><td>{html.escape(r.node)}</td><td>{r.dla:.4f}</td><td>{r.eap:.4f}</td>"
-        f"<td>{'yes' if r.in_circuit else ''}</td><td>{html.escape(str(getattr(r, 'roles', '') or ''))}</td></tr>"
+        f"<td>{'yes' if r.in_circuit else ''}</td><td>{html.escape(_text(getattr(r, 'roles', '')))}</td></tr>"
         for r in top.itertuples(index=False)
     )
     return ("<table><thead><tr><th>node</th><th>DLA</th><th>EAP (node)</th><th>in circuit</th><th>roles</th>"

@@ -175,7 +175,10 @@ def test_layer_node_graph_has_no_head_columns(gemma3_page):
 
 def test_report_embeds_the_same_interactive_graph(pages):
     report = pages / "report.html"
-    assert 'id="edge-circuit"' in report.read_text()
+    text = report.read_text()
+    assert 'id="edge-circuit"' in text
+    table = text[text.index("Direct logit attribution"):]
+    assert ">m0<" in table and ">nan<" not in table  # nodes without roles (MLPs) read back from nodes.csv: empty cells
     low, _, console = load(report, "#test-slider=0")
     high, _, console_high = load(report, "#test-slider=1000")
     assert console == console_high == [] and low is not None and high is not None, (console, console_high)
