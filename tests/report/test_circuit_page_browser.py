@@ -2,7 +2,8 @@
 
 The page's test hook (a URL fragment, see interp/report/circuit_report.py) moves the slider itself and
 writes what it drew into ``<pre id="interp-test">``, read back with ``--dump-dom``; console output
-comes from ``--enable-logging=stderr``. Skips only where no Chromium binary exists.
+comes from ``--enable-logging=stderr``. The drawn SVG (nodes, grid dots, column labels) and plotly's
+tick labels are read from the same DOM. Skips only where no Chromium binary exists.
 """
 
 from __future__ import annotations
@@ -154,9 +155,14 @@ def test_layer_node_graph_has_no_head_columns(gemma3_page):
     n_layers = summary["graph"]["n_layers"]
     graph_nodes = {"embed", "logits"} | set(pd.read_csv(gemma3_page / "edges.csv")["upstream"])
     assert graph_nodes == {"embed", "logits"} | {f"{k}{l}" for l in range(n_layers) for k in "am"}
-    for fragment in ("", "#test-slider=1000"):
+    curve = pd.read_csv(gemma3_page / "faithfulness.csv")
+    for fragment in ("#test-curve&test-click", "#test-slider=1000"):
         view, dom, console = load(gemma3_page / "circuit.html", fragment)
-        assert console == [] and (view is None or view["errors"] == []), (console, view)
+        assert console == [] and view is not None and view["errors"] == [], (console, view)
+        if "curve" in view:  # the page prunes layer nodes as the pipeline does; a click follows a{l}'s paths
+            expected = dict(zip(curve["n"], curve["n_edges"]))
+            assert view["curve"] and all(expected[n] == edges for n, edges in view["curve"]), (view["curve"], expected)
+            assert re.fullmatch(r"a\d+", view["click"]["node"]) and view["click"]["edges"] > 0
         svg = drawn(dom)
         assert svg["node"] and set(svg["node"]) <= graph_nodes, svg["node"]
         assert set(svg["dot"]) == graph_nodes - {"embed", "logits"}
