@@ -2,7 +2,11 @@
 "use strict";
 if (window.interpCircuit) return;
 function esc(s) { return String(s).replace(/[&<>"]/g, function (c) { return {"&": "&amp;", "<": "&lt;", ">": "&gt;", "\"": "&quot;"}[c]; }); }
-function fmt(x, d) { return x === null || x === undefined ? "n/a" : Number(x).toFixed(d === undefined ? 4 : d); }
+function fmt(x, d) {
+  if (x === null || x === undefined) return "n/a";
+  var text = Number(x).toFixed(d === undefined ? 4 : d);
+  return /^-0\.?0*$/.test(text) ? text.slice(1) : text;  // no "-0.000" for a tiny negative
+}
 
 window.interpCircuit = function (root, D) {
   var L = D.n_layers, H = D.n_heads, E = D.edges, K = E.length;
@@ -10,7 +14,12 @@ window.interpCircuit = function (root, D) {
   var status = root.querySelector(".ic-status"), note = root.querySelector(".ic-note");
   var holder = root.querySelector(".ic-svg"), tip = root.querySelector(".ic-tip"), sizes = root.querySelector(".ic-sizes");
   var W = Math.max(700, holder.clientWidth || 1040), RH = Math.max(16, Math.min(34, 640 / (L + 2)));
-  var left = 52, CW = (W - left - 20) / (H + 1.4), HT = (L + 2) * RH + 40;
+  // Attention columns: one per head (h0..), and one "attention" column for layers whose attention is a single
+  // node a{l} (post-norm blocks, D.layer_nodes); a graph has either kind, or both if its layers mix them.
+  var layerNode = {}, nLayerNodes = 0;
+  (D.layer_nodes || []).forEach(function (l) { if (!layerNode[l]) { layerNode[l] = true; nLayerNodes++; } });
+  var hasHeads = nLayerNodes < L, hasLayer = nLayerNodes > 0, COL = hasHeads ? H : 0, NC = COL + (hasLayer ? 1 : 0);
+  var left = 52, CW = (W - left - 20) / (NC + 1.4), HT = (L + 2) * RH + 40;
 
   // ---- positions: execution order and (x, y) per node name
   function parse(name) {
@@ -19,16 +28,21 @@ window.interpCircuit = function (root, D) {
     if (name === "logits") return {layer: L, order: 1e9};
     if ((m = /^a(\d+)\.h(\d+)$/.exec(name))) return {layer: +m[1], head: +m[2], order: +m[1] * (H + 1) + +m[2]};
     if ((m = /^m(\d+)$/.exec(name))) return {layer: +m[1], mlp: true, order: +m[1] * (H + 1) + H};
-    if ((m = /^a(\d+)/.exec(name))) return {layer: +m[1], order: +m[1] * (H + 1)};
+    if ((m = /^a(\d+)/.exec(name))) return {layer: +m[1], attn: true, order: +m[1] * (H + 1)};
     return {layer: -1, order: -0.5};
   }
-  var P = {};
+  var P = {}, mlpX = left + (NC + 0.9) * CW, layerX = left + (COL + 0.5) * CW;
+  // embed and logits: under/over the head columns; without them, between the attention and MLP columns
+  var endX = hasHeads ? left + (NC * CW) / 2 : (layerX + mlpX) / 2;
+  function rowY(layer) { return 22 + (L - layer) * RH + RH / 2; }
   function pos(name) {
     if (P[name]) return P[name];
-    var p = parse(name), y = 22 + (L - p.layer) * RH + RH / 2, x = left + (H * CW) / 2;
+    var p = parse(name), y = rowY(p.layer), x = endX;
     if (p.head !== undefined) x = left + (p.head + 0.5) * CW;
-    if (p.mlp) { x = left + (H + 0.9) * CW; y -= RH * 0.42; }
-    P[name] = {x: x, y: y, order: p.order, layer: p.layer};
+    if (p.attn) x = layerX;
+    if (p.mlp) { x = mlpX; y -= RH * 0.42; }
+    // edges within a column bow outwards: the layer-node column's to the left, the others' to the right
+    P[name] = {x: x, y: y, order: p.order, layer: p.layer, bow: p.attn && !hasHeads ? -1 : 1};
     return P[name];
   }
 
@@ -66,14 +80,17 @@ window.interpCircuit = function (root, D) {
 
   // ---- static grid: every node of the model as a faint dot, layer and column labels
   var grid = [], l, h;
+  function dot(name) { var p = pos(name); grid.push('<circle class="ic-dot" data-node="' + name + '" cx="' + p.x + '" cy="' + p.y + '" r="2.5"/>'); }
   for (l = 0; l < L; l++) {
-    var y0 = pos("a" + l + ".h0").y;
-    grid.push('<text class="ic-lab" x="' + (left - 8) + '" y="' + (y0 + 4) + '" text-anchor="end">L' + l + "</text>");
-    for (h = 0; h < H; h++) { var ph = pos("a" + l + ".h" + h); grid.push('<circle class="ic-dot" cx="' + ph.x + '" cy="' + ph.y + '" r="2.5"/>'); }
-    var pm = pos("m" + l); grid.push('<circle class="ic-dot" cx="' + pm.x + '" cy="' + pm.y + '" r="2.5"/>');
+    grid.push('<text class="ic-lab" x="' + (left - 8) + '" y="' + (rowY(l) + 4) + '" text-anchor="end">L' + l + "</text>");
+    if (layerNode[l]) dot("a" + l);
+    else for (h = 0; h < H; h++) dot("a" + l + ".h" + h);
+    dot("m" + l);
   }
-  for (h = 0; h < H; h++) grid.push('<text class="ic-lab" x="' + pos("a0.h" + h).x + '" y="' + (HT - 6) + '" text-anchor="middle">h' + h + "</text>");
-  grid.push('<text class="ic-lab" x="' + pos("m0").x + '" y="' + (HT - 6) + '" text-anchor="middle">MLP</text>');
+  function column(x, text) { grid.push('<text class="ic-lab ic-col" x="' + x + '" y="' + (HT - 6) + '" text-anchor="middle">' + text + "</text>"); }
+  if (hasHeads) for (h = 0; h < H; h++) column(pos("a0.h" + h).x, "h" + h);
+  if (hasLayer) column(layerX, CW > 80 ? "attention" : "attn");
+  column(mlpX, "MLP");
 
   var current = null, lines = [], pinned = null;
   function draw(n) {
@@ -87,7 +104,7 @@ window.interpCircuit = function (root, D) {
     order.forEach(function (i) {
       var t = lines[i], a = pos(t[0]), b = pos(t[1]), e = t[2], my = (a.y + b.y) / 2, rel = Math.sqrt(Math.abs(e[3]) / (top || 1));  // sqrt: one dominant edge (often embed -> m0) does not flatten the rest
       // edges within one column bow sideways so that they do not run through the nodes between their ends
-      var bow = Math.abs(a.x - b.x) < 1 ? Math.min(CW * 0.45, 0.25 * Math.abs(a.y - b.y)) : 0;
+      var bow = Math.abs(a.x - b.x) < 1 ? a.bow * Math.min(CW * 0.45, 0.25 * Math.abs(a.y - b.y)) : 0;
       var d = "M" + a.x.toFixed(1) + " " + a.y.toFixed(1) + " C" + (a.x + bow).toFixed(1) + " " + my.toFixed(1) + " " + (b.x + bow).toFixed(1) + " " + my.toFixed(1) + " " + b.x.toFixed(1) + " " + b.y.toFixed(1);
       parts.push('<path class="ic-edge ic-' + esc(e[2]) + (e[3] < 0 ? " ic-neg" : "") + '" data-i="' + i + '" d="' + d + '" stroke-width="' +
         (0.5 + 5.5 * rel).toFixed(2) + '" stroke-opacity="' + (0.12 + 0.78 * rel).toFixed(2) + '"/>');
@@ -126,7 +143,13 @@ window.interpCircuit = function (root, D) {
   function toSlider(n) { return K <= 1 ? 1000 : Math.round(1000 * Math.log(n) / Math.log(K)); }
 
   // ---- hover and click
-  function place(ev) { tip.style.left = (ev.clientX + 14) + "px"; tip.style.top = (ev.clientY + 10) + "px"; }
+  function place(ev) {  // below right of the pointer, or left / above it where the window ends
+    tip.style.left = "0px"; tip.style.top = "0px";
+    var w = tip.offsetWidth, h = tip.offsetHeight, x = ev.clientX + 14, y = ev.clientY + 10;
+    if (x + w > window.innerWidth - 4) x = Math.max(4, ev.clientX - 14 - w);
+    if (y + h > window.innerHeight - 4) y = Math.max(4, ev.clientY - 10 - h);
+    tip.style.left = x + "px"; tip.style.top = y + "px";
+  }
   holder.addEventListener("mouseover", function (ev) {
     var t = ev.target, html = null;
     if (t.classList.contains("ic-edge")) {

@@ -6,7 +6,9 @@ JSON; the script selects the top ``n`` of them, prunes them the way
 :func:`~interp.circuits.evaluation.prune` does, and draws the result:
 
 * layers run bottom (``embed``) to top (``logits``); each layer's heads sit in one row, that layer's
-  MLP beside them at the right (slightly above: it runs after the heads);
+  MLP beside them at the right (slightly above: it runs after the heads); graphs with one attention
+  node ``a{l}`` per layer (``circuit.json``'s ``graph.attention_nodes == "layer"``) have no head
+  columns: two columns, attention and MLP;
 * an edge-count slider (log scale) redraws the graph; the curve's sizes (exact faithfulness, from the
   pipeline's faithfulness curve) are buttons, and the status line gives the exact faithfulness when
   ``n`` is one of them;
@@ -26,6 +28,8 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +41,8 @@ MAX_EMBEDDED_EDGES = 5000
 DEFAULT_DRAWN_CAP = 200
 
 _ROLE_COLOURS = {
-    "embed": "#7f7f7f", "logits": "#222222", "mlp": "#2ca02c", "head": "#1f77b4", "induction": "#d62728",
+    "embed": "#7f7f7f", "logits": "#222222", "mlp": "#2ca02c", "head": "#1f77b4", "attention": "#1f77b4",
+    "induction": "#d62728",
     "previous_token": "#ff7f0e", "duplicate_token": "#9467bd", "retrieval": "#8c564b", "sink": "#bcbd22",
     "dormant": "#c7c7c7", "long_range": "#17becf",
 }
@@ -49,6 +54,8 @@ def _role_of(name: str, roles: dict[str, str]) -> str:
         return name
     if name.startswith("m"):
         return "mlp"
+    if re.fullmatch(r"a\d+", name):  # a whole layer's attention: the scan's roles are per head
+        return "attention"
     labels = [r for r in roles.get(name, "").split(";") if r]
     for preferred in _ROLE_ORDER:
         if preferred in labels:
@@ -64,20 +71,28 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _feeds(down: str, kind: str, n_heads: int, n_kv_heads: int, head_nodes: bool = True) -> list[str]:
+def _feeds(down: str, kind: str, n_heads: int, n_kv_heads: int, layer_nodes: Collection[int] = ()) -> list[str]:
     """Upstream nodes whose output the input ``(down, kind)`` helps compute (the page's pruning and drawing).
 
-    Without head nodes (one attention node ``a{l}`` per layer) every q/k/v input of layer ``l`` feeds ``a{l}``.
+    In ``layer_nodes`` (layers with one attention node ``a{l}``) every q/k/v input of layer ``l`` feeds ``a{l}``.
     """
     if kind == "logits":
         return []
-    if not head_nodes and kind in ("q", "k", "v"):
+    if kind in ("q", "k", "v") and int(down[1:].split(".")[0]) in layer_nodes:
         return [down.split(".")[0]]
     if kind in ("k", "v") and ".kv" in down:
         layer, group = down[1:].split(".kv")
         per = max(1, n_heads // max(1, n_kv_heads))
         return [f"a{layer}.h{h}" for h in range(int(group) * per, (int(group) + 1) * per)]
     return [down]
+
+
+def _layer_nodes(granularity: str, n_layers: int, listed: list[list[Any]]) -> list[int]:
+    """Layers whose attention is one node ``a{l}``: all of them for ``circuit.json``'s ``attention_nodes: "layer"``,
+    else those whose ``a{l}`` appears among the edges (none in interp's own per-head graphs)."""
+    if granularity == "layer":
+        return list(range(n_layers))
+    return sorted({int(u[1:]) for u, *_ in listed if re.fullmatch(r"a\d+", u)})
 
 
 def page_data(summary: dict[str, Any], edges: pd.DataFrame | None = None, nodes: pd.DataFrame | None = None,
@@ -98,8 +113,8 @@ def page_data(summary: dict[str, Any], edges: pd.DataFrame | None = None, nodes:
         listed = [[str(u), str(d), str(k), float(s)] for u, d, k, s in rows]
     else:
         listed = [[e["upstream"], e["downstream"], e["kind"], float(e["score"])] for e in circuit["edges"]][:max_edges]
-    head_nodes = shape.get("attention_nodes", "head") != "layer"
-    feeds = {f"{d}|{k}": _feeds(d, k, n_heads, n_kv, head_nodes) for _, d, k, _ in listed}
+    layer_nodes = _layer_nodes(shape.get("attention_nodes", "head"), n_layers, listed)
+    feeds = {f"{d}|{k}": _feeds(d, k, n_heads, n_kv, layer_nodes) for _, d, k, _ in listed}
     info: dict[str, dict[str, Any]] = {}
     roles: dict[str, str] = {}
     if nodes is not None:
@@ -122,7 +137,7 @@ def page_data(summary: dict[str, Any], edges: pd.DataFrame | None = None, nodes:
     settings = summary.get("settings", {})
     return {
         "model": summary.get("model"), "task": summary.get("task"), "n_layers": n_layers, "n_heads": n_heads,
-        "n_kv_heads": n_kv, "n_graph_edges": int(summary.get("n_graph_edges", len(listed))),
+        "n_kv_heads": n_kv, "layer_nodes": layer_nodes, "n_graph_edges": int(summary.get("n_graph_edges", len(listed))),
         "selection": settings.get("selection", "top"), "target": settings.get("target_faithfulness"),
         "chosen_n": int(circuit.get("n_selected") or len(listed)), "chosen_edges": int(circuit.get("n_edges", 0)),
         "chosen_faithfulness": _finite(circuit.get("faithfulness")), "cap": int(cap),
@@ -149,6 +164,8 @@ def graph_html(data: dict[str, Any], root_id: str = "circuit-graph") -> str:
     """The interactive graph (controls, SVG, legend) for :func:`page_data`'s ``data``, with its CSS, script and data inline."""
     payload = json.dumps(data, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
     used = sorted({info["role"] for info in data["nodes"].values()})
+    layout = ("each layer's attention (one node per layer) at the left, its MLP at the right"
+              if len(data.get("layer_nodes", [])) == data["n_layers"] else "each layer's MLP at the right")
     legend = "".join(f'<span><i style="background:{data["colours"].get(r, "#1f77b4")}"></i>{html.escape(r)}</span>' for r in used)
     return f"""<style>{_asset("circuit_page.css")}</style>
 <div class="ic-root" id="{root_id}">
@@ -157,13 +174,29 @@ def graph_html(data: dict[str, Any], root_id: str = "circuit-graph") -> str:
 <div class="ic-sizes" title="sizes evaluated exactly (faithfulness curve); the star marks the chosen circuit"><small>exact faithfulness at:</small> </div>
 <span class="ic-status"></span><div class="ic-note"></div>
 <div class="ic-legend">node colour = role: {legend} <span>edge width = |score|, blue +, red &minus;; solid q/mlp/logits, dashed k, dotted v;
-layers bottom (embed) to top (logits), each layer's MLP at the right</span></div>
+layers bottom (embed) to top (logits), {layout}</span></div>
 <div class="ic-svg"></div><div class="ic-tip"></div>
 <script type="application/json" class="ic-data">{payload}</script>
 </div>
 {_script(_asset("circuit_page.js"))}
 {_script(f"(function(){{var r=document.getElementById({json.dumps(root_id)});"
          "window.interpCircuit(r,JSON.parse(r.querySelector('.ic-data').textContent));})();")}"""
+
+
+def _log_axis(values: list[Any]) -> dict[str, Any]:
+    """A log axis over the positive ``values`` (padded by a factor 1.25 each side) with ticks at 1, 2, 5, 10, 20, ...
+    written out in full (plotly's own minor log ticks label 20..50 as "2 ... 5"); every integer 1..9 per decade
+    where that gives fewer than three ticks."""
+    positive = [v for v in map(_finite, values) if v is not None and v > 0]
+    if not positive:
+        return {"type": "log"}
+    lo, hi = min(positive) / 1.25, max(positive) * 1.25
+    for mantissas in ((1, 2, 5), range(1, 10)):
+        ticks = [m * 10**k for k in range(int(math.log10(hi)) + 1) for m in mantissas if lo <= m * 10**k <= hi]
+        if len(ticks) >= 3:
+            break
+    return {"type": "log", "range": [math.log10(lo), math.log10(hi)], "tickvals": ticks,
+            "ticktext": [f"{t:,}" for t in ticks]}
 
 
 def curve_figure(summary: dict[str, Any]) -> go.Figure:
@@ -175,10 +208,16 @@ def curve_figure(summary: dict[str, Any]) -> go.Figure:
         figure.add_trace(go.Scatter(x=grid["n_edges"], y=grid["faithfulness"], mode="markers", name="MIB grid",
                                     marker=dict(symbol="diamond", size=9),
                                     text=[f"{100 * f:g}% of the edges: top {n} selected" for f, n in zip(grid["fraction"], grid["n"])]))
-    figure.update_layout(title="Faithfulness of the top-n circuit (exact evaluation)", xaxis_type="log",
+    figure.update_layout(title="Faithfulness of the top-n circuit (exact evaluation)",
+                         xaxis=_log_axis(list(curve["n_edges"]) + list(grid.get("n_edges", []))),
                          xaxis_title="edges in the circuit (after pruning)", yaxis_title="faithfulness",
                          template="plotly_white", height=360)
     return figure
+
+
+def _text(value: Any) -> str:
+    """A table cell's text: "" for a missing value (nodes.csv read back has NaN where a node has no roles)."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
 def _dla_table(nodes: pd.DataFrame, k: int = 20) -> str:
@@ -186,7 +225,7 @@ def _dla_table(nodes: pd.DataFrame, k: int = 20) -> str:
     top = top.reindex(top["dla"].abs().sort_values(ascending=False).index).head(k)
     rows = "".join(
         f"<tr><td>{html.escape(r.node)}</td><td>{r.dla:.4f}</td><td>{r.eap:.4f}</td>"
-        f"<td>{'yes' if r.in_circuit else ''}</td><td>{html.escape(str(getattr(r, 'roles', '') or ''))}</td></tr>"
+        f"<td>{'yes' if r.in_circuit else ''}</td><td>{html.escape(_text(getattr(r, 'roles', '')))}</td></tr>"
         for r in top.itertuples(index=False)
     )
     return ("<table><thead><tr><th>node</th><th>DLA</th><th>EAP (node)</th><th>in circuit</th><th>roles</th>"
@@ -198,6 +237,7 @@ def _lens_figure(lens: pd.DataFrame) -> go.Figure:
     figure.update_layout(title="Logit lens: logit difference read from the residual stream after each block",
                          xaxis_title="layer (-1 = embeddings)", yaxis_title="logit difference",
                          template="plotly_white", height=320)
+    figure.update_xaxes(dtick=max(1, math.ceil(len(lens) / 30)))  # whole layers: no "0.5" ticks on small models
     return figure
 
 
