@@ -30,7 +30,8 @@ import torch
 from interp.catalog import METHODS as METHODS, check_method  # METHODS re-exported
 from interp.circuits.edge_scores import EdgeScores, Progress, as_batches
 from interp.circuits.evaluation import patch_edges
-from interp.circuits.graph import CircuitGraph, circuit_layout, output_hooks, split_inputs, upstream_outputs, work_dtype
+from interp.circuits.graph import (CircuitGraph, circuit_layout, kv_projections_widen, output_hooks, split_inputs,
+                                   upstream_outputs, work_dtype)
 from interp.causal.metrics import TaskMetric, get_metric
 from interp.causal.pairs import PromptPairs, TaskBatch
 from interp.distributed import all_reduce_sum, shard_batches
@@ -244,7 +245,7 @@ def input_gradients(
     wd = work_dtype(model)
     lay = circuit_layout(model)
     if not (lay.fast_qkv and all(n is not None for n in lay.attn_norm) and all(r == "norm" for r in lay.mlp_read)
-            and model.layout.ln_final is not None):
+            and model.layout.ln_final is not None and (not graph.ungroup_kv or kv_projections_widen(model))):
         return _split_gradients(model, batch, metric_fn, clean_last, embed, graph)
     attn_norms, mlp_norms, final_norm = lay.attn_norm, lay.mlp_site, lay.logits_site
     H, KV, D = graph.n_heads, graph.n_kv_heads, model.cfg.d_head

@@ -67,6 +67,8 @@ KINDS = ("q", "k", "v", "mlp", "logits")
 
 # circuit_layout's result per model (tracing costs one forward).
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# kv_projections_widen's answer per model (one forward).
+_WIDENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,52 @@ def _check_additive(model: HookedModel, parallel: tuple[bool, ...], logits_site:
     return why is None, why
 
 
+def kv_projections_widen(model: HookedModel) -> bool:
+    """Whether ungrouped k/v inputs can use the fast path: the attention modules accept ``k_proj``/``v_proj``
+    outputs of one head per query head (most view them with ``-1`` heads; StableLM views them with its KV
+    head count) and attend with them exactly as with the grouped ones. Checked once per model on one forward.
+    Where they do not, ungrouped inputs take the generic path, which needs one attention call per layer."""
+    found = _WIDENS.get(model)
+    if found is None:
+        found = _WIDENS[model] = _check_widening(model)
+    return found
+
+
+def _check_widening(model: HookedModel) -> bool:
+    cfg = model.cfg
+    lay = circuit_layout(model)
+    if not lay.fast_qkv or cfg.n_kv_heads == cfg.n_heads:
+        return lay.fast_qkv
+    per, D = cfg.n_heads // cfg.n_kv_heads, cfg.d_head
+
+    def widen(module, args, output):
+        return output.reshape(*output.shape[:-1], cfg.n_kv_heads, D).repeat_interleave(per, -2).flatten(-2)
+
+    calls: dict[int, int] = {}
+
+    def count(layer: int):
+        def fn(activation, hook):
+            calls[layer] = calls.get(layer, 0) + 1
+        return fn
+
+    forward = [(getattr(model.attention_module(layer), name), widen) for layer in range(cfg.n_layers) for name in ("k_proj", "v_proj")]
+    tokens = (torch.arange(3, 9)[None] % max(cfg.d_vocab - 1, 1)).to(model.device)
+    with torch.no_grad():
+        with model.hooks([(hook_name(layer, "attn.hook_q"), count(layer)) for layer in range(cfg.n_layers)]):
+            plain = model(tokens)
+        try:
+            with module_hooks(forward):
+                wide = model(tokens)
+            return _relative(wide.double() - plain.double(), plain) <= _tolerance(model)
+        except (RuntimeError, ValueError):
+            pass
+    twice = [layer for layer in range(cfg.n_layers) if calls.get(layer, 0) != 1]
+    if twice:
+        raise _refuse(model, f"ungrouped k/v inputs: layer {twice[0]}'s attention neither accepts one key head per query head "
+                             f"nor calls the attention function once per forward; score the grouped graph (no --ungroup-kv)")
+    return False
+
+
 @dataclass(frozen=True)
 class CircuitGraph:
     """Node and input indexing for a model with ``n_layers`` blocks of ``n_heads`` query / ``n_kv_heads`` KV heads.
@@ -271,6 +319,8 @@ class CircuitGraph:
     def of(cls, model: HookedModel, ungroup_kv: bool = False) -> CircuitGraph:
         layout = circuit_layout(model)
         parallel = layout.parallel if any(layout.parallel) else ()
+        if ungroup_kv and model.cfg.n_kv_heads != model.cfg.n_heads:
+            kv_projections_widen(model)  # its check forward runs now, before the caller's hooks (or refuses)
         return cls(model.cfg.n_layers, model.cfg.n_heads, model.cfg.n_kv_heads, layout.head_nodes, parallel, ungroup_kv)
 
     # sizes -------------------------------------------------------------------------------
@@ -469,6 +519,7 @@ def split_inputs(model: HookedModel, delta: DeltaFn, *, ungroup_kv: bool = False
     """
     graph = CircuitGraph.of(model, ungroup_kv)
     lay = circuit_layout(model)
+    fast = lay.fast_qkv and (not graph.ungroup_kv or kv_projections_widen(model))
     H, KV, D = graph.n_heads, graph.n_kv_heads, model.cfg.d_head
     KI = graph.kv_inputs
     stream: dict[int, torch.Tensor] = {}  # the residual stream the attention reads, per layer in flight
@@ -485,7 +536,7 @@ def split_inputs(model: HookedModel, delta: DeltaFn, *, ungroup_kv: bool = False
             pending.pop(layer, None)
             return
         d = d.reshape(*x.shape[:-1], graph.slots, x.shape[-1])
-        if lay.fast_qkv:
+        if fast:
             norm = lay.attn_norm[layer]
             wide = x.unsqueeze(-2) + d
             normed[layer] = norm.forward(wide) if norm is not None else wide
@@ -611,13 +662,13 @@ def split_inputs(model: HookedModel, delta: DeltaFn, *, ungroup_kv: bool = False
         norm = lay.attn_norm[layer]
         if norm is not None:
             forward.append((norm, attn_norm_hook(layer)))
-        if lay.fast_qkv:
+        if fast:
             attention = model.attention_module(layer)
             forward += [(attention.q_proj, proj_hook(layer, 0, H, H)), (attention.k_proj, proj_hook(layer, H, KI, KV)),
                         (attention.v_proj, proj_hook(layer, H + KI, KI, KV))]
-        if norm is None or not lay.fast_qkv:
+        if norm is None or not fast:
             pre_kwargs.append((lay.attn_top[layer], attention_pre_hook(layer)))
-        if not lay.fast_qkv:
+        if not fast:
             named += [(hook_name(layer, f"attn.hook_{part}"), qkv_fn(layer, part)) for part in ("q", "k", "v")]
         pre_kwargs.append((lay.mlp_site[layer], reads_hook("mlp", layer)))
     forward.append((model.layers[graph.n_layers - 1], last_block_hook))

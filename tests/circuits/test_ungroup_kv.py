@@ -28,7 +28,7 @@ import interp  # noqa: E402
 from interp.catalog import METHODS  # noqa: E402
 from interp.circuits import CircuitGraph, edge_attribution, evaluate_circuits, induction_task, patch_edges, split_inputs  # noqa: E402
 from interp.circuits import graph as graph_module  # noqa: E402
-from interp.circuits.graph import circuit_layout  # noqa: E402
+from interp.circuits.graph import circuit_layout, kv_projections_widen  # noqa: E402
 from interp.circuits.mib import check_mib_scores, mib_edges, read_mib_scores, to_mib_dict, write_mib_scores  # noqa: E402
 from interp.errors import InterpError  # noqa: E402
 from interp.hooks import HookedModel  # noqa: E402
@@ -104,6 +104,8 @@ def test_zero_deltas_leave_the_logits_unchanged(model, pairs):
         shape = (*x.shape[:2], graph.slots, x.shape[-1]) if group == "attn" else x.shape
         return torch.zeros(shape, dtype=x.dtype)
 
+    # Llama and Qwen3 widen their k_proj/v_proj outputs (fast path); the generic fixture takes the probe path
+    assert kv_projections_widen(model) == circuit_layout(model).fast_qkv
     with split_inputs(model, zero, ungroup_kv=True):
         split = model(batch.clean)
     torch.testing.assert_close(split, reference, atol=1e-10, rtol=0)
@@ -261,17 +263,20 @@ def test_one_ungrouped_k_edge_equals_a_hand_written_attention():
 
 # ------------------------------------------------------------------------------------------ other layouts
 @pytest.mark.usefixtures("float64_everywhere")
-@pytest.mark.parametrize("model_type", ["phi3", "gemma2", "olmo2"])
+@pytest.mark.parametrize("model_type", ["phi3", "gemma2", "olmo2", "stablelm"])
 def test_other_architectures(model_type):
     """phi3: fused qkv_proj (generic probe path, head nodes); gemma2: sandwich norms, one attention node per layer
-    (fast path); olmo2: one attention node per layer on the generic path. Full / empty circuits against the plain
-    forward, EAP against a central difference on ungrouped k/v edges, copies summing to the grouped score."""
+    (fast path); olmo2: one attention node per layer on the generic path; stablelm: separate projections, but its
+    attention views keys with its KV head count, so ungrouped inputs fall back to the generic path. Full / empty
+    circuits against the plain forward, EAP against a central difference on ungrouped k/v edges, copies summing to
+    the grouped score."""
     plain = _plain(model_type)
     batch = _batch(plain.config.vocab_size)
     clean, corrupted = _logit_diff(plain, batch.clean, batch), _logit_diff(plain, batch.corrupted, batch)
     model = interp.load(plain)
     assert model.cfg.n_kv_heads < model.cfg.n_heads
     graph = CircuitGraph.of(model, ungroup_kv=True)
+    assert kv_projections_widen(model) == (model_type == "gemma2")
     assert graph.n_edges > CircuitGraph.of(model).n_edges
     result = evaluate_circuits(model, [batch], [graph.edge_mask, torch.zeros_like(graph.edge_mask)], ungroup_kv=True)
     assert abs(result["metrics"][0] - clean) < 1e-8 and abs(result["metrics"][1] - corrupted) < 1e-8
