@@ -30,7 +30,8 @@ import torch
 from interp.catalog import METHODS as METHODS, check_method  # METHODS re-exported
 from interp.circuits.edge_scores import EdgeScores, Progress, as_batches
 from interp.circuits.evaluation import patch_edges
-from interp.circuits.graph import CircuitGraph, circuit_layout, output_hooks, split_inputs, upstream_outputs, work_dtype
+from interp.circuits.graph import (CircuitGraph, circuit_layout, kv_projections_widen, output_hooks, split_inputs,
+                                   upstream_outputs, work_dtype)
 from interp.causal.metrics import TaskMetric, get_metric
 from interp.causal.pairs import PromptPairs, TaskBatch
 from interp.distributed import all_reduce_sum, shard_batches
@@ -67,6 +68,7 @@ def edge_attribution(
     batch_size: int = 16,
     progress: Progress = None,
     exact_limit: int | None = EXACT_LIMIT,
+    ungroup_kv: bool = False,
 ) -> EdgeScores:
     """Score every edge with ``method`` (MIB's circuit-localization methods, see the module doc):
 
@@ -75,13 +77,14 @@ def edge_attribution(
     (the gradient averaged over the clean and the corrupted run); ``"exact"`` (each edge's exact
     single-edge patching effect, refused above ``exact_limit`` single-prompt forwards; None forces it).
 
-    ``progress(n)`` is called after each batch of ``n`` prompts.
+    ``progress(n)`` is called after each batch of ``n`` prompts. ``ungroup_kv``: on GQA models, score
+    the graph with one k and one v input per query head (MIB's graph, :class:`~interp.circuits.graph.CircuitGraph`).
     """
     method = check_method(method)
     if method in STEP_METHODS and steps < 1:
         raise InterpError(f"{method} needs steps >= 1, got {steps}")
     metric_fn = get_metric(metric)
-    graph = CircuitGraph.of(model)
+    graph = CircuitGraph.of(model, ungroup_kv)
     batches = as_batches(model, data, batch_size)
     if method == "exact":
         check_exact_cost(graph, sum(b.size for b in batches), exact_limit)
@@ -103,22 +106,22 @@ def edge_attribution(
             diff.mul_(real[:, :, None, None].to(diff.dtype))
         del corrupted_out, corrupted_logits
         if method == "eap":
-            grads = input_gradients(model, batch, metric_fn, clean_last)
+            grads = input_gradients(model, batch, metric_fn, clean_last, ungroup_kv=ungroup_kv)
         elif method == "eap-ig":
             grads = None
             for k in range(1, steps + 1):
                 # corrupted + k/steps (clean - corrupted), with diff = corrupted - clean
                 embed = clean_out[:, :, 0] + (1 - k / steps) * diff[:, :, 0]
-                step = input_gradients(model, batch, metric_fn, clean_last, embed=embed)
+                step = input_gradients(model, batch, metric_fn, clean_last, embed=embed, ungroup_kv=ungroup_kv)
                 grads = step if grads is None else [g.add_(s) for g, s in zip(grads, step)]
             grads = [g / steps for g in grads]
         elif method == "clean-corrupted":
-            grads = input_gradients(model, batch, metric_fn, clean_last)
+            grads = input_gradients(model, batch, metric_fn, clean_last, ungroup_kv=ungroup_kv)
             on_corrupted = TaskBatch(batch.corrupted, batch.corrupted, batch.answers, batch.wrong, batch.rows, batch.lengths)
-            other = input_gradients(model, on_corrupted, metric_fn, clean_last)
+            other = input_gradients(model, on_corrupted, metric_fn, clean_last, ungroup_kv=ungroup_kv)
             grads = [(g + o) / 2 for g, o in zip(grads, other)]
         else:
-            grads = activation_ig_gradients(model, batch, metric_fn, clean_last, clean_out, diff, steps)
+            grads = activation_ig_gradients(model, batch, metric_fn, clean_last, clean_out, diff, steps, ungroup_kv=ungroup_kv)
         accumulate_scores(graph, scores, diff, grads)
         if progress is not None:
             progress(batch.size)
@@ -126,7 +129,8 @@ def edge_attribution(
         n, clean_total, corrupted_total = all_reduce_sum(n, clean_total, corrupted_total)
         up, down = torch.nonzero(graph.edge_mask, as_tuple=True)
         edges = list(zip(up.tolist(), down.tolist()))
-        effects = patch_edges(model, batches, edges, metric=metric_fn, batch_size=batch_size, progress=progress)
+        effects = patch_edges(model, batches, edges, metric=metric_fn, batch_size=batch_size, progress=progress,
+                              ungroup_kv=ungroup_kv)
         scores[up, down] = torch.as_tensor(effects, dtype=torch.float64)
     else:
         scores, n, clean_total, corrupted_total = all_reduce_sum(scores, n, clean_total, corrupted_total)
@@ -181,6 +185,8 @@ def activation_ig_gradients(
     clean_out: torch.Tensor,
     diff: torch.Tensor,
     steps: int,
+    *,
+    ungroup_kv: bool = False,
 ) -> list[torch.Tensor]:
     """EAP-IG-activations' gradient at every input (the layout of :func:`input_gradients`), MIB's definition:
     the mean, over every node ``w`` of :func:`interpolated_nodes` and ``k = 1..steps``, of the gradient on
@@ -200,10 +206,10 @@ def activation_ig_gradients(
     for kind, layer, span in nodes:
         value = (clean_out[None, :, :, span] + weights[:, None, None, None, None] * diff[None, :, :, span]).flatten(0, 1)
         if kind == "embed":
-            grads = input_gradients(model, rows, metric_fn, clean_rows, embed=value[:, :, 0])
+            grads = input_gradients(model, rows, metric_fn, clean_rows, embed=value[:, :, 0], ungroup_kv=ungroup_kv)
         else:
             with model.hooks(fixed_node_hooks(model, kind, layer, value.sum(2))):
-                grads = input_gradients(model, rows, metric_fn, clean_rows)
+                grads = input_gradients(model, rows, metric_fn, clean_rows, ungroup_kv=ungroup_kv)
         grads = [g.reshape(steps, b, *g.shape[1:]).sum(0) for g in grads]
         total = grads if total is None else [t.add_(g) for t, g in zip(total, grads)]
     return [t / (len(nodes) * steps) for t in total]
@@ -216,6 +222,7 @@ def input_gradients(
     clean_last: torch.Tensor,
     *,
     embed: torch.Tensor | None = None,
+    ungroup_kv: bool = False,
 ) -> list[torch.Tensor]:
     """d (sum over prompts of the metric) / d each input's residual stream, on the clean prompt.
 
@@ -229,15 +236,20 @@ def input_gradients(
     projection weights and its norm (the chain rule :func:`split_inputs` would apply, without
     widening the forward to one residual stream per slot). Any other architecture: autograd through
     :func:`split_inputs` with zero deltas (exact by definition, slower).
+
+    ``ungroup_kv`` (GQA): the attention slots hold one k and one v input per query head; the fast path
+    then widens every layer's keys and values to one head per query head (a copy of its KV head's), so
+    that each copy's gradient is its own query head's.
     """
-    graph = CircuitGraph.of(model)
+    graph = CircuitGraph.of(model, ungroup_kv)
     wd = work_dtype(model)
     lay = circuit_layout(model)
     if not (lay.fast_qkv and all(n is not None for n in lay.attn_norm) and all(r == "norm" for r in lay.mlp_read)
-            and model.layout.ln_final is not None):
-        return _split_gradients(model, batch, metric_fn, clean_last, embed)
+            and model.layout.ln_final is not None and (not graph.ungroup_kv or kv_projections_widen(model))):
+        return _split_gradients(model, batch, metric_fn, clean_last, embed, graph)
     attn_norms, mlp_norms, final_norm = lay.attn_norm, lay.mlp_site, lay.logits_site
     H, KV, D = graph.n_heads, graph.n_kv_heads, model.cfg.d_head
+    KI, per = graph.kv_inputs, graph.n_heads // graph.n_kv_heads
     norm_inputs: dict[tuple[str, int], torch.Tensor] = {}
     watched: dict[tuple[str, int], torch.Tensor] = {}
 
@@ -250,7 +262,12 @@ def input_gradients(
 
     def keep_proj(key: tuple[str, int]):
         def hook(module, args, output):
+            if key[0] != "q" and KI != KV:  # ungrouped: one copy of each KV head per query head, [.., H * d_head]
+                output = output.reshape(*output.shape[:-1], KV, D).repeat_interleave(per, -2).flatten(-2)
+                watched[key] = output
+                return output
             watched[key] = output
+            return None
         return hook
 
     def start(activation, hook):
@@ -281,9 +298,11 @@ def input_gradients(
     for layer in range(graph.n_layers):
         attention = model.attention_module(layer)
         pulled = []
-        for part, heads in (("q", H), ("k", KV), ("v", KV)):
+        for part, heads in (("q", H), ("k", KI), ("v", KI)):
             g = grad_of((part, layer))
-            weight = getattr(attention, f"{part}_proj").weight.detach().to(wd).reshape(heads, D, -1)
+            weight = getattr(attention, f"{part}_proj").weight.detach().to(wd).reshape(H if part == "q" else KV, D, -1)
+            if heads != weight.shape[0]:
+                weight = weight.repeat_interleave(heads // weight.shape[0], 0)
             pulled.append(torch.einsum("bphd,hdm->bphm", g.reshape(*g.shape[:2], heads, D), weight))
         out.append(norm_vjp(attn_norms[layer], norm_inputs[("attn", layer)], torch.cat(pulled, dim=2)))
         out.append(flat_vjp(mlp_norms[layer], ("mlp", layer)))
@@ -293,9 +312,9 @@ def input_gradients(
 
 def _split_gradients(
     model: HookedModel, batch: TaskBatch, metric_fn: TaskMetric, clean_last: torch.Tensor, embed: torch.Tensor | None,
+    graph: CircuitGraph,
 ) -> list[torch.Tensor]:
     """:func:`input_gradients` for any architecture: autograd through :func:`split_inputs` with zero deltas."""
-    graph = CircuitGraph.of(model)
     wd = work_dtype(model)
     deltas: dict[tuple[str, int], torch.Tensor] = {}
 
@@ -308,7 +327,7 @@ def _split_gradients(
     def start(activation, hook):
         return None if embed is None else embed.to(activation.dtype)
 
-    with torch.enable_grad(), split_inputs(model, delta), model.hooks([(hook_name(0, "hook_resid_pre"), start)]):
+    with torch.enable_grad(), split_inputs(model, delta, ungroup_kv=graph.ungroup_kv), model.hooks([(hook_name(0, "hook_resid_pre"), start)]):
         logits = model(batch.clean)
         value = metric_fn(batch.last(logits).to(wd), batch, clean_last).sum()
         keys = list(deltas)

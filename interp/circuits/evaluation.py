@@ -141,14 +141,17 @@ def evaluate_circuits(
     batch_size: int = 16,
     max_rows: int = 32,
     progress: Progress = None,
+    ungroup_kv: bool = False,
 ) -> dict[str, object]:
     """Exact metric of each circuit (``masks``: ``[n_up, n_down]`` bool) plus the clean and corrupted metric.
 
     Returns ``{"metrics": [float per mask], "clean": float, "corrupted": float, "faithfulness": [...]}``,
-    means over prompts.
+    means over prompts. ``ungroup_kv``: the masks are over the graph with one k and v input per query
+    head (GQA; :class:`~interp.circuits.graph.CircuitGraph`).
     """
     metric_fn = get_metric(metric)
-    graph = CircuitGraph.of(model)
+    graph = CircuitGraph.of(model, ungroup_kv)
+    _check_masks(graph, masks)
     masks = [m.to(torch.bool) & graph.edge_mask for m in masks]
     wd = work_dtype(model)
     totals = np.zeros(len(masks))
@@ -173,6 +176,14 @@ def evaluate_circuits(
     metrics = (totals / n).tolist()
     return {"metrics": metrics, "clean": clean, "corrupted": corrupted,
             "faithfulness": [faithfulness(m, clean, corrupted) for m in metrics]}
+
+
+def _check_masks(graph: CircuitGraph, masks: Sequence[torch.Tensor]) -> None:
+    for mask in masks:
+        if tuple(mask.shape) != tuple(graph.edge_mask.shape):
+            other = "ungroup_kv=False" if graph.ungroup_kv else "ungroup_kv=True"
+            raise InterpError(f"a circuit mask is {list(mask.shape)} but this graph's edges are {list(graph.edge_mask.shape)}; "
+                              f"build the mask on CircuitGraph.of(model, ungroup_kv={graph.ungroup_kv}) or pass {other}")
 
 
 def faithfulness(value: float, clean: float, corrupted: float) -> float:
@@ -228,7 +239,7 @@ def _run_circuits(model, graph, batch, corrupted_out, masks, metric_fn, clean_la
         return out.reshape(shape).to(x.dtype)
 
     tokens = batch.clean.repeat(g, 1)
-    with torch.no_grad(), split_inputs(model, delta), model.hooks(output_hooks(model, store)):
+    with torch.no_grad(), split_inputs(model, delta, ungroup_kv=graph.ungroup_kv), model.hooks(output_hooks(model, store)):
         repeated = batch.repeat(g)
         logits = repeated.last(model(tokens)).to(wd)
     values = metric_fn(logits, repeated, clean_last.repeat(g, 1))
@@ -246,6 +257,7 @@ def patch_edges(
     scale: float = 1.0,
     reuse: str = "auto",
     progress: Progress = None,
+    ungroup_kv: bool = False,
 ) -> np.ndarray:
     """Exact effect of each edge alone: ``M(clean with only u -> v fed out_u(corrupted)) - M(clean)``, mean over prompts.
 
@@ -256,13 +268,14 @@ def patch_edges(
 
     ``reuse="auto"`` (default) replays the clean run up to each edge's downstream block
     (:mod:`interp.hooks.replay`, staggered: edges into later layers join the forward later);
-    ``"none"`` runs every edge's forward from the embedding.
+    ``"none"`` runs every edge's forward from the embedding. ``ungroup_kv``: the indices are of the graph
+    with one k and v input per query head (GQA).
     """
     from interp.hooks.replay import check_reuse, record
 
     check_reuse(reuse)
     metric_fn = get_metric(metric)
-    graph = CircuitGraph.of(model)
+    graph = CircuitGraph.of(model, ungroup_kv)
     for u, v in edges:
         if not bool(graph.edge_mask[u, v]):
             raise InterpError(f"({u}, {v}) is not an edge of this graph")
@@ -322,7 +335,7 @@ def _run_single_edges(model, graph, batch, diff, edges, metric_fn, clean_last, r
         return out
 
     repeated = batch.repeat(g)
-    with torch.no_grad(), split_inputs(model, delta):
+    with torch.no_grad(), split_inputs(model, delta, ungroup_kv=graph.ungroup_kv):
         if recording is None:
             logits = model(batch.clean.repeat(g, 1))
         else:
@@ -351,7 +364,7 @@ def faithfulness_curve(
     graph = scores.graph
     masks = [select_edges(graph, scores.scores, n, selection) for n in ns]
     result = evaluate_circuits(model, data, masks, metric=metric or scores.metric, batch_size=batch_size,
-                               progress=progress)
+                               progress=progress, ungroup_kv=graph.ungroup_kv)
     frame = pd.DataFrame({
         "n": list(ns),
         "n_edges": [int(m.sum()) for m in masks],
@@ -418,8 +431,8 @@ def circuit_nodes(graph: CircuitGraph, mask: torch.Tensor) -> list[str]:
         feeds = _feeds(graph, v)
         if not feeds:
             names.add("logits")
-        elif graph.down_info[v][1] in ("q", "mlp"):
+        elif graph.down_info[v][1] in ("q", "mlp") or graph.ungroup_kv:  # an ungrouped k/v input is its query head's
             names.add(graph.up_names[feeds[0]])
-        # k/v inputs: after pruning, the heads of the group that matter already have outgoing edges
+        # grouped k/v inputs: after pruning, the heads of the group that matter already have outgoing edges
     return sorted(names, key=lambda s: (s != "embed", s == "logits", s))
 

@@ -5,7 +5,8 @@ residual stream entering block 0), per block its attention, either every head ``
 ``hook_result``) or one node ``a{l}`` for the whole layer, and its MLP ``m{l}``. Nodes that *read*
 it (downstream inputs): each query head's query input ``a{l}.h{h}`` kind ``q``; each key/value
 head's key and value inputs ``a{l}.kv{g}`` kinds ``k`` and ``v`` (GQA: k and v belong to the KV
-head, shared by ``n_heads / n_kv_heads`` query heads); each MLP's input ``m{l}`` kind ``mlp``; and
+head, shared by ``n_heads / n_kv_heads`` query heads; with ``ungroup_kv`` every query head has its own,
+``a{l}.h{h}``, as MIB's graph); each MLP's input ``m{l}`` kind ``mlp``; and
 ``logits`` (the final norm's input). An edge ``u -> v`` exists when ``u`` runs before ``v`` reads
 (in a parallel block the MLP reads what the attention reads): the residual stream at ``v``'s input
 is ``embed + sum_u out_u`` (+ constant biases), so every edge is one term of that sum.
@@ -30,6 +31,11 @@ original Hugging Face modules, without re-implementing the model. For block ``l`
   for every slot the attention module runs on ``norm(x + delta_slot)`` up to interp's
   ``attn.hook_q/k/v`` point, where the call is cut short; the real call then gets each head's q, k, v
   from its own slot's run;
+* ungrouped k/v inputs (``ungroup_kv``, GQA): a split layer attends with one key and value head per
+  query head, query head ``h``'s computed from its own slot: the fast path projects each slot with its
+  KV head's weights (``k_proj``/``v_proj`` then return ``n_heads`` heads); the generic path widens the
+  keys and values before ``hook_k``/``hook_v`` (:func:`~interp.hooks.attention.kv_per_query_head`) and
+  puts each query head's in place. Unpatched copies equal the KV head's, so this is the grouped model;
 * a forward pre-hook on the MLP's input (its norm, or the MLP itself) adds the MLP's ``delta``, and
   one on the final norm (or the unembedding) adds the logits' ``delta``. The skip connections keep
   the unmodified stream.
@@ -54,12 +60,15 @@ from torch import nn
 
 from interp.errors import InterpError
 from interp.hooks import HookedModel, hook_name
+from interp.hooks.attention import kv_per_query_head
 from interp.hooks.modules import module_hooks
 
 KINDS = ("q", "k", "v", "mlp", "logits")
 
 # circuit_layout's result per model (tracing costs one forward).
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# kv_projections_widen's answer per model (one forward).
+_WIDENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -234,14 +243,65 @@ def _check_additive(model: HookedModel, parallel: tuple[bool, ...], logits_site:
     return why is None, why
 
 
+def kv_projections_widen(model: HookedModel) -> bool:
+    """Whether ungrouped k/v inputs can use the fast path: the attention modules accept ``k_proj``/``v_proj``
+    outputs of one head per query head (most view them with ``-1`` heads; StableLM views them with its KV
+    head count) and attend with them exactly as with the grouped ones. Checked once per model on one forward.
+    Where they do not, ungrouped inputs take the generic path, which needs one attention call per layer."""
+    found = _WIDENS.get(model)
+    if found is None:
+        found = _WIDENS[model] = _check_widening(model)
+    return found
+
+
+def _check_widening(model: HookedModel) -> bool:
+    cfg = model.cfg
+    lay = circuit_layout(model)
+    if not lay.fast_qkv or cfg.n_kv_heads == cfg.n_heads:
+        return lay.fast_qkv
+    per, D = cfg.n_heads // cfg.n_kv_heads, cfg.d_head
+
+    def widen(module, args, output):
+        return output.reshape(*output.shape[:-1], cfg.n_kv_heads, D).repeat_interleave(per, -2).flatten(-2)
+
+    calls: dict[int, int] = {}
+
+    def count(layer: int):
+        def fn(activation, hook):
+            calls[layer] = calls.get(layer, 0) + 1
+        return fn
+
+    forward = [(getattr(model.attention_module(layer), name), widen) for layer in range(cfg.n_layers) for name in ("k_proj", "v_proj")]
+    tokens = (torch.arange(3, 9)[None] % max(cfg.d_vocab - 1, 1)).to(model.device)
+    with torch.no_grad():
+        with model.hooks([(hook_name(layer, "attn.hook_q"), count(layer)) for layer in range(cfg.n_layers)]):
+            plain = model(tokens)
+        try:
+            with module_hooks(forward):
+                wide = model(tokens)
+            return _relative(wide.double() - plain.double(), plain) <= _tolerance(model)
+        except (RuntimeError, ValueError):
+            pass
+    twice = [layer for layer in range(cfg.n_layers) if calls.get(layer, 0) != 1]
+    if twice:
+        raise _refuse(model, f"ungrouped k/v inputs: layer {twice[0]}'s attention neither accepts one key head per query head "
+                             f"nor calls the attention function once per forward; score the grouped graph (no --ungroup-kv)")
+    return False
+
+
 @dataclass(frozen=True)
 class CircuitGraph:
     """Node and input indexing for a model with ``n_layers`` blocks of ``n_heads`` query / ``n_kv_heads`` KV heads.
 
     Upstream index: ``embed`` = 0, then per layer its attention nodes (``n_heads`` heads, or one node
     when ``head_nodes`` is False) and its MLP. Downstream index: per layer, ``n_heads`` q slots, then
-    ``n_kv_heads`` k slots, ``n_kv_heads`` v slots, one MLP slot; ``logits`` last. ``parallel[l]``:
+    ``kv_inputs`` k slots, ``kv_inputs`` v slots, one MLP slot; ``logits`` last. ``parallel[l]``:
     block ``l``'s MLP reads the same stream as its attention (empty: no parallel blocks).
+
+    ``ungroup_kv`` (GQA only; False without GQA whatever is passed): every *query* head has its own k
+    and v input, named like its q input (``a{l}.h{h}``), as MIB's graph has; the keys and values query
+    head ``h`` attends with are computed from that input alone (:func:`split_inputs`). Otherwise the k
+    and v inputs belong to the KV head (``a{l}.kv{g}``), shared by its ``n_heads / n_kv_heads`` query heads.
     """
 
     n_layers: int
@@ -249,18 +309,34 @@ class CircuitGraph:
     n_kv_heads: int
     head_nodes: bool = True
     parallel: tuple[bool, ...] = ()
+    ungroup_kv: bool = False
+
+    def __post_init__(self) -> None:
+        if self.ungroup_kv and self.n_kv_heads == self.n_heads:
+            object.__setattr__(self, "ungroup_kv", False)  # nothing to ungroup: the same graph
 
     @classmethod
-    def of(cls, model: HookedModel) -> CircuitGraph:
+    def of(cls, model: HookedModel, ungroup_kv: bool = False) -> CircuitGraph:
         layout = circuit_layout(model)
         parallel = layout.parallel if any(layout.parallel) else ()
-        return cls(model.cfg.n_layers, model.cfg.n_heads, model.cfg.n_kv_heads, layout.head_nodes, parallel)
+        if ungroup_kv and model.cfg.n_kv_heads != model.cfg.n_heads:
+            kv_projections_widen(model)  # its check forward runs now, before the caller's hooks (or refuses)
+        return cls(model.cfg.n_layers, model.cfg.n_heads, model.cfg.n_kv_heads, layout.head_nodes, parallel, ungroup_kv)
 
     # sizes -------------------------------------------------------------------------------
     @property
+    def kv_inputs(self) -> int:
+        """k (and v) inputs per layer: one per query head when ungrouped, else one per KV head."""
+        return self.n_heads if self.ungroup_kv else self.n_kv_heads
+
+    def kv_head(self, head: int) -> int:
+        """The KV head whose keys and values query head ``head`` attends with."""
+        return head // (self.n_heads // self.n_kv_heads)
+
+    @property
     def slots(self) -> int:
-        """Attention input slots per layer: q per query head, k and v per KV head."""
-        return self.n_heads + 2 * self.n_kv_heads
+        """Attention input slots per layer: q per query head, k and v per KV head (per query head when ungrouped)."""
+        return self.n_heads + 2 * self.kv_inputs
 
     @property
     def attn_nodes(self) -> int:
@@ -337,8 +413,10 @@ class CircuitGraph:
         info = []
         for layer in range(self.n_layers):
             info += [(f"a{layer}.h{h}", "q", layer) for h in range(self.n_heads)]
-            info += [(f"a{layer}.kv{g}", "k", layer) for g in range(self.n_kv_heads)]
-            info += [(f"a{layer}.kv{g}", "v", layer) for g in range(self.n_kv_heads)]
+            kv = [f"a{layer}.h{h}" for h in range(self.n_heads)] if self.ungroup_kv else \
+                [f"a{layer}.kv{g}" for g in range(self.n_kv_heads)]
+            info += [(name, "k", layer) for name in kv]
+            info += [(name, "v", layer) for name in kv]
             info.append((f"m{layer}", "mlp", layer))
         info.append(("logits", "logits", self.n_layers))
         return info
@@ -375,7 +453,7 @@ class CircuitGraph:
             return [self.mlp_index(layer)]
         if not self.head_nodes:
             return [self.attn_index(layer)]
-        if kind == "q":
+        if kind == "q" or self.ungroup_kv:
             return [self.head_index(layer, int(name.split(".h")[1]))]
         group = int(name.split(".kv")[1])
         per = self.n_heads // self.n_kv_heads
@@ -433,11 +511,17 @@ def _with_input(args: tuple, kwargs: dict, value: torch.Tensor) -> tuple[tuple, 
 
 
 @contextmanager
-def split_inputs(model: HookedModel, delta: DeltaFn) -> Iterator[None]:
-    """Give every downstream input its own residual stream ``x + delta`` for the ``with`` block (see module doc)."""
-    graph = CircuitGraph.of(model)
+def split_inputs(model: HookedModel, delta: DeltaFn, *, ungroup_kv: bool = False) -> Iterator[None]:
+    """Give every downstream input its own residual stream ``x + delta`` for the ``with`` block (see module doc).
+
+    ``ungroup_kv``: the attention delta has one k and one v slot per query head (:class:`CircuitGraph`),
+    and a layer whose inputs are split attends with one key and value head per query head.
+    """
+    graph = CircuitGraph.of(model, ungroup_kv)
     lay = circuit_layout(model)
+    fast = lay.fast_qkv and (not graph.ungroup_kv or kv_projections_widen(model))
     H, KV, D = graph.n_heads, graph.n_kv_heads, model.cfg.d_head
+    KI = graph.kv_inputs
     stream: dict[int, torch.Tensor] = {}  # the residual stream the attention reads, per layer in flight
     pending: dict[int, torch.Tensor] = {}  # the attention's delta, from its norm to its call
     normed: dict[int, torch.Tensor] = {}  # fast path: norm(x + delta) per slot
@@ -452,7 +536,7 @@ def split_inputs(model: HookedModel, delta: DeltaFn) -> Iterator[None]:
             pending.pop(layer, None)
             return
         d = d.reshape(*x.shape[:-1], graph.slots, x.shape[-1])
-        if lay.fast_qkv:
+        if fast:
             norm = lay.attn_norm[layer]
             wide = x.unsqueeze(-2) + d
             normed[layer] = norm.forward(wide) if norm is not None else wide
@@ -465,16 +549,21 @@ def split_inputs(model: HookedModel, delta: DeltaFn) -> Iterator[None]:
             return None
         return hook
 
-    def proj_hook(layer: int, start: int, count: int):
+    def proj_hook(layer: int, start: int, count: int, heads: int):
         def hook(module, args, output):
             split = normed.get(layer)
             if split is None:
                 return None
-            inputs = split[..., start:start + count, :]  # [batch, pos, heads, d_model]
-            weight = module.weight.reshape(count, D, -1)
-            out = torch.einsum("bphm,hdm->bphd", inputs.to(weight.dtype), weight).reshape(*output.shape)
+            inputs = split[..., start:start + count, :]  # [batch, pos, count, d_model]
+            weight = module.weight.reshape(heads, D, -1)
+            if count != heads:  # ungrouped k/v: each query head projects its own slot with its KV head's weights
+                weight = weight.repeat_interleave(count // heads, 0)
+            out = torch.einsum("bphm,hdm->bphd", inputs.to(weight.dtype), weight).reshape(*output.shape[:-1], count * D)
             if module.bias is not None:
-                out = out + module.bias
+                bias = module.bias
+                if count != heads:
+                    bias = bias.reshape(heads, D).repeat_interleave(count // heads, 0).reshape(-1)
+                out = out + bias
             if start + count == graph.slots:
                 normed.pop(layer, None)
             return out
@@ -482,6 +571,7 @@ def split_inputs(model: HookedModel, delta: DeltaFn) -> Iterator[None]:
 
     def attention_pre_hook(layer: int):
         def hook(module, args, kwargs):
+            probed.pop(layer, None)  # the slot runs below see the layer's own keys (no widening)
             if lay.attn_norm[layer] is None:
                 attn_delta(layer, _first_input(args, kwargs))
             d = pending.pop(layer, None)
@@ -508,9 +598,13 @@ def split_inputs(model: HookedModel, delta: DeltaFn) -> Iterator[None]:
                     got, _ = dict(probe), probe.clear()
                 if "v" not in got:
                     raise InterpError(f"layer {layer}'s attention returned before reaching hook_v; circuits cannot split its inputs")
-                part, head = ("q", slot) if slot < H else ("k", slot - H) if slot < H + KV else ("v", slot - H - KV)
-                found[part][head] = got[part][:, :, head]
-            probed[layer] = found
+                part, head = ("q", slot) if slot < H else ("k", slot - H) if slot < H + KI else ("v", slot - H - KI)
+                source = graph.kv_head(head) if part != "q" and graph.ungroup_kv else head
+                found[part][head] = got[part][:, :, source]
+            if any(found.values()):
+                probed[layer] = found
+            else:
+                probed.pop(layer, None)
             return None
         return hook
 
@@ -525,8 +619,9 @@ def split_inputs(model: HookedModel, delta: DeltaFn) -> Iterator[None]:
             if not found or not found[part]:
                 return None
             heads = list(activation.unbind(2))
-            if len(heads) != (H if part == "q" else KV):
-                raise InterpError(f"layer {layer}'s hook_{part} has {len(heads)} heads, not the {H if part == 'q' else KV} "
+            expected = H if part == "q" or graph.ungroup_kv else KV  # ungrouped: widened by kv_per_query_head
+            if len(heads) != expected:
+                raise InterpError(f"layer {layer}'s hook_{part} has {len(heads)} heads, not the {expected} "
                                   f"circuits expect; circuits cannot split its inputs")
             for head, value in found[part].items():
                 heads[head] = value.to(activation.dtype)
@@ -567,13 +662,13 @@ def split_inputs(model: HookedModel, delta: DeltaFn) -> Iterator[None]:
         norm = lay.attn_norm[layer]
         if norm is not None:
             forward.append((norm, attn_norm_hook(layer)))
-        if lay.fast_qkv:
+        if fast:
             attention = model.attention_module(layer)
-            forward += [(attention.q_proj, proj_hook(layer, 0, H)), (attention.k_proj, proj_hook(layer, H, KV)),
-                        (attention.v_proj, proj_hook(layer, H + KV, KV))]
-        if norm is None or not lay.fast_qkv:
+            forward += [(attention.q_proj, proj_hook(layer, 0, H, H)), (attention.k_proj, proj_hook(layer, H, KI, KV)),
+                        (attention.v_proj, proj_hook(layer, H + KI, KI, KV))]
+        if norm is None or not fast:
             pre_kwargs.append((lay.attn_top[layer], attention_pre_hook(layer)))
-        if not lay.fast_qkv:
+        if not fast:
             named += [(hook_name(layer, f"attn.hook_{part}"), qkv_fn(layer, part)) for part in ("q", "k", "v")]
         pre_kwargs.append((lay.mlp_site[layer], reads_hook("mlp", layer)))
     forward.append((model.layers[graph.n_layers - 1], last_block_hook))
@@ -583,6 +678,8 @@ def split_inputs(model: HookedModel, delta: DeltaFn) -> Iterator[None]:
             stack.enter_context(module_hooks(forward, pre_kwargs=pre_kwargs))
             if named:
                 stack.enter_context(model.hooks(named))
+                if graph.ungroup_kv:  # a layer with split inputs attends with one key/value head per query head
+                    stack.enter_context(kv_per_query_head(model, lambda layer: layer in probed))
             yield
     finally:
         normed.clear()

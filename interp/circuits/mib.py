@@ -8,8 +8,10 @@ head names the query head and the input ``<q>``, ``<k>`` or ``<v>``. Parallel bl
 see :mod:`interp.circuits.graph`) write upstream nodes ``a{l}`` and ``cfg["attention_nodes"] = "layer"``,
 interp's extension: such files round-trip through interp but are not comparable with MIB's per-head graphs.
 
-MIB gives every *query* head its own k and v input ("ungrouped" GQA), while interp's graph has one k
-and one v input per KV head, shared by its ``n_heads / n_kv_heads`` query heads. The mapping:
+MIB gives every *query* head its own k and v input ("ungrouped" GQA). interp's graph does too with
+``ungroup_kv`` (:class:`~interp.circuits.graph.CircuitGraph`), and then export and import map edge to
+edge. By default it has one k and one v input per KV head, shared by its ``n_heads / n_kv_heads`` query
+heads, and the mapping is:
 
 * export: an edge into KV head ``g``'s k (v) input becomes one MIB edge into each query head of the
   group, each with the KV input's score **divided equally** by the group size and the same ``in_graph``.
@@ -19,7 +21,8 @@ and one v input per KV head, shared by its ``n_heads / n_kv_heads`` query heads.
 * import: a KV input's score is the **sum** of its query heads' MIB scores, and it is ``in_graph`` when
   **any** of them is (a circuit keeping some copies only is not expressible in interp's graph; this is
   its smallest superset). Export then import gives back the scores and circuit exactly (up to float
-  rounding of the division).
+  rounding of the division). Such an export writes ``cfg["kv_inputs"] = "grouped"`` (interp's
+  extension), so that it is not taken for per-query-head scores (:func:`check_mib_scores`).
 
 Without GQA (``n_kv_heads == n_heads``) both directions are the identity.
 """
@@ -46,9 +49,9 @@ def mib_edges(graph: CircuitGraph) -> list[tuple[str, int, int, int]]:
     """``(mib_name, up_index, down_index, group_size)`` for every MIB edge, in ``Graph.from_model``'s order.
 
     ``group_size`` is the number of MIB edges that share the interp edge (query heads per KV head for
-    k/v inputs, else 1).
+    grouped k/v inputs, else 1; an ungrouped graph, ``graph.ungroup_kv``, maps one to one).
     """
-    per = graph.n_heads // graph.n_kv_heads
+    per = 1 if graph.ungroup_kv else graph.n_heads // graph.n_kv_heads
     ups = graph.up_names
     out: list[tuple[str, int, int, int]] = []
     for layer in range(graph.n_layers):
@@ -57,7 +60,7 @@ def mib_edges(graph: CircuitGraph) -> list[tuple[str, int, int, int]]:
             for h in range(graph.n_heads):
                 g = h // per
                 for letter, v, size in (("q", base + h, 1), ("k", base + graph.n_heads + g, per),
-                                        ("v", base + graph.n_heads + graph.n_kv_heads + g, per)):
+                                        ("v", base + graph.n_heads + graph.kv_inputs + g, per)):
                     out.append((f"{_src(ups[u])}->a{layer}.h{h}<{letter}>", u, v, size))
         for u in range(graph.visible_mlp(layer)):
             out.append((f"{_src(ups[u])}->m{layer}", u, graph.mlp_down(layer), 1))
@@ -81,6 +84,8 @@ def to_mib_dict(graph: CircuitGraph, scores: torch.Tensor, circuit: torch.Tensor
         cfg["attention_nodes"] = "layer"  # interp's extension: one upstream node a{l} per layer (post-norm blocks)
     if graph.n_kv_heads != graph.n_heads:
         cfg["n_key_value_heads"] = graph.n_kv_heads  # informational: MIB's names are per query head
+        if not graph.ungroup_kv:  # interp's extension: the k/v scores are a KV input's, split equally (module doc)
+            cfg["kv_inputs"] = "grouped"
     inside = {_src(n) for n in circuit_nodes(graph, circuit)} if bool(circuit.any()) else set()
     nodes = {name: {"in_graph": name in inside} for name in mib_node_names(graph)}
     values = scores.double()
@@ -127,8 +132,12 @@ def _check_edges(path: str | Path, data: dict[str, Any], graph: CircuitGraph) ->
     return expected
 
 
-def check_mib_scores(path: str | Path) -> tuple[int, int]:
-    """``(n_layers, n_heads)`` of an MIB scores file after checking its edges match its own ``cfg`` (no model needed)."""
+def check_mib_scores(path: str | Path, *, ungroup_kv: bool = False) -> tuple[int, int]:
+    """``(n_layers, n_heads)`` of an MIB scores file after checking its edges match its own ``cfg`` (no model needed).
+
+    ``ungroup_kv``: refuse a file interp wrote from a grouped GQA graph (``cfg["kv_inputs"] == "grouped"``),
+    whose per-query-head k/v scores are equal shares of one KV input's, not scores of their own.
+    """
     data = _load(path)
     try:
         n_layers, n_heads = int(data["cfg"]["n_layers"]), int(data["cfg"]["n_heads"])
@@ -139,6 +148,9 @@ def check_mib_scores(path: str | Path) -> tuple[int, int]:
     head_nodes = data["cfg"].get("attention_nodes", "head") != "layer"
     parallel = (True,) * n_layers if data["cfg"].get("parallel_attn_mlp") else ()
     _check_edges(path, data, CircuitGraph(n_layers, n_heads, n_heads, head_nodes, parallel))  # names do not depend on KV heads
+    if ungroup_kv and data["cfg"].get("kv_inputs") == "grouped":
+        raise InterpError(f"{path} holds grouped k/v scores (each KV input's score split equally over its query heads, "
+                          f"written without --ungroup-kv); evaluate it without --ungroup-kv, or rescore with --ungroup-kv")
     return n_layers, n_heads
 
 

@@ -123,7 +123,9 @@ class CircuitResult:
             "n_graph_edges": self.graph.n_edges,
             "graph": {"n_layers": self.graph.n_layers, "n_heads": self.graph.n_heads, "n_kv_heads": self.graph.n_kv_heads,
                       # "head": a node per attention head; "layer": one attention node a{l} per layer (post-norm blocks)
-                      "attention_nodes": self.graph.granularity, "parallel": any(self.graph.parallel)},
+                      "attention_nodes": self.graph.granularity, "parallel": any(self.graph.parallel),
+                      # True: k and v inputs per query head (MIB's graph); False: per KV head (or no GQA)
+                      "ungroup_kv": self.graph.ungroup_kv},
             "circuit": {
                 "n_selected": chosen,
                 "n_edges": int(self.circuit.sum()),
@@ -197,6 +199,7 @@ def discover_circuit(
     scores: EdgeScores | None = None,
     progress: StepProgress | None = None,
     exact_limit: int | None = EXACT_LIMIT,
+    ungroup_kv: bool = False,
 ) -> CircuitResult:
     """Score every edge, evaluate top-n circuits exactly, pick one, and check the scores by patching.
 
@@ -207,7 +210,8 @@ def discover_circuit(
     for ``verification.csv`` (0 = none). ``scores``: evaluate these edge scores (e.g. read from an MIB
     file) instead of computing them. ``method``: any of :data:`~interp.circuits.eap.METHODS`; ``exact_limit``
     as in :func:`~interp.circuits.eap.edge_attribution`. The MIB grid (:data:`~interp.circuits.evaluation.MIB_FRACTIONS`) is
-    evaluated with the curve, giving ``result.mib`` and CPR / CMD.
+    evaluated with the curve, giving ``result.mib`` and CPR / CMD. ``ungroup_kv``: on GQA models, the
+    graph with one k and v input per query head (MIB's edges; ``scores`` must be for that graph too).
     """
     if selection not in SELECTIONS:  # before the long steps
         raise InterpError(f"unknown edge selection {selection!r}; use 'top' or 'greedy'")
@@ -219,9 +223,10 @@ def discover_circuit(
     start = time.perf_counter()
     if scores is None:
         scores = edge_attribution(model, batches, method=method, steps=steps, metric=metric, batch_size=batch_size,
-                                  progress=progress(f"{method.upper()} edge scores", n_prompts), exact_limit=exact_limit)
-    elif scores.graph != CircuitGraph.of(model):
-        raise InterpError(f"the scores are for a graph {scores.graph} but the model's is {CircuitGraph.of(model)}")
+                                  progress=progress(f"{method.upper()} edge scores", n_prompts), exact_limit=exact_limit,
+                                  ungroup_kv=ungroup_kv)
+    elif scores.graph != CircuitGraph.of(model, ungroup_kv):
+        raise InterpError(f"the scores are for a graph {scores.graph} but the model's is {CircuitGraph.of(model, ungroup_kv)}")
     timings["attribution"] = time.perf_counter() - start
 
     graph = scores.graph
@@ -251,7 +256,8 @@ def discover_circuit(
         top = scores.frame().head(int(verify))
         start = time.perf_counter()
         exact = patch_edges(model, batches, list(zip(top["up_index"], top["down_index"])), metric=metric,
-                            batch_size=batch_size, progress=progress(f"exact patching of the top {len(top)} edges", n_prompts))
+                            batch_size=batch_size, ungroup_kv=graph.ungroup_kv,
+                            progress=progress(f"exact patching of the top {len(top)} edges", n_prompts))
         timings["verification"] = time.perf_counter() - start
         verification = top[["upstream", "downstream", "kind", "score"]].copy()
         verification["exact"] = exact

@@ -12,6 +12,10 @@ layer it
    being collected,
 3. runs the ``hook_z`` functions on the per-head output ``[batch, pos, head, d_head]``.
 
+On a GQA layer, ``hook_k``/``hook_v`` may hold one key/value head per query head (widened by
+:func:`kv_per_query_head`, or projected so by a hook upstream): the original implementation is then
+called with ``num_key_value_groups`` 1, and the explicit softmax repeats by the shapes it gets.
+
 GPT-Neo has no attention interface; its eager ``_attn`` method is wrapped instead.
 """
 
@@ -104,11 +108,15 @@ class AttentionSite:
         self.pattern_name = hook_name(layer, "attn.hook_pattern")
         self.scores_name = hook_name(layer, "attn.hook_attn_scores")
         self.z_name = hook_name(layer, "attn.hook_z")
+        self.widen_kv: Callable[[], bool] | None = None  # set by kv_per_query_head
 
     def hook_qkv(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run q/k/v hooks. Inputs and outputs are HF's ``[batch, head, pos, d]``; hooks see ``[batch, pos, head, d]``."""
+        if self.widen_kv is not None and key.shape[1] < query.shape[1] and self.widen_kv():
+            groups = query.shape[1] // key.shape[1]
+            key, value = repeat_kv(key, groups), repeat_kv(value, groups)
         registry = self.owner.hooks_registry
         if registry.active(self.q_name):
             query = registry.apply(self.q_name, query.transpose(1, 2)).transpose(1, 2)
@@ -189,10 +197,43 @@ class AttentionSite:
             ).transpose(1, 2).contiguous()
         else:
             assert self.original is not None
-            out, weights = self.original(
-                module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-            )
+            with _groups_from_shapes(module, query, key):
+                out, weights = self.original(
+                    module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+                )
         return self.hook_z(out), weights
+
+
+@contextmanager
+def _groups_from_shapes(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor) -> Iterator[None]:
+    """Let ``hook_k``/``hook_v`` return one key/value head per query head on a GQA layer (circuits' ungrouped
+    k/v inputs): HF's eager and SDPA functions repeat the keys by ``module.num_key_value_groups``, not by
+    the shapes they get, so that count is 1 for the call when the keys are already one per query head."""
+    groups = getattr(module, "num_key_value_groups", None)
+    if not isinstance(groups, int) or groups == 1 or key.shape[1] != query.shape[1]:
+        yield
+        return
+    module.num_key_value_groups = 1
+    try:
+        yield
+    finally:
+        module.num_key_value_groups = groups
+
+
+@contextmanager
+def kv_per_query_head(model: HookedModel, when: Callable[[int], bool]) -> Iterator[None]:
+    """While active, a GQA layer ``l``'s keys and values are widened to one head per query head (each a copy of
+    its KV head's) before ``hook_k``/``hook_v`` run, whenever ``when(l)`` is True at that call: functions there
+    then see and return ``[batch, pos, n_heads, d_head]`` and can give each query head keys of its own (circuits'
+    ungrouped k/v inputs). Unchanged keys attend exactly as the grouped ones."""
+    sites = [model.attention_module(layer)._interp_site for layer in range(model.cfg.n_layers)]
+    for site in sites:
+        site.widen_kv = lambda layer=site.layer: when(layer)
+    try:
+        yield
+    finally:
+        for site in sites:
+            site.widen_kv = None
 
 
 def _dispatch(module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
