@@ -27,9 +27,10 @@ APP_SETTINGS = {"rich_markup_mode": None, "context_settings": {"max_content_widt
 def quiet_loading(debug: bool) -> None:
     """Hide transformers' / huggingface_hub's tqdm bars (``Loading weights``, the GGUF conversion) beside interp's own.
 
-    Must run before transformers is imported (it reads the variable once); ``--debug`` keeps them.
+    Every command calls it first: it must run before transformers is imported (it reads the variable
+    once). ``--debug`` keeps the bars, on rank 0 only: under torchrun the other ranks never draw them.
     """
-    if debug:
+    if debug and os.environ.get("RANK", "0").strip() in ("", "0"):
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # transformers' GGUF conversion draws a bare tqdm bar; tqdm reads TQDM_* defaults when it is imported.
