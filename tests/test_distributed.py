@@ -98,6 +98,7 @@ def test_cli_circuit_under_torchrun_writes_what_one_process_writes(app, tiny_fol
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.splitlines().count(str(two)) == 1  # rank 0 alone finished as the writer
     assert run.stderr.count("MIB CPR") == 1  # one summary line
+    assert "Loading weights" not in run.stderr  # transformers' own bar: only with --debug, and then on rank 0 only
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no staging folder left behind
     a, b = (pd.read_csv(folder / "edges.csv").set_index(["upstream", "downstream", "kind"]).sort_index() for folder in (one, two))
     np.testing.assert_allclose(b["score"], a["score"], rtol=1e-4, atol=1e-6)
@@ -202,3 +203,13 @@ def test_cli_scan_under_torchrun_splits_the_analyses_and_writes_what_one_process
     meta = {folder.name: json.loads((folder / "scan.json").read_text()) for folder in (one, two)}
     assert meta["two"]["summary"] == meta["one"]["summary"]
     assert meta["two"]["ranks"] == {"world_size": 2, "rank_0_only": ["alone_check"]} and "ranks" not in meta["one"]
+
+
+def test_scan_under_a_launcher_refuses_device_map_before_loading(tmp_path, monkeypatch):
+    from interp.cli.app import app as main_app
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    out = tmp_path / "scan"
+    result = CliRunner().invoke(main_app, ["scan", "smollm2-135m", "--device", "map", "--out", str(out)])
+    assert result.exit_code == 1 and "under torchrun use --device auto" in result.output and not out.exists()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from interp.cli.common import DebugOption, DtypeOption, console, one_line_errors, quiet_loading
+from interp.cli.common import DebugOption, DtypeOption, console, launch_rank, one_line_errors, quiet_loading
 from interp.errors import InterpError
 from interp.models.builtin import DEFAULT_MODEL
 
@@ -204,17 +204,17 @@ def register_commands(app: typer.Typer) -> None:
             max_bytes = parse_size(max_memory) if max_memory else None
             # auto: on a CPU shared with another job one thread is several times faster than one per core.
             threads = thread_setting(threads) or "auto"
-            if backend == "triton":
-                check_backend(backend, _device_type(device))
-            from interp.distributed import is_writer, launched
-
-            if launched() and device == "map":
+            rank, size = launch_rank()  # under torchrun: rank 0 checks and writes --out, the others take their share
+            if size > 1 and device == "map":
                 raise InterpError("--device map spreads one process over every GPU; under torchrun use --device auto "
                                   "(each rank its own GPU)")
-            if not is_writer():  # under torchrun: rank 0 checks and writes --out, the others take their share
+            if rank == 0:
+                check_output_dir(out, overwrite=overwrite, resume=resume)
+            if backend == "triton":
+                check_backend(backend, _device_type(device))
+            if rank != 0:
                 _share_scan(model, chosen, settings, max_bytes, device, dtype, resume, threads)
                 return
-            check_output_dir(out, overwrite=overwrite, resume=resume)
             with folder_lock(out, what="scan"):
                 result, hooked = _run_scan(model, out, chosen, settings, max_bytes, device, dtype, overwrite, resume, report, threads)
         rows = len(result.heads)

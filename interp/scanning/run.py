@@ -95,6 +95,11 @@ def scan(
     own), or ``"auto"`` to probe the load once; recorded as ``metadata["threads"]``. The same model,
     settings and thread count give bit-identical tables (see :mod:`interp.threads`). Bad settings, a length past the model's window, a scan that cannot fit
     and an unusable ``checkpoint_dir`` all fail before any probe is built.
+
+    Under torchrun every rank calls this with the same arguments: each analysis runs on every rank,
+    each taking its share of the work (:mod:`interp.analyses.split`); one registered with
+    ``splits=False`` then runs on rank 0 alone. Rank 0 alone keeps checkpoints and returns every
+    analysis; another rank's result holds the analyses it shared (docs/distributed.md).
     """
     settings = settings or ScanSettings()
     if not isinstance(settings, ScanSettings):
@@ -125,7 +130,7 @@ def scan(
         result = _run_scan(model, chosen, settings, plan, checkpoints, reuse, fingerprint, on_progress, on_step, rank0_only)
     result.metadata["threads"] = n_threads
     if ranks.parallel:
-        result.metadata["ranks"] = {"world_size": ranks.size, "rank_0_only": [a.name for a in chosen if a.name in rank0_only]}
+        result.metadata["ranks"] = {"world_size": ranks.size, "rank_0_only": [a.name for a in chosen if not a.splits]}
     return result
 
 
