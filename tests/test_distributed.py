@@ -128,8 +128,8 @@ def test_a_rank_that_dies_stops_the_other_with_one_line_and_writes_nothing(tiny_
     assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
 
 
-# A test-only analysis that does not split (every registered one does), and a count of the rows each
-# rank's statistics passes took: run under torchrun as a wrapper of `interp scan`.
+# A test-only analysis that does not split (every registered one does), and a count of the rows (heads,
+# layers, prompt groups) each rank's analyses took: run under torchrun as a wrapper of `interp scan`.
 SCANNING = """
 import atexit, json, os, sys
 import torch
@@ -145,14 +145,25 @@ def _alone_check(ctx):
     cfg = ctx.model.cfg
     return head_frame(ctx.model, {"alone_check_ranks": torch.full((cfg.n_layers, cfg.n_heads), float(world().size))})
 
-rows, inner = [], context.head_stat_means
-context.head_stat_means = lambda model, tokens, *args, **kwargs: rows.append(len(tokens)) or inner(model, tokens, *args, **kwargs)
-atexit.register(lambda: open(os.path.join(os.environ["ROWS_DIR"], f"rows{os.environ['RANK']}.json"), "w").write(json.dumps(rows)))
+import interp.analyses.head_ablation as head_ablation, interp.analyses.retrieval as retrieval
+import interp.analyses.streaming as streaming, interp.analyses.token_roles as token_roles, interp.analyses.value_norm as value_norm
+shares = {}
+
+def count(module, name, size):
+    inner = getattr(module, name)
+    setattr(module, name, lambda *args, **kwargs: shares.setdefault(name, []).append(size(args, kwargs)) or inner(*args, **kwargs))
+
+for module, name in ((context, "head_stat_means"), (token_roles, "_role_parts"), (value_norm, "_value_norms")):
+    count(module, name, lambda args, kwargs: len(args[1]))  # probe rows
+count(head_ablation, "head_ablation", lambda args, kwargs: len(kwargs["heads"]))
+count(streaming, "streaming_scores", lambda args, kwargs: len(kwargs["layers"]))
+count(retrieval, "_decode_groups", lambda args, kwargs: len(args[2]))  # groups of needle prompts
+atexit.register(lambda: open(os.path.join(os.environ["ROWS_DIR"], f"shares{os.environ['RANK']}.json"), "w").write(json.dumps(shares)))
 from interp.cli.app import main
 sys.argv = ["interp", *sys.argv[1:]]
 main()
 """
-SCAN = ["--context-length", "64", "--batch", "2", "--needle-samples", "2", "--threads", "1", "--device", "cpu"]
+SCAN = ["--context-length", "128", "--batch", "2", "--needle-samples", "2", "--threads", "1", "--device", "cpu"]
 
 
 def test_cli_scan_under_torchrun_splits_the_analyses_and_writes_what_one_process_writes(tiny_folder, tmp_path, monkeypatch):
@@ -184,8 +195,12 @@ def test_cli_scan_under_torchrun_splits_the_analyses_and_writes_what_one_process
     assert notes == ["note: 2 processes share the scan; on rank 0 only (they do not split): alone_check"], run.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["one", "two"]  # nothing staged left behind
     assert (two / "report.html").exists()
-    # Each rank ran its own row of every batch-2 probe in the shared statistics passes.
-    assert [json.loads((tmp_path / f"rows{rank}.json").read_text()) for rank in (0, 1)] == [[1, 1, 1]] * 2
+    # Each rank did its share: one row of each batch-2 probe (the shared statistics passes, the role
+    # scores on two probes each, value norms), 4 of the 8 heads to ablate, 1 of the 2 layers of streaming's
+    # causal score, 1 of the 2 groups of needle prompts (lengths 64 and 128).
+    share = {"head_stat_means": [1, 1, 1], "_role_parts": [1] * 4, "_value_norms": [1], "head_ablation": [4],
+             "streaming_scores": [1], "_decode_groups": [1]}
+    assert [json.loads((tmp_path / f"shares{rank}.json").read_text()) for rank in (0, 1)] == [share] * 2
 
     # The tables equal one process's within float32 rounding (the statistics kernel runs in float32, so
     # the scan has no float64 mode; a row computed in a batch of 1 instead of 2 differs by ~1e-7).
