@@ -3,8 +3,9 @@
 interp has no scheduler of its own. Launch any script or ``interp`` command under ``torchrun
 --nproc-per-node N`` (or ``accelerate launch``): every process runs the same code, and the dataset
 sweeps (:func:`~interp.circuits.edge_attribution`, ``evaluate_circuits``, ``faithfulness_curve``,
-``patch_edges``, ``activation_patching``, ``causal_trace``) each take their share of the work and add
-the shares up with one ``all_reduce`` at the end, so every rank returns the one-process result.
+``patch_edges``, ``activation_patching``, ``causal_trace``, and the analyses of ``interp.scan`` through
+:mod:`interp.analyses.split`) each take their share of the work and add the shares up with one
+``all_reduce`` at the end, so every rank returns the one-process result.
 
 - :func:`world` reads ``RANK`` / ``WORLD_SIZE`` (or an already initialized process group) and, under
   a launcher with no group yet, initializes one: ``gloo`` for CPU tensors, plus ``nccl`` on the local

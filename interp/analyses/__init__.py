@@ -2,8 +2,8 @@
 
 Nine of the modules register a scan entry (:mod:`~interp.analyses.registry`, declared in
 :mod:`interp.catalog`); :mod:`~interp.analyses.head_stats`, :mod:`~interp.analyses.context`,
-:mod:`~interp.analyses.probes`, :mod:`~interp.analyses.needles` and :mod:`~interp.analyses.composition`
-are what they share. Public functions return tidy DataFrames with one row per (layer, head).
+:mod:`~interp.analyses.probes`, :mod:`~interp.analyses.needles`, :mod:`~interp.analyses.composition`
+and :mod:`~interp.analyses.split` (sharing the work over torchrun ranks) are what they share. Public functions return tidy DataFrames with one row per (layer, head).
 
 The causal methods live in :mod:`interp.causal`; their names stay importable from here for old code.
 """

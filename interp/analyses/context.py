@@ -11,6 +11,7 @@ from interp.analyses.head_stats import head_stat_means
 from interp.hooks import HookedModel
 from interp.kernels import StatsConfig
 from interp.analyses.probes import Probe
+from interp.analyses.split import split_rows
 from interp.settings import ScanSettings
 
 __all__ = ["ScanContext", "ScanSettings"]
@@ -28,10 +29,16 @@ class ScanContext:
     _means: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def head_means(self, probe: str) -> dict[str, torch.Tensor]:
-        """``{statistic: [layer, head]}`` on ``probe``, computed once (see :func:`head_stat_means`)."""
+        """``{statistic: [layer, head]}`` on ``probe``, computed once (see :func:`head_stat_means`).
+
+        Under torchrun each rank runs its share of the probe's rows (:func:`~interp.analyses.split.split_rows`).
+        """
         if probe not in self._means:
             config = StatsConfig(n_sink=self.settings.n_sink, window=self.settings.window, received=True)
-            self._means[probe] = head_stat_means(
-                self.model, self.probes[probe].tokens, config, backend=self.settings.backend
+            tokens = self.probes[probe].tokens
+            self._means[probe] = split_rows(
+                len(tokens),
+                lambda rows: head_stat_means(self.model, tokens[rows.start:rows.stop], config, backend=self.settings.backend),
+                {"alpha": 1},  # [layer, batch, head, key]: per row
             )
         return self._means[probe]

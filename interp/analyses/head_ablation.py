@@ -31,7 +31,9 @@ import torch
 
 from interp.causal.common import RowPatch, row_patch_hook
 from interp.causal.metrics import Metric, grouped_metric, last_position_only, next_token_loss
+from interp.analyses.head_stats import head_frame
 from interp.analyses.registry import register
+from interp.distributed import merge_owned, shard, world
 from interp.errors import InterpError
 from interp.hooks import HookedModel, hook_name
 from interp.hooks.replay import Recording, check_reuse, plan_batches, record
@@ -244,5 +246,15 @@ def _scan_head_ablation(ctx) -> pd.DataFrame:
     natural = ctx.probes["natural"].tokens
     n_tokens, n_rows = ctx.settings.ablation_tokens, ctx.settings.ablation_batch
     tokens = natural[:n_rows, :n_tokens]
-    mean = head_ablation(ctx.model, tokens, method="mean", reference=natural)
-    return mean[["layer", "head", "kv_head", "delta"]].rename(columns={"delta": "head_ablation_loss_delta"})
+    if not world().parallel:
+        mean = head_ablation(ctx.model, tokens, method="mean", reference=natural)
+        return mean[["layer", "head", "kv_head", "delta"]].rename(columns={"delta": "head_ablation_loss_delta"})
+    # Under torchrun each rank ablates every N-th head (the baseline and the means are every rank's own).
+    n_heads = ctx.model.cfg.n_heads
+    owned = shard(range(ctx.model.cfg.n_layers * n_heads), strided=True)
+    delta = torch.zeros(ctx.model.cfg.n_layers * n_heads, dtype=torch.float64)
+    if owned:
+        mine = head_ablation(ctx.model, tokens, method="mean", reference=natural, heads=[divmod(cell, n_heads) for cell in owned])
+        delta[owned] = torch.tensor(mine["delta"].tolist(), dtype=torch.float64)
+    delta = merge_owned(delta, owned).reshape(ctx.model.cfg.n_layers, n_heads)
+    return head_frame(ctx.model, {"head_ablation_loss_delta": delta})

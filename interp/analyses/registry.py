@@ -30,26 +30,32 @@ class Analysis:
         run: ``fn(ctx) -> DataFrame`` with columns ``layer, head`` plus :attr:`columns`.
         columns: every score column it adds, with a one-line meaning (documented schema).
         description: one sentence for ``interp analyses`` and the report.
+        splits: whether ``run`` shares its work over torch.distributed ranks (each rank runs it and
+            gets the whole result); one that does not runs on rank 0 alone, after the others.
     """
 
     name: str
     run: ScanFn
     columns: dict[str, str]
     description: str
+    splits: bool = True
 
 
 ANALYSES: dict[str, Analysis] = {}
 
 
-def register(name: str) -> Callable[[ScanFn], ScanFn]:
-    """Decorator: register ``fn(ctx) -> DataFrame`` as the scan entry of analysis ``name`` (declared in the catalog)."""
+def register(name: str, *, splits: bool = True) -> Callable[[ScanFn], ScanFn]:
+    """Decorator: register ``fn(ctx) -> DataFrame`` as the scan entry of analysis ``name`` (declared in the catalog).
+
+    ``splits=False``: under torchrun the analysis runs on rank 0 alone (see :attr:`Analysis.splits`).
+    """
 
     def decorate(fn: ScanFn) -> ScanFn:
         if name not in CATALOG:
             raise RuntimeError(f"analysis {name!r} is not declared in interp/catalog.py")
         if name in ANALYSES:
             raise RuntimeError(f"analysis {name!r} registered twice")
-        ANALYSES[name] = Analysis(name, fn, CATALOG[name]["columns"], CATALOG[name]["description"])
+        ANALYSES[name] = Analysis(name, fn, CATALOG[name]["columns"], CATALOG[name]["description"], splits)
         return fn
 
     return decorate

@@ -20,6 +20,7 @@ import torch
 
 from interp.analyses.head_stats import head_frame
 from interp.analyses.registry import register
+from interp.distributed import all_reduce_sum, shard
 from interp.hooks import HookedModel, hook_name
 from interp.kernels import AttentionStats, StatsConfig
 from interp.analyses.needles import NeedleSample, needle_grid
@@ -113,23 +114,42 @@ def retrieval_scores(model: HookedModel, samples: list[NeedleSample], *, on_samp
     Prompts of equal length are decoded together in one batch. ``frame.attrs["summary"]`` holds the
     number of samples, how many were retrieved and the mean recall.
     """
-    total = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    counted, recalls, done = 0, [0.0] * len(samples), 0
+    groups = list(_by_length(samples).values())
+    return _scores_frame(model, samples, groups, _decode_groups(model, samples, groups, on_sample))
+
+
+def _decode_groups(model: HookedModel, samples: list[NeedleSample], groups: list[list[int]], on_sample=None) -> dict[str, torch.Tensor]:
+    """``score`` ``[sample, layer, head]`` (the copy-paste score of each retrieved sample, else 0) and
+    ``recall`` ``[sample]`` of the samples in ``groups`` (one batch per group); other samples stay 0."""
+    score = torch.zeros(len(samples), model.cfg.n_layers, model.cfg.n_heads)
+    recall = torch.zeros(len(samples), dtype=torch.float64)
+    done = 0
     with torch.no_grad():
-        for indices in _by_length(samples).values():
+        for indices in groups:
             steps = max(len(samples[i].answer_ids) for i in indices)
             tokens = torch.cat([samples[i].tokens for i in indices])
             generated, argmax = _decode_rows_with_argmax(model, tokens, steps)
             for row, i in enumerate(indices):
                 sample, n = samples[i], len(samples[i].answer_ids)
                 ids = generated[row, :n].tolist()
-                recalls[i] = answer_recall(ids, sample.answer_ids)
-                if recalls[i] > RECALL_TO_COUNT:
-                    total += copy_paste_score(ids, argmax[row, :n], sample.tokens[0].cpu(), sample.answer_span)
-                    counted += 1
+                recall[i] = answer_recall(ids, sample.answer_ids)
+                if recall[i] > RECALL_TO_COUNT:
+                    score[i] = copy_paste_score(ids, argmax[row, :n], sample.tokens[0].cpu(), sample.answer_span)
             done += len(indices)
             if on_sample:
-                on_sample(done, len(samples))
+                on_sample(done, sum(len(g) for g in groups))
+    return {"score": score, "recall": recall}
+
+
+def _scores_frame(model: HookedModel, samples: list[NeedleSample], groups: list[list[int]], decoded: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """The frame of :func:`retrieval_scores` from every sample's decoding, summed in decoding order."""
+    total = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    counted = 0
+    for i in (i for indices in groups for i in indices):
+        if float(decoded["recall"][i]) > RECALL_TO_COUNT:
+            total += decoded["score"][i]
+            counted += 1
+    recalls = [float(r) for r in decoded["recall"]]
     frame = head_frame(model, {"retrieval_score": total / max(counted, 1)})
     frame["retrieval_head"] = frame["retrieval_score"] > RETRIEVAL_THRESHOLD
     frame.attrs["summary"] = {
@@ -171,15 +191,24 @@ def _zeroing_hooks(model: HookedModel, ablated: list[list[tuple[int, int]]]) -> 
 def _recalls_with_heads_zeroed(
     model: HookedModel, samples: list[NeedleSample], conditions: list[list[tuple[int, int]]]
 ) -> list[float]:
-    """Per condition (a list of heads to zero), :func:`needle_recall` over ``samples`` with those heads zeroed.
+    """Per condition (a list of heads to zero), :func:`needle_recall` over ``samples`` with those heads zeroed."""
+    recalls = _zeroed_recalls(model, samples, list(_by_length(samples).values()), conditions)
+    return [sum(r) / len(r) for r in recalls.tolist()]
 
-    Every condition and every prompt of one length share one batched ``generate``; each row is cut
+
+@torch.no_grad()
+def _zeroed_recalls(
+    model: HookedModel, samples: list[NeedleSample], groups: list[list[int]], conditions: list[list[tuple[int, int]]]
+) -> torch.Tensor:
+    """``[condition, sample]`` recall with each condition's heads zeroed, for the samples in ``groups`` (others 0).
+
+    Every condition and every prompt of one group share one batched ``generate``; each row is cut
     where its own ``generate`` would have stopped (its answer's length, or an end-of-text token).
     """
     eos = model.model.generation_config.eos_token_id
     stops = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
-    recalls = [[0.0] * len(samples) for _ in conditions]
-    for indices in _by_length(samples).values():
+    recalls = torch.zeros(len(conditions), len(samples), dtype=torch.float64)
+    for indices in groups:
         tokens = torch.cat([samples[i].tokens for i in indices]).repeat(len(conditions), 1)  # condition-major rows
         hooks = _zeroing_hooks(model, [heads for heads in conditions for _ in indices])
         steps = max(len(samples[i].answer_ids) for i in indices)
@@ -192,8 +221,8 @@ def _recalls_with_heads_zeroed(
             generated = generated[: len(samples[indices[i]].answer_ids)]
             ended = [step for step, token in enumerate(generated) if token in stops]
             generated = generated[: ended[0] + 1] if ended else generated
-            recalls[condition][indices[i]] = answer_recall(generated, samples[indices[i]].answer_ids)
-    return [sum(r) / len(r) for r in recalls]
+            recalls[condition, indices[i]] = answer_recall(generated, samples[indices[i]].answer_ids)
+    return recalls
 
 
 def retrieval_ablation_check(
@@ -203,12 +232,23 @@ def retrieval_ablation_check(
 
     The clean run, the top-``k`` run and the random draws decode together (one batch per prompt length).
     """
+    groups = list(_by_length(samples).values())
+    conditions = _ablation_conditions(scores, k, n_random, seed)
+    return _ablation_summary(k, n_random, _zeroed_recalls(model, samples, groups, conditions))
+
+
+def _ablation_conditions(scores: pd.DataFrame, k: int, n_random: int, seed: int) -> list[list[tuple[int, int]]]:
+    """No head zeroed, the top-``k`` heads, then ``n_random`` seeded draws of ``k`` heads."""
     ranked = scores.sort_values("retrieval_score", ascending=False)
     top = list(zip(ranked.layer.head(k).astype(int), ranked["head"].head(k).astype(int)))
     everything = list(zip(scores.layer.astype(int), scores["head"].astype(int)))
     rng = random.Random(seed)
     draws = [rng.sample(everything, k) for _ in range(n_random)]
-    clean, top_recall, *random_recalls = _recalls_with_heads_zeroed(model, samples, [[], top, *draws])
+    return [[], top, *draws]
+
+
+def _ablation_summary(k: int, n_random: int, recalls: torch.Tensor) -> dict[str, float]:
+    clean, top_recall, *random_recalls = [sum(r) / len(r) for r in recalls.tolist()]
     return {
         "k": k,
         "recall_clean": clean,
@@ -221,9 +261,17 @@ def retrieval_ablation_check(
 def _scan_retrieval(ctx) -> pd.DataFrame:
     lengths = sorted({max(64, ctx.settings.context_length // 2), max(64, ctx.settings.context_length)})
     samples = needle_grid(ctx.model, context_lengths=lengths, n_samples=ctx.settings.needle_samples, seed=ctx.settings.seed)
-    frame = retrieval_scores(ctx.model, samples, on_sample=ctx.progress)
+    # Under torchrun a rank decodes whole groups of equal-length prompts (every N-th group): each group is
+    # the batch one process decodes, so the greedy tokens and argmax keys are the same; the per-sample
+    # results are gathered (zeros elsewhere: exact) and summed in one process's order.
+    groups = list(_by_length(samples).values())
+    mine = shard(groups, strided=True)
+    decoded = _decode_groups(ctx.model, samples, mine, on_sample=ctx.progress)
+    score, recall = all_reduce_sum(decoded["score"], decoded["recall"])  # unchanged in one process
+    frame = _scores_frame(ctx.model, samples, groups, {"score": score, "recall": recall})
     if ctx.settings.retrieval_check_k:
-        frame.attrs["summary"]["ablation_check"] = retrieval_ablation_check(
-            ctx.model, samples, frame, k=ctx.settings.retrieval_check_k, seed=ctx.settings.seed
-        )
+        k, n_random = ctx.settings.retrieval_check_k, 3
+        conditions = _ablation_conditions(frame, k, n_random, ctx.settings.seed)
+        recalls = all_reduce_sum(_zeroed_recalls(ctx.model, samples, mine, conditions))
+        frame.attrs["summary"]["ablation_check"] = _ablation_summary(k, n_random, recalls)
     return frame

@@ -23,6 +23,7 @@ import torch
 
 from interp.analyses.head_stats import head_frame, head_stat_means
 from interp.analyses.registry import register
+from interp.analyses.split import split_rows
 from interp.hooks import HookedModel
 from interp.kernels import StatsConfig
 
@@ -52,9 +53,17 @@ def _frame(model: HookedModel, means: dict[str, torch.Tensor], *, n_sink: int, e
 
 def sink_rate(model: HookedModel, tokens: torch.Tensor, *, epsilon: float = SINK_EPSILON, backend: str = "auto") -> float:
     """Share of (row, layer, head) with ``alpha_0 > epsilon`` on the first 64 tokens of ``tokens``."""
-    first = tokens[:, :SINK_RATE_TOKENS]
-    alpha = head_stat_means(model, first, StatsConfig(n_sink=1, window=0, received=True), backend=backend)["alpha"]
-    return float((alpha[..., 0] > epsilon).float().mean())
+    return _rate(_first_alpha(model, tokens, range(len(tokens)), backend), epsilon)
+
+
+def _first_alpha(model: HookedModel, tokens: torch.Tensor, rows: range, backend: str) -> torch.Tensor:
+    """``alpha_0`` ``[layer, row, head]`` of ``rows`` on the first ``SINK_RATE_TOKENS`` tokens."""
+    first = tokens[rows.start:rows.stop, :SINK_RATE_TOKENS]
+    return head_stat_means(model, first, StatsConfig(n_sink=1, window=0, received=True), backend=backend)["alpha"][..., 0]
+
+
+def _rate(alpha0: torch.Tensor, epsilon: float) -> float:
+    return float((alpha0 > epsilon).float().mean())
 
 
 def secondary_sinks(
@@ -101,9 +110,11 @@ def _scan_sink(ctx) -> pd.DataFrame:
     means = ctx.head_means("natural")
     frame = _frame(ctx.model, means, n_sink=ctx.settings.n_sink, epsilon=SINK_EPSILON)
     tokens = ctx.probes["natural"].tokens
+    alpha0 = split_rows(len(tokens), lambda rows: {"alpha0": _first_alpha(ctx.model, tokens, rows, ctx.settings.backend)},
+                        {"alpha0": 1})["alpha0"]  # per row: each rank runs its rows
     frame.attrs["tables"] = {"secondary_sinks": secondary_sinks(ctx.model, tokens, means["alpha"])}
     frame.attrs["summary"] = {
-        "sink_rate": sink_rate(ctx.model, tokens, backend=ctx.settings.backend),
+        "sink_rate": _rate(alpha0, SINK_EPSILON),
         "sink_rate_epsilon": SINK_EPSILON,
         "sink_rate_tokens": SINK_RATE_TOKENS,
     }

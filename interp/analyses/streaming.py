@@ -31,6 +31,8 @@ import torch
 
 from interp.analyses.head_stats import head_frame, head_stat_means
 from interp.analyses.registry import register
+from interp.analyses.split import split_rows
+from interp.distributed import merge_owned, shard
 from interp.hooks import HookedModel
 from interp.hooks.replay import record
 from interp.kernels import StatsConfig
@@ -51,11 +53,21 @@ def mass_outside(model: HookedModel, tokens: torch.Tensor, *, n_sink: int, windo
     From those positions on the sink keys and the window do not overlap, so the mass outside is
     ``1 - sink_mass - window_mass`` exactly.
     """
+    return _outside(_sink_window_means(model, tokens, range(len(tokens)), n_sink=n_sink, window=window, backend=backend))
+
+
+def _sink_window_means(model: HookedModel, tokens: torch.Tensor, rows: range, *, n_sink: int, window: int,
+                       backend: str) -> dict[str, torch.Tensor]:
+    """``sink_mass`` and ``window_mass`` ``[layer, head]`` of ``rows``, mean over queries ``p >= n_sink + window``."""
     skip = n_sink + window
     if tokens.shape[1] <= skip:
         raise ValueError(f"streaming proxy needs more than n_sink + window = {skip} tokens, got {tokens.shape[1]}")
-    means = head_stat_means(model, tokens, StatsConfig(n_sink=n_sink, window=window, received=False),
+    means = head_stat_means(model, tokens[rows.start:rows.stop], StatsConfig(n_sink=n_sink, window=window, received=False),
                             skip_queries=skip, backend=backend)
+    return {"sink_mass": means["sink_mass"], "window_mass": means["window_mass"]}
+
+
+def _outside(means: dict[str, torch.Tensor]) -> torch.Tensor:
     return (1 - means["sink_mass"] - means["window_mass"]).clamp_min(0)
 
 
@@ -187,11 +199,17 @@ def _scan_streaming(ctx) -> pd.DataFrame:
     proxy_length = max(settings.context_length, 2 * window)
     causal_length = 2 * window
     tokens = natural_text_tokens(ctx.model, proxy_length, batch=settings.batch, seed=settings.seed)
-    outside = mass_outside(ctx.model, tokens, n_sink=n_sink, window=window, backend=settings.backend)
+    # Under torchrun each rank runs its share of the proxy's rows and every N-th layer of the causal pass.
+    outside = _outside(split_rows(len(tokens), lambda rows: _sink_window_means(
+        ctx.model, tokens, rows, n_sink=n_sink, window=window, backend=settings.backend)))
     samples = [needle_sample(ctx.model, causal_length, 0.2, seed=settings.seed)]
+    layers = shard(range(ctx.model.cfg.n_layers), strided=True)  # a later layer replays fewer blocks
     per_head, per_group = streaming_scores(
-        ctx.model, samples, n_sink=n_sink, window=window, per_head=settings.streaming_per_head, on_layer=ctx.progress
+        ctx.model, samples, n_sink=n_sink, window=window, per_head=settings.streaming_per_head, on_layer=ctx.progress,
+        layers=layers,
     )
+    owned = [layer * ctx.model.cfg.n_heads + head for layer in layers for head in range(ctx.model.cfg.n_heads)]
+    per_head, per_group = (merge_owned(scores.reshape(-1), owned).reshape(scores.shape) for scores in (per_head, per_group))
     frame = head_frame(
         ctx.model, {"streaming_mass_outside": outside, "streaming_score": per_head, "streaming_score_kv": per_group}
     )

@@ -23,6 +23,7 @@ import torch
 
 from interp.analyses.head_stats import head_frame, per_layer_stats
 from interp.analyses.registry import register
+from interp.analyses.split import split_rows
 from interp.hooks import HookedModel
 from interp.kernels import AttentionStats, StatsConfig
 
@@ -60,20 +61,40 @@ def role_scores(
     model: HookedModel, tokens: torch.Tensor, role: str, *, backend: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(score, tl_score)``, each ``[layer, head]``, for ``role`` on ``tokens`` (see module docstring)."""
-    targets, has_target = role_targets(tokens.cpu(), role)
-    if not bool(has_target.any()):
+    _check_targets(tokens, role)
+    parts = _role_parts(model, tokens, role, backend)
+    return parts["mass"] / parts["weight"], parts["tl"]
+
+
+def _check_targets(tokens: torch.Tensor, role: str) -> None:
+    if not bool(role_targets(tokens.cpu(), role)[1].any()):
         raise ValueError(f"no query in these tokens has a {role} target; use repeated tokens")
+
+
+def _role_parts(model: HookedModel, tokens: torch.Tensor, role: str, backend: str) -> dict[str, torch.Tensor]:
+    """``mass``: the attention on ``role``'s targets summed over the queries that have one ``[layer, head]``;
+    ``weight``: how many queries have one; ``tl``: the mean mass over every query ``[layer, head]``."""
+    targets, has_target = role_targets(tokens.cpu(), role)
     weights = has_target.to(model.device, torch.float32)
     config = StatsConfig(n_sink=0, window=0, received=False,
                          targets=None if targets is None else targets.to(model.device))
 
     def reduce(layer: int, stats: AttentionStats) -> tuple[torch.Tensor, torch.Tensor]:
         mass = stats.prev_mass if targets is None else stats.target_mass  # [batch, head, query]
-        score = (mass * weights[:, None]).sum(dim=(0, 2)) / weights.sum()
-        return score.cpu(), mass.mean(dim=(0, 2)).cpu()
+        return (mass * weights[:, None]).sum(dim=(0, 2)).cpu(), mass.mean(dim=(0, 2)).cpu()
 
     per_layer = per_layer_stats(model, tokens, config, reduce, backend=backend)
-    return torch.stack([score for score, _ in per_layer]), torch.stack([tl for _, tl in per_layer])
+    return {"mass": torch.stack([mass for mass, _ in per_layer]), "weight": weights.sum().cpu(),
+            "tl": torch.stack([tl for _, tl in per_layer])}
+
+
+def _split_role_scores(ctx, probe: str, role: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`role_scores` on the scan's ``probe``, each rank running its share of the rows."""
+    tokens = ctx.probes[probe].tokens
+    _check_targets(tokens, role)
+    parts = split_rows(len(tokens), lambda rows: _role_parts(ctx.model, tokens[rows.start:rows.stop], role, ctx.settings.backend),
+                       {"mass": "sum", "weight": "sum", "tl": "mean"})
+    return parts["mass"] / parts["weight"], parts["tl"]
 
 
 def token_role_scores(model: HookedModel, tokens: torch.Tensor, *, backend: str = "auto") -> pd.DataFrame:
@@ -99,13 +120,12 @@ def _previous_token_from_means(ctx, probe: str) -> tuple[torch.Tensor, torch.Ten
 def _register(role: str) -> None:
     @register(role)
     def _scan(ctx) -> pd.DataFrame:
-        backend = ctx.settings.backend
         if role == "previous_token":
             score, tl_score = _previous_token_from_means(ctx, "repeated")
             natural, _ = _previous_token_from_means(ctx, "natural")
         else:
-            score, tl_score = role_scores(ctx.model, ctx.probes["repeated"].tokens, role, backend=backend)
-            natural, _ = role_scores(ctx.model, ctx.probes["natural"].tokens, role, backend=backend)
+            score, tl_score = _split_role_scores(ctx, "repeated", role)
+            natural, _ = _split_role_scores(ctx, "natural", role)
         return head_frame(
             ctx.model, {f"{role}_score": score, f"{role}_score_tl": tl_score, f"{role}_score_natural": natural}
         )

@@ -14,24 +14,36 @@ import torch
 
 from interp.analyses.head_stats import head_frame
 from interp.analyses.registry import register
+from interp.analyses.split import split_rows
 from interp.hooks import HookedModel, hook_name
 
 
 def value_norm_scores(model: HookedModel, tokens: torch.Tensor) -> pd.DataFrame:
     """Per (query) head: ``value_norm_first`` and ``value_norm_ratio`` on ``tokens`` ``[batch, pos]``."""
+    return _frame(model, _value_norms(model, tokens))
+
+
+def _value_norms(model: HookedModel, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``first``: mean value norm at position 0; ``rest``: over positions ``>= 1``; each ``[layer, kv_head]``, mean over rows."""
     names = [hook_name(layer, "attn.hook_v") for layer in range(model.cfg.n_layers)]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names=names, logits_to_keep=1)
-    first, ratio = [], []
+    first, rest = [], []
     for name in names:
         norms = cache[name].float().norm(dim=-1)  # [batch, pos, kv_head]
-        per_kv_first = norms[:, 0].mean(dim=0)
-        per_kv_rest = norms[:, 1:].mean(dim=(0, 1))
-        first.append(per_kv_first.repeat_interleave(model.cfg.n_groups))
-        ratio.append((per_kv_first / per_kv_rest).repeat_interleave(model.cfg.n_groups))
-    return head_frame(model, {"value_norm_first": torch.stack(first), "value_norm_ratio": torch.stack(ratio)})
+        first.append(norms[:, 0].mean(dim=0))
+        rest.append(norms[:, 1:].mean(dim=(0, 1)))
+    return {"first": torch.stack(first), "rest": torch.stack(rest)}
+
+
+def _frame(model: HookedModel, norms: dict[str, torch.Tensor]) -> pd.DataFrame:
+    groups = model.cfg.n_groups
+    first, ratio = norms["first"], norms["first"] / norms["rest"]
+    return head_frame(model, {"value_norm_first": first.repeat_interleave(groups, dim=1),
+                              "value_norm_ratio": ratio.repeat_interleave(groups, dim=1)})
 
 
 @register("value_norm")
 def _scan_value_norm(ctx) -> pd.DataFrame:
-    return value_norm_scores(ctx.model, ctx.probes["natural"].tokens)
+    tokens = ctx.probes["natural"].tokens  # each rank its share of the rows: every row has the same positions
+    return _frame(ctx.model, split_rows(len(tokens), lambda rows: _value_norms(ctx.model, tokens[rows.start:rows.stop])))

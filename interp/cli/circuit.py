@@ -15,7 +15,7 @@ import typer
 
 from interp.models.builtin import DEFAULT_MODEL
 from interp.cli.causal import check_out, write_atomically
-from interp.cli.common import DebugOption, DtypeOption, check_source, console, one_line_errors, task_or_data
+from interp.cli.common import DebugOption, DtypeOption, check_source, console, one_line_errors, quiet_loading, task_or_data
 from interp.errors import InterpError
 
 
@@ -47,6 +47,7 @@ def register_commands(app: typer.Typer) -> None:
     ) -> None:
         """Find the circuit behind a task: score every edge (EAP / EAP-IG), evaluate top-n circuits exactly, write files."""
 
+        quiet_loading(debug)
         with one_line_errors(debug, interrupted=None):
             check_source(task, data)
             for flag, value in (("--n", n), ("--batch", batch), ("--steps", steps), ("--edges", edges)):

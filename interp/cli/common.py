@@ -24,12 +24,23 @@ DtypeOption = Annotated[str, typer.Option(metavar="DTYPE", help="float32, bfloat
 APP_SETTINGS = {"rich_markup_mode": None, "context_settings": {"max_content_width": 100, "help_option_names": ["-h", "--help"]}}
 
 
+def launch_rank() -> tuple[int, int]:
+    """``(RANK, WORLD_SIZE)`` that torchrun / accelerate set (``(0, 1)`` for a plain run), read without importing torch."""
+
+    def number(name: str, default: int) -> int:
+        value = os.environ.get(name, "").strip()
+        return int(value) if value.isdigit() else default
+
+    return number("RANK", 0), number("WORLD_SIZE", 1)
+
+
 def quiet_loading(debug: bool) -> None:
     """Hide transformers' / huggingface_hub's tqdm bars (``Loading weights``, the GGUF conversion) beside interp's own.
 
-    Must run before transformers is imported (it reads the variable once); ``--debug`` keeps them.
+    Every command calls it first: it must run before transformers is imported (it reads the variable
+    once). ``--debug`` keeps the bars, on rank 0 only: under torchrun the other ranks never draw them.
     """
-    if debug:
+    if debug and launch_rank()[0] == 0:
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # transformers' GGUF conversion draws a bare tqdm bar; tqdm reads TQDM_* defaults when it is imported.

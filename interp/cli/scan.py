@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from interp.cli.common import DebugOption, DtypeOption, console, one_line_errors, quiet_loading
+from interp.cli.common import DebugOption, DtypeOption, console, launch_rank, one_line_errors, quiet_loading
+from interp.errors import InterpError
 from interp.models.builtin import DEFAULT_MODEL
 
 
@@ -25,17 +26,18 @@ def _device_type(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _other_rank() -> bool:
-    """Under torchrun / accelerate: True on ranks other than 0, which leave the scan to rank 0 (it says so)."""
-    from interp.distributed import is_writer, launched
+def _rank_note(chosen: list[str]) -> None:
+    """Under torchrun, rank 0's one line on how the ranks share the scan (the analyses that do not split run on rank 0 only)."""
+    from interp.analyses import ANALYSES
+    from interp.distributed import world
 
-    if not launched():
-        return False
-    if is_writer():
-        console.print("note: interp scan does not split its analyses over processes; rank 0 runs every analysis, "
-                      "the other ranks exit (the circuit, patch and trace commands split their rows)", highlight=False, soft_wrap=True)
-        return False
-    return True
+    only = [name for name in chosen if not ANALYSES[name].splits]
+    size = world().size
+    if only:
+        console.print(f"note: {size} processes share the scan; on rank 0 only (they do not split): {', '.join(only)}",
+                      highlight=False, soft_wrap=True)
+    else:
+        console.print(f"note: {size} processes share every analysis of the scan", highlight=False, soft_wrap=True)
 
 
 def _print_resume(plan: dict[str, str]) -> None:
@@ -69,15 +71,38 @@ class _LogLines:
         """Sub-steps stay silent: a log gets one line per analysis."""
 
 
+def _load(model: str, device: str, dtype: str):
+    import interp
+    from interp.distributed import rank_device
+
+    if device == "map":
+        return interp.load(model, dtype=dtype, device_map="auto")
+    return interp.load(model, device=rank_device(device), dtype=dtype)  # under torchrun: auto = this rank's GPU
+
+
+def _share_scan(model, chosen, settings, max_bytes, device, dtype, resume, threads) -> None:
+    """A rank other than 0 under torchrun: its share of the analyses that split; silent, writes nothing."""
+    import warnings
+
+    import interp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rank 0 shows the same warnings once
+        interp.scan(_load(model, device, dtype), analyses=chosen, settings=settings, resume=resume, max_memory=max_bytes,
+                    threads=threads)
+
+
 def _run_scan(model, out, chosen, settings, max_bytes, device, dtype, overwrite, resume, report, threads):
     import time
 
     import interp
+    from interp.distributed import alone, launched
+
+    if launched():
+        _rank_note(chosen)
 
     def load():
-        if device == "map":
-            return interp.load(model, dtype=dtype, device_map="auto")
-        return interp.load(model, device=device, dtype=dtype)
+        return _load(model, device, dtype)
 
     def run(hooked, on_progress, on_step):
         return interp.scan(
@@ -112,11 +137,12 @@ def _run_scan(model, out, chosen, settings, max_bytes, device, dtype, overwrite,
                 progress.update(step, completed=done, total=total, description=f"  {name}", visible=True)
 
             result = run(hooked, on_progress, on_step)
-    interp.write_scan(result, out, overwrite=overwrite, resume=resume)
-    if report:
-        from interp.report import write_report
+    with alone():  # rank 0 alone writes (and runs the report's few forwards); the other ranks are done
+        interp.write_scan(result, out, overwrite=overwrite, resume=resume)
+        if report:
+            from interp.report import write_report
 
-        write_report(result, out, model=hooked, overwrite=True)  # write_scan removed the previous run's report
+            write_report(result, out, model=hooked, overwrite=True)  # write_scan removed the previous run's report
     return result, hooked
 
 
@@ -178,10 +204,16 @@ def register_commands(app: typer.Typer) -> None:
             max_bytes = parse_size(max_memory) if max_memory else None
             # auto: on a CPU shared with another job one thread is several times faster than one per core.
             threads = thread_setting(threads) or "auto"
-            check_output_dir(out, overwrite=overwrite, resume=resume)
+            rank, size = launch_rank()  # under torchrun: rank 0 checks and writes --out, the others take their share
+            if size > 1 and device == "map":
+                raise InterpError("--device map spreads one process over every GPU; under torchrun use --device auto "
+                                  "(each rank its own GPU)")
+            if rank == 0:
+                check_output_dir(out, overwrite=overwrite, resume=resume)
             if backend == "triton":
                 check_backend(backend, _device_type(device))
-            if _other_rank():
+            if rank != 0:
+                _share_scan(model, chosen, settings, max_bytes, device, dtype, resume, threads)
                 return
             with folder_lock(out, what="scan"):
                 result, hooked = _run_scan(model, out, chosen, settings, max_bytes, device, dtype, overwrite, resume, report, threads)

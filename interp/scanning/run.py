@@ -14,16 +14,19 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from interp.analyses import resolve_analyses
 from interp.analyses.context import ScanContext
-from interp.analyses.head_stats import stats_progress
+from interp.analyses.head_stats import head_frame, stats_progress
 from interp.analyses.probes import check_probe_length, default_probes
+from interp.distributed import all_reduce_sum, alone, is_writer, world
 from interp.errors import BeyondContextWarning, InterpError
 from interp.hooks import HookedModel
 from interp.kernels import chunk_budget
@@ -92,6 +95,11 @@ def scan(
     own), or ``"auto"`` to probe the load once; recorded as ``metadata["threads"]``. The same model,
     settings and thread count give bit-identical tables (see :mod:`interp.threads`). Bad settings, a length past the model's window, a scan that cannot fit
     and an unusable ``checkpoint_dir`` all fail before any probe is built.
+
+    Under torchrun every rank calls this with the same arguments: each analysis runs on every rank,
+    each taking its share of the work (:mod:`interp.analyses.split`); one registered with
+    ``splits=False`` then runs on rank 0 alone. Rank 0 alone keeps checkpoints and returns every
+    analysis; another rank's result holds the analyses it shared (docs/distributed.md).
     """
     settings = settings or ScanSettings()
     if not isinstance(settings, ScanSettings):
@@ -103,8 +111,9 @@ def scan(
     check_probe_length(model, settings.context_length, beyond_context=settings.beyond_context)
     plan = plan_scan(model, settings, max_bytes=parse_size(max_memory) if isinstance(max_memory, str) else max_memory)
     fingerprint = settings_fingerprint(model, settings)
+    ranks = world()  # under torchrun: joins the group; the analyses that split share their work
     checkpoints = None
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and ranks.rank == 0:  # rank 0 alone writes and reads checkpoints
         checkpoint_dir = Path(checkpoint_dir)
         if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
             raise InterpError(f"checkpoint_dir {checkpoint_dir} is a file; give a folder path")
@@ -113,16 +122,29 @@ def scan(
     reuse = resume_plan(checkpoints, [a.name for a in chosen], settings) if checkpoints and resume else {}
     if on_resume and checkpoints and resume:
         on_resume(reuse)
+    rank0_only = _rank0_only(chosen, reuse, resume) if ranks.parallel else set()
     torch.manual_seed(settings.seed)
     with warnings.catch_warnings(), run_threads(threads, model.device) as n_threads:
         if settings.beyond_context:
             warnings.simplefilter("ignore", BeyondContextWarning)
-        result = _run_scan(model, chosen, settings, plan, checkpoints, reuse, fingerprint, on_progress, on_step)
+        result = _run_scan(model, chosen, settings, plan, checkpoints, reuse, fingerprint, on_progress, on_step, rank0_only)
     result.metadata["threads"] = n_threads
+    if ranks.parallel:
+        result.metadata["ranks"] = {"world_size": ranks.size, "rank_0_only": [a.name for a in chosen if not a.splits]}
     return result
 
 
-def _run_scan(model, chosen, settings, plan, checkpoints, reuse, fingerprint, on_progress, on_step) -> ScanResult:
+def _rank0_only(chosen, reuse: dict[str, str], resume: bool) -> set[str]:
+    """Under torchrun: the analyses rank 0 runs alone (they do not split) or reuses from its checkpoints
+    (rank 0 tells the others which, in one ``all_reduce``); the other ranks skip them."""
+    only = {a.name for a in chosen if not a.splits}
+    if resume:
+        mine = np.array([float(reuse.get(a.name) == REUSED) for a in chosen]) if is_writer() else np.zeros(len(chosen))
+        only |= {a.name for a, reused in zip(chosen, all_reduce_sum(mine)) if reused > 0}
+    return only
+
+
+def _run_scan(model, chosen, settings, plan, checkpoints, reuse, fingerprint, on_progress, on_step, rank0_only=frozenset()) -> ScanResult:
     probes = default_probes(
         model, context_length=settings.context_length, batch=settings.batch, seed=settings.seed,
         beyond_context=settings.beyond_context,
@@ -134,7 +156,13 @@ def _run_scan(model, chosen, settings, plan, checkpoints, reuse, fingerprint, on
     tables: dict[str, pd.DataFrame] = {}
     summary: dict[str, dict] = {}
     resumed: list[str] = []
-    for index, analysis in enumerate(chosen):
+    # Under torchrun the analyses that split run first, on every rank; then rank 0 runs the rest alone.
+    order = [a for a in chosen if a.name not in rank0_only] + [a for a in chosen if a.name in rank0_only]
+    writer = is_writer()
+    finished: dict[str, tuple[pd.DataFrame, float]] = {}
+    for index, analysis in enumerate(order):
+        if analysis.name in rank0_only and not writer:
+            break
         if on_progress:
             on_progress(analysis.name, index, len(chosen))
         if on_step:
@@ -145,12 +173,18 @@ def _run_scan(model, chosen, settings, plan, checkpoints, reuse, fingerprint, on
             resumed.append(analysis.name)
         else:
             start = time.perf_counter()
-            with chunk_budget(plan.chunk_bytes), stats_progress(ctx.progress if on_step else None):
+            with chunk_budget(plan.chunk_bytes), stats_progress(ctx.progress if on_step else None), \
+                    alone() if analysis.name in rank0_only else nullcontext():
                 table = analysis.run(ctx)
             seconds = round(time.perf_counter() - start, 3)
             if checkpoints:
                 checkpoints.save(analysis.name, table, seconds)
         _check_finite(model, ctx, analysis.name, table, analysis.columns)
+        finished[analysis.name] = table, seconds
+    ran = [a for a in chosen if a.name in finished]  # the table's columns keep the requested order
+    resumed = [a.name for a in ran if a.name in resumed]
+    for analysis in ran:
+        table, seconds = finished[analysis.name]
         timings[analysis.name] = seconds
         columns.update(analysis.columns)
         tables.update(table.attrs.get("tables", {}))
@@ -158,13 +192,15 @@ def _run_scan(model, chosen, settings, plan, checkpoints, reuse, fingerprint, on
             summary[analysis.name] = table.attrs["summary"]
         table = table[[c for c in table.columns if c in KEY_COLUMNS or c in analysis.columns]]
         heads = table if heads is None else heads.merge(table, on=list(KEY_COLUMNS), validate="one_to_one")
-    if on_progress:
+    if heads is None:  # a rank other than 0 with nothing to share
+        heads = head_frame(model, {})
+    if on_progress and writer:
         on_progress("done", len(chosen), len(chosen))
     metadata = {
         "schema_version": SCHEMA_VERSION,
         "model": asdict(model.cfg),
         "settings": asdict(settings),
-        "analyses": [a.name for a in chosen],
+        "analyses": [a.name for a in ran],
         "columns": columns,
         "summary": summary,
         "tables": sorted(tables),
