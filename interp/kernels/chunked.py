@@ -21,7 +21,8 @@ so ``lse - sum(A * s)`` would cancel two numbers of that size and lose 1e-5..1e-
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 import math
@@ -88,8 +89,8 @@ def reuse_workspace() -> Iterator[None]:
             _scratch.__dict__.pop("buffers", None)
 
 
-def _workspace(numel: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Two flat float32 buffers (scores, pattern) of at least ``numel`` elements."""
+def _workspace(numel: int, device: torch.device, slot: int = 0) -> tuple[Tensor, Tensor]:
+    """Two flat float32 buffers (scores, pattern) of at least ``numel`` elements; one pair per ``slot`` (worker)."""
 
     def fresh() -> tuple[Tensor, Tensor]:
         # Plain tensors even under torch.inference_mode(): a later call outside it must still write to them.
@@ -99,10 +100,11 @@ def _workspace(numel: int, device: torch.device) -> tuple[Tensor, Tensor]:
     if not _reusing.get():
         return fresh()
     buffers: dict[str, tuple[Tensor, Tensor]] = _scratch.__dict__.setdefault("buffers", {})
-    held = buffers.get(str(device))
+    key = f"{device}/{slot}"
+    held = buffers.get(key)
     if held is None or held[0].numel() < numel:
-        buffers.pop(str(device), None)  # free the smaller pair before allocating the larger one
-        held = buffers[str(device)] = fresh()
+        buffers.pop(key, None)  # free the smaller pair before allocating the larger one
+        held = buffers[key] = fresh()
     return held
 
 
@@ -139,6 +141,52 @@ def _row_max_argmax(scores: Tensor) -> tuple[Tensor, Tensor]:
         cols = cols.clamp(max=span - 1)  # a short last block repeats its last column: harmless for argmax
     within = scores.gather(-1, cols).argmax(-1)
     return row_max, block * _ARGMAX_BLOCK + within
+
+
+def _run_in_threads(
+    run_chunk: Callable[[int, Tensor, Tensor, Tensor | None], None],
+    starts: range,
+    buffers: list[tuple[Tensor, Tensor]],
+    received: Tensor | None,
+) -> None:
+    """Run the chunks on ``len(buffers)`` threads, each running torch's ops on one core.
+
+    torch parallelizes each op across its threads, and the chunked kernel makes a few dozen ops per
+    chunk: each ends at a barrier, where every thread waits for the slowest (on a busy machine, for one
+    that lost its core), and most are too short to split well. Whole chunks per thread need no barrier
+    but the last, and each chunk's ops then run on one thread, so the results do not depend on the number
+    of threads (except ``received``, summed over threads at the end). Threads take the next chunk as they
+    finish one. The output and statistics of different chunks are disjoint; ``received`` overlaps, so
+    every thread but the first sums into a buffer of its own.
+    """
+    pending = iter(starts)
+    lock = threading.Lock()
+    sums = [received] + [None if received is None else torch.zeros_like(received) for _ in buffers[1:]]
+    # Grad and inference mode are per thread: the workers take the caller's.
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def work(slot: int) -> None:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            while True:
+                with lock:
+                    start = next(pending, None)
+                if start is None:
+                    return
+                run_chunk(start, *buffers[slot], sums[slot])
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(len(buffers) - 1) as pool:
+            others = [pool.submit(work, slot) for slot in range(1, len(buffers))]
+            work(0)
+            for other in others:
+                other.result()
+    finally:
+        torch.set_num_threads(threads)
+    for extra in sums[1:]:
+        if extra is not None:
+            received += extra
 
 
 def attention_with_stats_chunked(
@@ -202,17 +250,12 @@ def attention_with_stats_chunked(
     # Contiguous [d, key] operands make the per-kv-head matrix products markedly faster on CPU.
     k_t = k.float().transpose(-1, -2).contiguous()
     v32 = v.float().contiguous()  # HF hands a transposed view; contiguous, each chunk's rows are a view too
-    # Gradients (e.g. attribution through a statistics forward) need the allocating, out-of-place ops;
-    # without them the products and the softmax write into reused buffers.
-    if not track:
-        reaches = [w for w in (sliding_window, attention_chunk) if w is not None]
-        max_span = n_key if not reaches else min(n_key, chunk_size + min(reaches) - 1)
-        scores_buffer, probs_buffer = _workspace(batch * n_heads * min(chunk_size, n_query) * max_span, device)
-
     # Per chunk shape, built once per call: the causal mask [c, c] and the recent-window columns.
     masks: dict[int, Tensor] = {}
     windows: dict[tuple[int, int], Tensor] = {}
-    for start in range(0, n_query, chunk_size):
+
+    def run_chunk(start: int, scores_buffer: Tensor | None, probs_buffer: Tensor | None, received: Tensor | None) -> None:
+        """Queries [start, start + chunk_size): their output and statistics, added to ``received``."""
         stop = min(start + chunk_size, n_query)
         c = stop - start
         # Keys this chunk can see: [key_lo, key_hi).
@@ -337,6 +380,24 @@ def attention_with_stats_chunked(
             )
         if received is not None:
             received[..., key_lo:key_hi] += probs.sum(dim=-2)
+
+    # Gradients (e.g. attribution through a statistics forward) need the allocating, out-of-place ops;
+    # without them the products and the softmax write into reused buffers, one pair per worker.
+    starts = range(0, n_query, chunk_size)
+    workers = 1 if track or device.type != "cpu" else max(1, min(torch.get_num_threads(), len(starts)))
+    if track:
+        for start in starts:
+            run_chunk(start, None, None, received)
+    else:
+        reaches = [w for w in (sliding_window, attention_chunk) if w is not None]
+        max_span = n_key if not reaches else min(n_key, chunk_size + min(reaches) - 1)
+        numel = batch * n_heads * min(chunk_size, n_query) * max_span
+        buffers = [_workspace(numel, device, slot) for slot in range(workers)]
+        if workers == 1:
+            for start in starts:
+                run_chunk(start, *buffers[0], received)
+        else:
+            _run_in_threads(run_chunk, starts, buffers, received)
 
     def flat(t: Tensor) -> Tensor:
         """[b, kv, g, ...] -> [b, h, ...]."""
