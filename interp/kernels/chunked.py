@@ -14,6 +14,9 @@ so every statistic is derived from as few of them as possible:
   product; ``received`` is a sum over queries;
 * the other statistics read a few columns of ``A``.
 
+With several torch threads, whole chunks go to worker threads that each run torch's ops on one core
+(`_run_in_threads`): the ops of one chunk are too many and too short to split across cores.
+
 Everything is kept relative to ``m``: ``lse - m = -log(max_prob)`` and ``s - m`` are small (or exactly
 representable), while ``lse`` itself reaches the hundreds (Gemma 3: ~355, where a float32 ulp is 3e-5),
 so ``lse - sum(A * s)`` would cancel two numbers of that size and lose 1e-5..1e-4 of the entropy.
@@ -108,13 +111,15 @@ def _workspace(numel: int, device: torch.device, slot: int = 0) -> tuple[Tensor,
     return held
 
 
-def default_chunk_size(batch: int, n_heads: int, n_query: int, n_key: int, budget_bytes: int | None = None) -> int:
-    """Queries per chunk so that one float32 ``[batch, heads, chunk, n_key]`` score block fits a budget.
+def default_chunk_size(
+    batch: int, n_heads: int, n_query: int, n_key: int, budget_bytes: int | None = None, workers: int = 1
+) -> int:
+    """Queries per chunk so that ``workers`` float32 ``[batch, heads, chunk, n_key]`` score blocks fit a budget.
 
     ``budget_bytes=None`` uses DEFAULT_CHUNK_BUDGET_BYTES but never goes below MIN_CHUNK queries (Python
     overhead); an explicit budget (from memory planning) is honoured strictly, down to one query.
     """
-    per_query = batch * n_heads * n_key * 4
+    per_query = batch * n_heads * n_key * 4 * workers
     if budget_bytes is None:
         return max(1, min(n_query, max(MIN_CHUNK, DEFAULT_CHUNK_BUDGET_BYTES // per_query)))
     return max(1, min(n_query, budget_bytes // per_query))
@@ -206,9 +211,10 @@ def attention_with_stats_chunked(
 ) -> tuple[Tensor, AttentionStats]:
     """Same results as the reference, computed query chunk by query chunk.
 
-    chunk_size: queries per chunk; None picks ``default_chunk_size(..., budget_bytes=chunk_bytes)``.
-    chunk_bytes: None takes the enclosing :func:`chunk_budget`, if any. The two block buffers take
-    about ``2 * chunk_bytes``.
+    chunk_size: queries per chunk; None picks ``default_chunk_size(..., budget_bytes=chunk_bytes)``, shared
+    by the worker threads (one per torch thread, without gradients on the CPU).
+    chunk_bytes: None takes the enclosing :func:`chunk_budget`, if any. The block buffers (two per worker)
+    take about ``2 * chunk_bytes``.
     """
     config = config or StatsConfig()
     scale = validate_inputs(
@@ -219,9 +225,12 @@ def attention_with_stats_chunked(
     n_kv_heads, n_key, d_head_v = k.shape[1], k.shape[2], v.shape[3]
     group = n_heads // n_kv_heads
     q_offset = n_key - n_query
-    if chunk_size is None:
+    track = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    # Without gradients on the CPU, each of torch's threads takes whole chunks (`_run_in_threads`).
+    threads = 1 if track or q.device.type != "cpu" else torch.get_num_threads()
+    if chunk_size is None:  # the workers' blocks share the budget
         budget = chunk_bytes if chunk_bytes is not None else _planned_budget.get()
-        chunk_size = default_chunk_size(batch, n_heads, n_query, n_key, budget)
+        chunk_size = default_chunk_size(batch, n_heads, n_query, n_key, budget, workers=threads)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
@@ -233,7 +242,6 @@ def attention_with_stats_chunked(
     # Every float32 statistic is a view of one allocation: callers keep the statistics of each layer,
     # and a dozen small blocks per layer left between freed activations fragment the CPU heap.
     # (Autograd cannot write into views of one buffer, so tracked calls allocate each on its own.)
-    track = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     shapes = [grouped] * 8 + [(*grouped, config.n_sink), (batch, n_kv_heads, group, n_key if config.received else 0)]
     numels = [math.prod(shape) for shape in shapes]
     if track:
@@ -384,7 +392,7 @@ def attention_with_stats_chunked(
     # Gradients (e.g. attribution through a statistics forward) need the allocating, out-of-place ops;
     # without them the products and the softmax write into reused buffers, one pair per worker.
     starts = range(0, n_query, chunk_size)
-    workers = 1 if track or device.type != "cpu" else max(1, min(torch.get_num_threads(), len(starts)))
+    workers = max(1, min(threads, len(starts)))
     if track:
         for start in starts:
             run_chunk(start, None, None, received)

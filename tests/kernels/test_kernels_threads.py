@@ -111,3 +111,21 @@ def test_tracked_calls_stay_on_the_callers_thread(threads) -> None:
     ref_out, _ = attention_with_stats_reference(ref_q, k, v, **kwargs)
     ref_out.sum().backward()
     torch.testing.assert_close(q.grad, ref_q.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_the_workers_share_a_planned_block_budget(threads) -> None:
+    """Memory planning sizes the score blocks (`chunk_budget`): two workers take half of it each."""
+    from interp.kernels.chunked import _scratch, chunk_budget, reuse_workspace
+
+    (q, k, v), kwargs = make_case(n_kv_heads=2, group=3)
+    block_row = q.shape[0] * q.shape[1] * k.shape[2] * 4  # bytes of one query's [batch, head, key] scores
+    budget = 12 * block_row
+    threads(2)
+    with reuse_workspace(), chunk_budget(budget):
+        out, stats = attention_with_stats_chunked(q, k, v, **kwargs)
+        held = _scratch.__dict__["buffers"]
+        assert len(held) == 2  # a (scores, pattern) pair per worker
+        assert all(buffer.numel() * 4 <= budget // 2 for pair in held.values() for buffer in pair)
+    ref_out, ref_stats = attention_with_stats_reference(q, k, v, **kwargs)
+    torch.testing.assert_close(out, ref_out, atol=2e-5, rtol=1e-5)
+    assert_stats_close(stats, ref_stats, atol=2e-5, received_atol=1e-4)
