@@ -160,23 +160,20 @@ def _run_in_threads(
     chunk: each ends at a barrier, where every thread waits for the slowest (on a busy machine, for one
     that lost its core), and most are too short to split well. Whole chunks per thread need no barrier
     but the last, and each chunk's ops then run on one thread, so the results do not depend on the number
-    of threads (except ``received``, summed over threads at the end). Threads take the next chunk as they
-    finish one. The output and statistics of different chunks are disjoint; ``received`` overlaps, so
-    every thread but the first sums into a buffer of its own.
+    of threads (except ``received``, summed over threads at the end). The output and statistics of
+    different chunks are disjoint; ``received`` overlaps, so every thread but the first sums into a
+    buffer of its own. Thread w takes chunks w, w + N, w + 2N, ... (causal chunks grow with position,
+    so each gets a fair share): a fixed assignment keeps ``received``'s summation order, and so its
+    bits, the same from run to run.
     """
-    pending = iter(starts)
-    lock = threading.Lock()
+    workers = len(buffers)
     sums = [received] + [None if received is None else torch.zeros_like(received) for _ in buffers[1:]]
     # Grad and inference mode are per thread: the workers take the caller's.
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
     def work(slot: int) -> None:
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            while True:
-                with lock:
-                    start = next(pending, None)
-                if start is None:
-                    return
+            for start in starts[slot::workers]:
                 run_chunk(start, *buffers[slot], sums[slot])
 
     threads = torch.get_num_threads()

@@ -129,3 +129,11 @@ def test_the_workers_share_a_planned_block_budget(threads) -> None:
     ref_out, ref_stats = attention_with_stats_reference(q, k, v, **kwargs)
     torch.testing.assert_close(out, ref_out, atol=2e-5, rtol=1e-5)
     assert_stats_close(stats, ref_stats, atol=2e-5, received_atol=1e-4)
+
+
+def test_received_repeats_bit_for_bit_on_two_threads(threads) -> None:
+    """Each worker takes fixed chunks, so received is summed in the same order every run."""
+    (q, k, v), kwargs = make_case(n_kv_heads=2, group=3, n_query=97, n_key=97)
+    threads(2)
+    runs = [attention_with_stats_chunked(q, k, v, chunk_size=3, **kwargs)[1].received for _ in range(4)]
+    assert all(torch.equal(run, runs[0]) for run in runs[1:])
