@@ -64,6 +64,7 @@ Backends
 "reference"  plain PyTorch on the full pattern: the readable definition; tests only.
 "chunked"    PyTorch, loops over query chunks, O(chunk x n_key) memory; default on CPU. Inside
              `with chunk_budget(nbytes):` its score block is sized to nbytes (memory planning).
+             With N torch threads, N worker threads take whole chunks (one score block each).
 "triton"     flash-attention style Triton kernels, O(n) memory; default for CUDA tensors.
              On CPU it runs only under TRITON_INTERPRET=1 (set before triton is imported).
 """

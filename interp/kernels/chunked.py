@@ -14,6 +14,9 @@ so every statistic is derived from as few of them as possible:
   product; ``received`` is a sum over queries;
 * the other statistics read a few columns of ``A``.
 
+With several torch threads, whole chunks go to worker threads that each run torch's ops on one core
+(`_run_in_threads`): the ops of one chunk are too many and too short to split across cores.
+
 Everything is kept relative to ``m``: ``lse - m = -log(max_prob)`` and ``s - m`` are small (or exactly
 representable), while ``lse`` itself reaches the hundreds (Gemma 3: ~355, where a float32 ulp is 3e-5),
 so ``lse - sum(A * s)`` would cancel two numbers of that size and lose 1e-5..1e-4 of the entropy.
@@ -21,7 +24,8 @@ so ``lse - sum(A * s)`` would cancel two numbers of that size and lose 1e-5..1e-
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 import math
@@ -88,8 +92,8 @@ def reuse_workspace() -> Iterator[None]:
             _scratch.__dict__.pop("buffers", None)
 
 
-def _workspace(numel: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Two flat float32 buffers (scores, pattern) of at least ``numel`` elements."""
+def _workspace(numel: int, device: torch.device, slot: int = 0) -> tuple[Tensor, Tensor]:
+    """Two flat float32 buffers (scores, pattern) of at least ``numel`` elements; one pair per ``slot`` (worker)."""
 
     def fresh() -> tuple[Tensor, Tensor]:
         # Plain tensors even under torch.inference_mode(): a later call outside it must still write to them.
@@ -99,20 +103,23 @@ def _workspace(numel: int, device: torch.device) -> tuple[Tensor, Tensor]:
     if not _reusing.get():
         return fresh()
     buffers: dict[str, tuple[Tensor, Tensor]] = _scratch.__dict__.setdefault("buffers", {})
-    held = buffers.get(str(device))
+    key = f"{device}/{slot}"
+    held = buffers.get(key)
     if held is None or held[0].numel() < numel:
-        buffers.pop(str(device), None)  # free the smaller pair before allocating the larger one
-        held = buffers[str(device)] = fresh()
+        buffers.pop(key, None)  # free the smaller pair before allocating the larger one
+        held = buffers[key] = fresh()
     return held
 
 
-def default_chunk_size(batch: int, n_heads: int, n_query: int, n_key: int, budget_bytes: int | None = None) -> int:
-    """Queries per chunk so that one float32 ``[batch, heads, chunk, n_key]`` score block fits a budget.
+def default_chunk_size(
+    batch: int, n_heads: int, n_query: int, n_key: int, budget_bytes: int | None = None, workers: int = 1
+) -> int:
+    """Queries per chunk so that ``workers`` float32 ``[batch, heads, chunk, n_key]`` score blocks fit a budget.
 
     ``budget_bytes=None`` uses DEFAULT_CHUNK_BUDGET_BYTES but never goes below MIN_CHUNK queries (Python
     overhead); an explicit budget (from memory planning) is honoured strictly, down to one query.
     """
-    per_query = batch * n_heads * n_key * 4
+    per_query = batch * n_heads * n_key * 4 * workers
     if budget_bytes is None:
         return max(1, min(n_query, max(MIN_CHUNK, DEFAULT_CHUNK_BUDGET_BYTES // per_query)))
     return max(1, min(n_query, budget_bytes // per_query))
@@ -141,6 +148,49 @@ def _row_max_argmax(scores: Tensor) -> tuple[Tensor, Tensor]:
     return row_max, block * _ARGMAX_BLOCK + within
 
 
+def _run_in_threads(
+    run_chunk: Callable[[int, Tensor, Tensor, Tensor | None], None],
+    starts: range,
+    buffers: list[tuple[Tensor, Tensor]],
+    received: Tensor | None,
+) -> None:
+    """Run the chunks on ``len(buffers)`` threads, each running torch's ops on one core.
+
+    torch parallelizes each op across its threads, and the chunked kernel makes a few dozen ops per
+    chunk: each ends at a barrier, where every thread waits for the slowest (on a busy machine, for one
+    that lost its core), and most are too short to split well. Whole chunks per thread need no barrier
+    but the last, and each chunk's ops then run on one thread, so the results do not depend on the number
+    of threads (except ``received``, summed over threads at the end). The output and statistics of
+    different chunks are disjoint; ``received`` overlaps, so every thread but the first sums into a
+    buffer of its own. Thread w takes chunks w, w + N, w + 2N, ... (causal chunks grow with position,
+    so each gets a fair share): a fixed assignment keeps ``received``'s summation order, and so its
+    bits, the same from run to run.
+    """
+    workers = len(buffers)
+    sums = [received] + [None if received is None else torch.zeros_like(received) for _ in buffers[1:]]
+    # Grad and inference mode are per thread: the workers take the caller's.
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def work(slot: int) -> None:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            for start in starts[slot::workers]:
+                run_chunk(start, *buffers[slot], sums[slot])
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(len(buffers) - 1) as pool:
+            others = [pool.submit(work, slot) for slot in range(1, len(buffers))]
+            work(0)
+            for other in others:
+                other.result()
+    finally:
+        torch.set_num_threads(threads)
+    for extra in sums[1:]:
+        if extra is not None:
+            received += extra
+
+
 def attention_with_stats_chunked(
     q: Tensor,
     k: Tensor,
@@ -158,9 +208,10 @@ def attention_with_stats_chunked(
 ) -> tuple[Tensor, AttentionStats]:
     """Same results as the reference, computed query chunk by query chunk.
 
-    chunk_size: queries per chunk; None picks ``default_chunk_size(..., budget_bytes=chunk_bytes)``.
-    chunk_bytes: None takes the enclosing :func:`chunk_budget`, if any. The two block buffers take
-    about ``2 * chunk_bytes``.
+    chunk_size: queries per chunk; None picks ``default_chunk_size(..., budget_bytes=chunk_bytes)``, shared
+    by the worker threads (one per torch thread, without gradients on the CPU).
+    chunk_bytes: None takes the enclosing :func:`chunk_budget`, if any. The block buffers (two per worker)
+    take about ``2 * chunk_bytes``.
     """
     config = config or StatsConfig()
     scale = validate_inputs(
@@ -171,9 +222,12 @@ def attention_with_stats_chunked(
     n_kv_heads, n_key, d_head_v = k.shape[1], k.shape[2], v.shape[3]
     group = n_heads // n_kv_heads
     q_offset = n_key - n_query
-    if chunk_size is None:
+    track = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    # Without gradients on the CPU, each of torch's threads takes whole chunks (`_run_in_threads`).
+    threads = 1 if track or q.device.type != "cpu" else torch.get_num_threads()
+    if chunk_size is None:  # the workers' blocks share the budget
         budget = chunk_bytes if chunk_bytes is not None else _planned_budget.get()
-        chunk_size = default_chunk_size(batch, n_heads, n_query, n_key, budget)
+        chunk_size = default_chunk_size(batch, n_heads, n_query, n_key, budget, workers=threads)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
@@ -185,7 +239,6 @@ def attention_with_stats_chunked(
     # Every float32 statistic is a view of one allocation: callers keep the statistics of each layer,
     # and a dozen small blocks per layer left between freed activations fragment the CPU heap.
     # (Autograd cannot write into views of one buffer, so tracked calls allocate each on its own.)
-    track = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     shapes = [grouped] * 8 + [(*grouped, config.n_sink), (batch, n_kv_heads, group, n_key if config.received else 0)]
     numels = [math.prod(shape) for shape in shapes]
     if track:
@@ -202,17 +255,12 @@ def attention_with_stats_chunked(
     # Contiguous [d, key] operands make the per-kv-head matrix products markedly faster on CPU.
     k_t = k.float().transpose(-1, -2).contiguous()
     v32 = v.float().contiguous()  # HF hands a transposed view; contiguous, each chunk's rows are a view too
-    # Gradients (e.g. attribution through a statistics forward) need the allocating, out-of-place ops;
-    # without them the products and the softmax write into reused buffers.
-    if not track:
-        reaches = [w for w in (sliding_window, attention_chunk) if w is not None]
-        max_span = n_key if not reaches else min(n_key, chunk_size + min(reaches) - 1)
-        scores_buffer, probs_buffer = _workspace(batch * n_heads * min(chunk_size, n_query) * max_span, device)
-
     # Per chunk shape, built once per call: the causal mask [c, c] and the recent-window columns.
     masks: dict[int, Tensor] = {}
     windows: dict[tuple[int, int], Tensor] = {}
-    for start in range(0, n_query, chunk_size):
+
+    def run_chunk(start: int, scores_buffer: Tensor | None, probs_buffer: Tensor | None, received: Tensor | None) -> None:
+        """Queries [start, start + chunk_size): their output and statistics, added to ``received``."""
         stop = min(start + chunk_size, n_query)
         c = stop - start
         # Keys this chunk can see: [key_lo, key_hi).
@@ -337,6 +385,24 @@ def attention_with_stats_chunked(
             )
         if received is not None:
             received[..., key_lo:key_hi] += probs.sum(dim=-2)
+
+    # Gradients (e.g. attribution through a statistics forward) need the allocating, out-of-place ops;
+    # without them the products and the softmax write into reused buffers, one pair per worker.
+    starts = range(0, n_query, chunk_size)
+    workers = max(1, min(threads, len(starts)))
+    if track:
+        for start in starts:
+            run_chunk(start, None, None, received)
+    else:
+        reaches = [w for w in (sliding_window, attention_chunk) if w is not None]
+        max_span = n_key if not reaches else min(n_key, chunk_size + min(reaches) - 1)
+        numel = batch * n_heads * min(chunk_size, n_query) * max_span
+        buffers = [_workspace(numel, device, slot) for slot in range(workers)]
+        if workers == 1:
+            for start in starts:
+                run_chunk(start, *buffers[0], received)
+        else:
+            _run_in_threads(run_chunk, starts, buffers, received)
 
     def flat(t: Tensor) -> Tensor:
         """[b, kv, g, ...] -> [b, h, ...]."""
