@@ -34,14 +34,7 @@ def _deterministic():
 @pytest.fixture(scope="session")
 def tiny_folder(smollm, tmp_path_factory) -> str:
     """A random-init tiny Llama (GQA) with the shipped tokenizer's vocabulary, saved as an HF folder (CLI tests)."""
-    from tiny_models import tiny_config
-    from transformers import AutoModelForCausalLM
+    from tiny_models import save_tiny_folder
 
-    config = tiny_config("llama")
-    config.vocab_size = smollm.cfg.d_vocab
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    smollm.tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_folder("llama", tmp_path_factory.mktemp("tiny-llama"), smollm)
 

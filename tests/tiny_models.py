@@ -120,3 +120,14 @@ def float64_rms_norms(model: torch.nn.Module) -> torch.nn.Module:
                 return module.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + module.variance_epsilon)
             module.forward = forward
     return model
+
+
+def save_tiny_folder(architecture: str, folder, shipped) -> str:
+    """A random-init (seed 0) tiny ``architecture`` with the shipped model's vocabulary, saved with its
+    tokenizer as an HF folder (CLI tests); ``shipped`` is the loaded SmolLM2 (fixture ``smollm``)."""
+    config = tiny_config(architecture)
+    config.vocab_size = shipped.cfg.d_vocab
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    shipped.tokenizer.save_pretrained(folder)
+    return str(folder)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import typer
 from typer.testing import CliRunner
 
@@ -46,17 +45,11 @@ def load(page: Path, fragment: str = "") -> tuple[dict | None, str, list[str]]:
 @pytest.fixture(scope="module")
 def gemma3_page(smollm, tmp_path_factory) -> Path:
     """circuit/ of a tiny Gemma 3 (post-norm blocks: one attention node a{l} per layer) with the shipped tokenizer."""
-    from tiny_models import tiny_config
-    from transformers import AutoModelForCausalLM
-
     from cli_apps import circuit_cli
+    from tiny_models import save_tiny_folder
 
-    config = tiny_config("gemma3_text")
-    config.vocab_size = smollm.cfg.d_vocab
-    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-gemma3")
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder / "model")
-    smollm.tokenizer.save_pretrained(folder / "model")
+    save_tiny_folder("gemma3_text", folder / "model", smollm)
     run = CliRunner().invoke(circuit_cli(), ["circuit", str(folder / "model"), "--task", "ioi", "--n", "4", "--steps", "2",
                                              "--verify", "3", "--out", str(folder / "circuit"), "--device", "cpu"])
     assert run.exit_code == 0, run.output
