@@ -4,8 +4,11 @@ Loops over blocks of queries; each block only looks at the key span it can see (
 and the sliding window bound it), so nothing of size n_query x n_key is ever allocated.
 This is the default backend on CPU.
 
-On a CPU the passes over each [chunk, span] block of scores cost as much as the two matmuls,
-so every statistic is derived from as few of them as possible:
+On a CPU, each chunk's per-row work (everything between the two matrix products) runs in one C call
+when :mod:`interp.kernels.native` could build its library: three passes per row while it is in cache.
+Without it (no compiler, ``INTERP_NATIVE_KERNELS=0``, or gradients) torch's ops do the same work, and
+since their passes over each [chunk, span] block of scores cost as much as the two matmuls, every
+statistic is derived from as few of them as possible:
 
 * the causal mask touches only the trailing [chunk, chunk] square (every earlier key is visible);
 * one fused ``softmax`` gives the pattern ``A``; a blocked ``amax`` gives the row maximum ``m`` of
@@ -29,11 +32,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 import math
+import os
 import threading
 
 import torch
 from torch import Tensor
 
+from interp.kernels.native import row_kernels
 from interp.kernels.stats import AttentionStats, StatsConfig
 from interp.kernels.validation import validate_inputs
 
@@ -45,6 +50,12 @@ from interp.kernels.validation import validate_inputs
 # 1.5-2x slower per element (SmolLM2 at 1-2K tokens the kernel took 1.3-1.5x longer; docs/benchmarks.md).
 DEFAULT_CHUNK_BUDGET_BYTES = 4 * 2**20
 MIN_CHUNK = 64
+# With the C row passes (interp.kernels.native), which walk each row while it is in cache, blocks of about
+# 2 MB measured fastest on one thread (SmolLM2's shapes at 1K-8K tokens; docs/benchmarks.md), within 32..128
+# queries: fewer make the products slow, more fall out of the cache. N workers take N times that each, since
+# the Python between a chunk's ops runs one worker at a time (2 threads at 1K: 64-128 queries beat 32).
+NATIVE_BLOCK_BYTES = 2 * 2**20
+NATIVE_CHUNK_RANGE = (32, 128)
 
 # Stands in for -inf on masked scores: softmax gives them exactly 0 weight, and 0 * _MASKED is 0
 # where 0 * -inf would be NaN. Real scores are dozens of orders of magnitude smaller.
@@ -92,35 +103,47 @@ def reuse_workspace() -> Iterator[None]:
             _scratch.__dict__.pop("buffers", None)
 
 
-def _workspace(numel: int, device: torch.device, slot: int = 0) -> tuple[Tensor, Tensor]:
-    """Two flat float32 buffers (scores, pattern) of at least ``numel`` elements; one pair per ``slot`` (worker)."""
+def _workspace(numel: int, device: torch.device, slot: int = 0, pattern: bool = True) -> tuple[Tensor, Tensor]:
+    """Two flat float32 buffers (scores, pattern) of at least ``numel`` elements; one pair per ``slot`` (worker).
+
+    ``pattern=False`` (the C row passes write the pattern over the scores): the second may be empty.
+    """
+    pattern_numel = numel if pattern else 0
 
     def fresh() -> tuple[Tensor, Tensor]:
         # Plain tensors even under torch.inference_mode(): a later call outside it must still write to them.
         with torch.inference_mode(False):
-            return torch.empty(numel, dtype=torch.float32, device=device), torch.empty(numel, dtype=torch.float32, device=device)
+            return (
+                torch.empty(numel, dtype=torch.float32, device=device),
+                torch.empty(pattern_numel, dtype=torch.float32, device=device),
+            )
 
     if not _reusing.get():
         return fresh()
     buffers: dict[str, tuple[Tensor, Tensor]] = _scratch.__dict__.setdefault("buffers", {})
     key = f"{device}/{slot}"
     held = buffers.get(key)
-    if held is None or held[0].numel() < numel:
+    if held is None or held[0].numel() < numel or held[1].numel() < pattern_numel:
         buffers.pop(key, None)  # free the smaller pair before allocating the larger one
         held = buffers[key] = fresh()
     return held
 
 
 def default_chunk_size(
-    batch: int, n_heads: int, n_query: int, n_key: int, budget_bytes: int | None = None, workers: int = 1
+    batch: int, n_heads: int, n_query: int, n_key: int, budget_bytes: int | None = None, workers: int = 1,
+    native: bool = False,
 ) -> int:
     """Queries per chunk so that ``workers`` float32 ``[batch, heads, chunk, n_key]`` score blocks fit a budget.
 
     ``budget_bytes=None`` uses DEFAULT_CHUNK_BUDGET_BYTES but never goes below MIN_CHUNK queries (Python
-    overhead); an explicit budget (from memory planning) is honoured strictly, down to one query.
+    overhead), or NATIVE_BLOCK_BYTES per worker's block with ``native`` (the C row passes); an explicit
+    budget (from memory planning) is honoured strictly, down to one query.
     """
     per_query = batch * n_heads * n_key * 4 * workers
     if budget_bytes is None:
+        if native:
+            low, high = NATIVE_CHUNK_RANGE
+            return max(1, min(n_query, high, max(low, NATIVE_BLOCK_BYTES * workers // (per_query // workers))))
         return max(1, min(n_query, max(MIN_CHUNK, DEFAULT_CHUNK_BUDGET_BYTES // per_query)))
     return max(1, min(n_query, budget_bytes // per_query))
 
@@ -148,6 +171,23 @@ def _row_max_argmax(scores: Tensor) -> tuple[Tensor, Tensor]:
     return row_max, block * _ARGMAX_BLOCK + within
 
 
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A pool kept per process and worker count, so a forward does not start threads for every layer.
+
+    Keyed by the process id too: a forked child inherits the parent's pool object but not its threads.
+    """
+    key = (os.getpid(), workers)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix="interp-chunk")
+        return pool
+
+
 def _run_in_threads(
     run_chunk: Callable[[int, Tensor, Tensor, Tensor | None], None],
     starts: range,
@@ -162,9 +202,9 @@ def _run_in_threads(
     but the last, and each chunk's ops then run on one thread, so the results do not depend on the number
     of threads (except ``received``, summed over threads at the end). The output and statistics of
     different chunks are disjoint; ``received`` overlaps, so every thread but the first sums into a
-    buffer of its own. Thread w takes chunks w, w + N, w + 2N, ... (causal chunks grow with position,
-    so each gets a fair share): a fixed assignment keeps ``received``'s summation order, and so its
-    bits, the same from run to run.
+    buffer of its own. Causal chunks grow with position, so the chunks are dealt out in snake order
+    (threads 0, 1, ..., N-1, N-1, ..., 1, 0, 0, 1, ...), which evens out the threads' work; a fixed
+    assignment keeps ``received``'s summation order, and so its bits, the same from run to run.
     """
     workers = len(buffers)
     sums = [received] + [None if received is None else torch.zeros_like(received) for _ in buffers[1:]]
@@ -173,17 +213,19 @@ def _run_in_threads(
 
     def work(slot: int) -> None:
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            for start in starts[slot::workers]:
-                run_chunk(start, *buffers[slot], sums[slot])
+            for index, start in enumerate(starts):
+                turn = index % (2 * workers)
+                if (turn if turn < workers else 2 * workers - 1 - turn) == slot:
+                    run_chunk(start, *buffers[slot], sums[slot])
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(len(buffers) - 1) as pool:
-            others = [pool.submit(work, slot) for slot in range(1, len(buffers))]
-            work(0)
-            for other in others:
-                other.result()
+        pool = _pool(workers - 1)
+        others = [pool.submit(work, slot) for slot in range(1, workers)]
+        work(0)
+        for other in others:
+            other.result()
     finally:
         torch.set_num_threads(threads)
     for extra in sums[1:]:
@@ -210,8 +252,11 @@ def attention_with_stats_chunked(
 
     chunk_size: queries per chunk; None picks ``default_chunk_size(..., budget_bytes=chunk_bytes)``, shared
     by the worker threads (one per torch thread, without gradients on the CPU).
-    chunk_bytes: None takes the enclosing :func:`chunk_budget`, if any. The block buffers (two per worker)
-    take about ``2 * chunk_bytes``.
+    chunk_bytes: None takes the enclosing :func:`chunk_budget`, if any. The block buffers (two per worker;
+    one with the C row passes) take about ``2 * chunk_bytes``.
+
+    Without gradients on the CPU, each chunk's per-row work (softmax, every statistic but target_mass)
+    runs in one C call (:mod:`interp.kernels.native`) when its library could be built, else in torch's ops.
     """
     config = config or StatsConfig()
     scale = validate_inputs(
@@ -225,9 +270,10 @@ def attention_with_stats_chunked(
     track = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     # Without gradients on the CPU, each of torch's threads takes whole chunks (`_run_in_threads`).
     threads = 1 if track or q.device.type != "cpu" else torch.get_num_threads()
+    native = None if track or q.device.type != "cpu" else row_kernels()
     if chunk_size is None:  # the workers' blocks share the budget
         budget = chunk_bytes if chunk_bytes is not None else _planned_budget.get()
-        chunk_size = default_chunk_size(batch, n_heads, n_query, n_key, budget, workers=threads)
+        chunk_size = default_chunk_size(batch, n_heads, n_query, n_key, budget, workers=threads, native=native is not None)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
@@ -251,13 +297,24 @@ def attention_with_stats_chunked(
     sink_logits = None if sinks is None else sinks.float().view(1, n_kv_heads, group, 1)
     learned_sink = None if sinks is None else torch.zeros(grouped, **f32)
 
-    q_scaled = (q.float() * scale).view(batch, n_kv_heads, group, n_query, d_head)
+    # [b, kv, g, q, d]. Tracked: scaled here; otherwise the product scales (baddbmm's alpha), sparing a copy of q.
+    q_heads = (q.float() * scale if track else q.float()).unflatten(1, (n_kv_heads, group))
     # Contiguous [d, key] operands make the per-kv-head matrix products markedly faster on CPU.
     k_t = k.float().transpose(-1, -2).contiguous()
     v32 = v.float().contiguous()  # HF hands a transposed view; contiguous, each chunk's rows are a view too
     # Per chunk shape, built once per call: the causal mask [c, c] and the recent-window columns.
     masks: dict[int, Tensor] = {}
     windows: dict[tuple[int, int], Tensor] = {}
+    if native is not None:  # where the C row passes write each statistic (checked once per call)
+        native_outputs = native.outputs(
+            argmax=argmax.view(-1, n_query), n_sink=config.n_sink,
+            sink_logits=None if sinks is None else sink_logits.reshape(-1).contiguous(),
+            **{name: None if array is None else array.view(-1, n_query, *array.shape[4:]) for name, array in [
+                ("lse", lse), ("entropy", entropy), ("max_prob", max_prob), ("diag_mass", diag_mass),
+                ("prev_mass", prev_mass), ("window_mass", window_mass if config.window > 0 else None),
+                ("sink_mass", sink_per_position if config.n_sink > 0 else None), ("learned_sink", learned_sink),
+            ]},
+        )
 
     def run_chunk(start: int, scores_buffer: Tensor | None, probs_buffer: Tensor | None, received: Tensor | None) -> None:
         """Queries [start, start + chunk_size): their output and statistics, added to ``received``."""
@@ -272,7 +329,7 @@ def attention_with_stats_chunked(
         rows = slice(start, stop)
 
         # One [g*c, d] @ [d, span] product per (batch, kv head): its g query heads share the keys.
-        q_c = q_scaled[:, :, :, rows].reshape(batch, n_kv_heads, group * c, d_head)
+        q_c = q_heads[:, :, :, rows].reshape(batch, n_kv_heads, group * c, d_head)
         if track:
             scores = torch.matmul(q_c, k_t[..., key_lo:key_hi])
             if softcap is not None:
@@ -281,16 +338,18 @@ def attention_with_stats_chunked(
             scores = scores_buffer[: batch * n_heads * c * span].view(batch, n_kv_heads, group * c, span)
             # One batched product: a loop of per-head products is as fast on an idle CPU, but each is a
             # parallel region of its own, and on a busy one every region waits for its slowest thread.
-            torch.bmm(q_c.flatten(0, 1), k_t[..., key_lo:key_hi].flatten(0, 1), out=scores.flatten(0, 1))
+            flat = scores.flatten(0, 1)
+            torch.baddbmm(flat, q_c.flatten(0, 1), k_t[..., key_lo:key_hi].flatten(0, 1), beta=0, alpha=scale, out=flat)
             if softcap is not None:
                 scores.div_(softcap).tanh_().mul_(softcap)
         scores = scores.view(batch, n_kv_heads, group, c, span)
 
-        # Causality hides keys after the query; they are all in the last c columns.
-        later = masks.get(c)
-        if later is None:
-            later = masks[c] = torch.ones(c, c, dtype=torch.bool, device=device).triu_(1)
-        scores[..., span - c :].masked_fill_(later, _MASKED)
+        # Causality hides keys after the query; they are all in the last c columns (the C code skips them itself).
+        if native is None:
+            later = masks.get(c)
+            if later is None:
+                later = masks[c] = torch.ones(c, c, dtype=torch.bool, device=device).triu_(1)
+            scores[..., span - c :].masked_fill_(later, _MASKED)
         if sliding_window is not None or key_padding_mask is not None or attention_chunk is not None:
             query_pos = torch.arange(start, stop, device=device) + q_offset  # [c]
             key_pos = torch.arange(key_lo, key_hi, device=device)
@@ -303,38 +362,48 @@ def attention_with_stats_chunked(
                 hidden |= ~key_padding_mask[:, None, None, None, key_lo:key_hi]
             scores.masked_fill_(hidden, _MASKED)
 
-        row_max, row_argmax = _row_max_argmax(scores)  # [b, kv, g, c]
-        if track:
-            probs = torch.softmax(scores, dim=-1)
+        if native is not None:
+            # One C call (interp.kernels.native): the scores become the pattern in place, and every
+            # statistic but target_mass is written straight into its array.
+            native.attention_rows(
+                scores.view(-1, span), native_outputs, None if received is None else received.view(-1, n_key),
+                rows_per_head=c, diag0=span - c, start=start, n_query=n_query, key_lo=key_lo,
+                n_heads=n_heads, window=config.window, n_sink=config.n_sink,
+            )
+            probs = scores
         else:
-            probs = probs_buffer[: scores.numel()].view(scores.shape)
-            torch._softmax(scores, -1, False, out=probs)  # torch.softmax has no out=
-        if key_padding_mask is not None:
-            # A query that sees no key has every score masked, and softmax made its row uniform.
-            row_ok = row_max > _MASKED / 2
-            probs = probs * row_ok[..., None] if track else probs.mul_(row_ok[..., None])
-        peak = probs.gather(-1, row_argmax[..., None])[..., 0]  # = 1 / sum(exp(s - max))
-        # log_norm = lse - m = log(sum(exp(s - m))) >= 0. Rows that see no key (peak 0) get lse = -inf
-        # below; log(1) here keeps their gradient finite.
-        log_norm = -torch.log(peak if key_padding_mask is None else torch.where(row_ok, peak, 1.0))
-        # The scores are not read again: shift them in place (masked ones stay huge and negative, and
-        # A = 0 there, so they add 0). sum(A * (s - m)) per row; einsum lowers it to a batched dot
-        # product (no [c, span] temporary). Both terms are >= 0, so the entropy is too.
-        shifted = scores - row_max[..., None] if track else scores.sub_(row_max[..., None])
-        row_entropy = log_norm - torch.einsum("...s,...s->...", probs, shifted)
-        if sink_logits is not None:
-            # A learned sink is one more logit in the softmax denominator: relative to m the keys
-            # weigh exp(log_norm) together and the sink exp(sink - m), so every key keeps the share
-            # kept = sigmoid(gap) of its mass and the sink takes 1 - kept = sigmoid(-gap) (see
-            # interp.kernels). log-sigmoids keep both shares accurate when either is tiny.
-            gap = log_norm - (sink_logits - row_max)
-            log_kept, log_sink = torch.nn.functional.logsigmoid(gap), torch.nn.functional.logsigmoid(-gap)
-            kept, sink_share = torch.exp(log_kept), torch.exp(log_sink)
-            row_entropy = kept * row_entropy - kept * log_kept - sink_share * log_sink
-            log_norm, peak = log_norm - log_kept, peak * kept  # lse' = lse - log(kept)
-            learned_sink[..., rows] = sink_share
-            probs = probs * kept[..., None] if track else probs.mul_(kept[..., None])
-        row_lse = row_max + log_norm
+            row_max, row_argmax = _row_max_argmax(scores)  # [b, kv, g, c]
+            if track:
+                probs = torch.softmax(scores, dim=-1)
+            else:
+                probs = probs_buffer[: scores.numel()].view(scores.shape)
+                torch._softmax(scores, -1, False, out=probs)  # torch.softmax has no out=
+            if key_padding_mask is not None:
+                # A query that sees no key has every score masked, and softmax made its row uniform.
+                row_ok = row_max > _MASKED / 2
+                probs = probs * row_ok[..., None] if track else probs.mul_(row_ok[..., None])
+            peak = probs.gather(-1, row_argmax[..., None])[..., 0]  # = 1 / sum(exp(s - max))
+            # log_norm = lse - m = log(sum(exp(s - m))) >= 0. Rows that see no key (peak 0) get lse = -inf
+            # below; log(1) here keeps their gradient finite.
+            log_norm = -torch.log(peak if key_padding_mask is None else torch.where(row_ok, peak, 1.0))
+            # The scores are not read again: shift them in place (masked ones stay huge and negative, and
+            # A = 0 there, so they add 0). sum(A * (s - m)) per row; einsum lowers it to a batched dot
+            # product (no [c, span] temporary). Both terms are >= 0, so the entropy is too.
+            shifted = scores - row_max[..., None] if track else scores.sub_(row_max[..., None])
+            row_entropy = log_norm - torch.einsum("...s,...s->...", probs, shifted)
+            if sink_logits is not None:
+                # A learned sink is one more logit in the softmax denominator: relative to m the keys
+                # weigh exp(log_norm) together and the sink exp(sink - m), so every key keeps the share
+                # kept = sigmoid(gap) of its mass and the sink takes 1 - kept = sigmoid(-gap) (see
+                # interp.kernels). log-sigmoids keep both shares accurate when either is tiny.
+                gap = log_norm - (sink_logits - row_max)
+                log_kept, log_sink = torch.nn.functional.logsigmoid(gap), torch.nn.functional.logsigmoid(-gap)
+                kept, sink_share = torch.exp(log_kept), torch.exp(log_sink)
+                row_entropy = kept * row_entropy - kept * log_kept - sink_share * log_sink
+                log_norm, peak = log_norm - log_kept, peak * kept  # lse' = lse - log(kept)
+                learned_sink[..., rows] = sink_share
+                probs = probs * kept[..., None] if track else probs.mul_(kept[..., None])
+            row_lse = row_max + log_norm
 
         flat_probs = probs.view(batch, n_kv_heads, group * c, span)
         if track:
@@ -343,36 +412,37 @@ def attention_with_stats_chunked(
             out_c = torch.empty(batch, n_kv_heads, group * c, d_head_v, **f32)
             torch.bmm(flat_probs.flatten(0, 1), v32[:, :, key_lo:key_hi].flatten(0, 1), out=out_c.flatten(0, 1))
         out[:, :, :, rows] = out_c.view(batch, n_kv_heads, group, c, d_head_v).to(q.dtype)
-        lse[..., rows] = row_lse
-        entropy[..., rows] = row_entropy
-        max_prob[..., rows] = peak
-        argmax[..., rows] = row_argmax + key_lo
-        if key_padding_mask is not None:
-            lse[..., rows].masked_fill_(~row_ok, float("-inf"))
-            entropy[..., rows].masked_fill_(~row_ok, 0.0)
-            argmax[..., rows].masked_fill_(~row_ok, -1)
+        if native is None:
+            lse[..., rows] = row_lse
+            entropy[..., rows] = row_entropy
+            max_prob[..., rows] = peak
+            argmax[..., rows] = row_argmax + key_lo
+            if key_padding_mask is not None:
+                lse[..., rows].masked_fill_(~row_ok, float("-inf"))
+                entropy[..., rows].masked_fill_(~row_ok, 0.0)
+                argmax[..., rows].masked_fill_(~row_ok, -1)
 
-        # The diagonal, the previous key and the recent window lie in a band of the last columns:
-        # query i's own key is band column shift + i, so the first two are diagonals of the band (views).
-        lo = max(0, span - c - max(config.window, 2) + 1)
-        band, shift = probs[..., lo:], span - c - lo
-        diag_mass[..., rows] = band.diagonal(shift, -2, -1)
-        if shift > 0:
-            prev_mass[..., rows] = band.diagonal(shift - 1, -2, -1)
-        else:  # the chunk starts at key 0: its first query has no previous key (its mass stays 0)
-            prev_mass[..., start + 1 : stop] = band.diagonal(-1, -2, -1)
+            # The diagonal, the previous key and the recent window lie in a band of the last columns:
+            # query i's own key is band column shift + i, so the first two are diagonals of the band (views).
+            lo = max(0, span - c - max(config.window, 2) + 1)
+            band, shift = probs[..., lo:], span - c - lo
+            diag_mass[..., rows] = band.diagonal(shift, -2, -1)
+            if shift > 0:
+                prev_mass[..., rows] = band.diagonal(shift - 1, -2, -1)
+            else:  # the chunk starts at key 0: its first query has no previous key (its mass stays 0)
+                prev_mass[..., start + 1 : stop] = band.diagonal(-1, -2, -1)
 
-        sink_hi = min(config.n_sink, key_hi)
-        if key_lo < sink_hi:
-            sink_per_position[..., rows, key_lo:sink_hi] = probs[..., : sink_hi - key_lo]
-        if config.window > 0:
-            # Keys in (p - window, p]: band columns shift + i - window < j <= shift + i.
-            in_window = windows.get((c, shift))
-            if in_window is None:
-                j = torch.arange(span - lo, device=device)
-                i = torch.arange(c, device=device)[:, None] + shift
-                in_window = windows[(c, shift)] = ((j > i - config.window) & (j <= i)).float()
-            window_mass[..., rows] = torch.einsum("...s,...s->...", band, in_window)
+            sink_hi = min(config.n_sink, key_hi)
+            if key_lo < sink_hi:
+                sink_per_position[..., rows, key_lo:sink_hi] = probs[..., : sink_hi - key_lo]
+            if config.window > 0:
+                # Keys in (p - window, p]: band columns shift + i - window < j <= shift + i.
+                in_window = windows.get((c, shift))
+                if in_window is None:
+                    j = torch.arange(span - lo, device=device)
+                    i = torch.arange(c, device=device)[:, None] + shift
+                    in_window = windows[(c, shift)] = ((j > i - config.window) & (j <= i)).float()
+                window_mass[..., rows] = torch.einsum("...s,...s->...", band, in_window)
         if config.targets is not None:
             # Scatter into a per-query membership mask over the span (duplicates collapse);
             # indices outside the span (incl. -1) go to a dropped extra column.
@@ -383,7 +453,7 @@ def attention_with_stats_chunked(
             target_mass[..., rows] = torch.einsum("bgcs,bcs->bgc", probs.flatten(1, 2), is_target[..., :span]).view(
                 batch, n_kv_heads, group, c
             )
-        if received is not None:
+        if received is not None and native is None:
             received[..., key_lo:key_hi] += probs.sum(dim=-2)
 
     # Gradients (e.g. attribution through a statistics forward) need the allocating, out-of-place ops;
@@ -397,7 +467,7 @@ def attention_with_stats_chunked(
         reaches = [w for w in (sliding_window, attention_chunk) if w is not None]
         max_span = n_key if not reaches else min(n_key, chunk_size + min(reaches) - 1)
         numel = batch * n_heads * min(chunk_size, n_query) * max_span
-        buffers = [_workspace(numel, device, slot) for slot in range(workers)]
+        buffers = [_workspace(numel, device, slot, pattern=native is None) for slot in range(workers)]
         if workers == 1:
             for start in starts:
                 run_chunk(start, *buffers[0], received)

@@ -29,6 +29,7 @@ from interp.kernels import (
     attention_with_stats_reference,
     triton_available,
 )
+from interp.kernels.native import native_kernels, row_kernels
 from interp.kernels.reference import reference_pattern
 from interp.kernels.testing import assert_stats_close
 
@@ -175,9 +176,18 @@ CASES = {
 }
 
 
+def check_chunked(case: Case, native: bool, chunk_size: int) -> None:
+    """The chunked backend with its C row passes (``native``) or with torch's ops only."""
+    if native:
+        assert row_kernels() is not None, "the C row passes did not build on this machine (see interp.kernels.native)"
+    with native_kernels(native):
+        check_against_reference(case, "chunked", chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
 @pytest.mark.parametrize("name", CASES)
-def test_chunked_matches_reference(name: str) -> None:
-    check_against_reference(CASES[name], "chunked", chunk_size=7)
+def test_chunked_matches_reference(name: str, native: bool) -> None:
+    check_chunked(CASES[name], native, chunk_size=7)
 
 
 @needs_triton
@@ -210,9 +220,9 @@ def cases(draw: st.DrawFn, max_len: int) -> Case:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=cases(max_len=90), chunk_size=st.integers(1, 40))
-def test_chunked_matches_reference_property(case: Case, chunk_size: int) -> None:
-    check_against_reference(case, "chunked", chunk_size=chunk_size)
+@given(case=cases(max_len=90), chunk_size=st.integers(1, 40), native=st.booleans())
+def test_chunked_matches_reference_property(case: Case, chunk_size: int, native: bool) -> None:
+    check_chunked(case, native, chunk_size)
 
 
 @needs_triton

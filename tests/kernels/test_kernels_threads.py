@@ -137,3 +137,29 @@ def test_received_repeats_bit_for_bit_on_two_threads(threads) -> None:
     threads(2)
     runs = [attention_with_stats_chunked(q, k, v, chunk_size=3, **kwargs)[1].received for _ in range(4)]
     assert all(torch.equal(run, runs[0]) for run in runs[1:])
+
+
+def _threaded_call_in_child(queue) -> None:
+    torch.set_num_threads(2)
+    (q, k, v), kwargs = make_case(n_kv_heads=2, group=3)
+    out, _ = attention_with_stats_chunked(q, k, v, chunk_size=5, **kwargs)
+    queue.put(float(out.abs().sum()))
+
+
+def test_a_forked_child_gets_worker_threads_of_its_own(threads) -> None:
+    """The worker pool is kept between calls; a fork copies it without its threads, which must not hang the child."""
+    import multiprocessing
+
+    (q, k, v), kwargs = make_case(n_kv_heads=2, group=3)
+    threads(2)
+    out, _ = attention_with_stats_chunked(q, k, v, chunk_size=5, **kwargs)  # the parent's pool now has threads
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_threaded_call_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung in the threaded kernel")
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == pytest.approx(float(out.abs().sum()), rel=1e-6)
