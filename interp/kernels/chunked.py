@@ -53,7 +53,7 @@ MIN_CHUNK = 64
 # With the C row passes (interp.kernels.native), which walk each row while it is in cache, blocks of about
 # 2 MB measured fastest on one thread (SmolLM2's shapes at 1K-8K tokens; docs/benchmarks.md), within 32..128
 # queries: fewer make the products slow, more fall out of the cache. N workers take N times that each, since
-# the Python between a chunk's ops runs one worker at a time (2 threads at 1K: 64-128 queries beat 32).
+# the Python between a chunk's ops runs one worker at a time (2 threads at 1K-2K: 56 queries beat 32).
 NATIVE_BLOCK_BYTES = 2 * 2**20
 NATIVE_CHUNK_RANGE = (32, 128)
 
@@ -143,7 +143,9 @@ def default_chunk_size(
     if budget_bytes is None:
         if native:
             low, high = NATIVE_CHUNK_RANGE
-            return max(1, min(n_query, high, max(low, NATIVE_BLOCK_BYTES * workers // (per_query // workers))))
+            # ... and at least 8 chunks per worker where that keeps 32 queries, so the deal (`_deal`) can even out their work.
+            chunk = min(high, NATIVE_BLOCK_BYTES * workers // (per_query // workers), n_query // (8 * workers))
+            return max(1, min(n_query, max(low, chunk)))
         return max(1, min(n_query, max(MIN_CHUNK, DEFAULT_CHUNK_BUDGET_BYTES // per_query)))
     return max(1, min(n_query, budget_bytes // per_query))
 
@@ -188,9 +190,24 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return pool
 
 
+def _deal(costs: list[int], workers: int) -> list[list[int]]:
+    """Chunk indices per worker, the costliest first to the least loaded (ties: lowest index), each list in order.
+
+    Causal chunks cost more the later they start, so dealing them in turn leaves the last worker the
+    most work (2 workers, 9 chunks of cost 1..9: 25 against 20); this greedy deal gives 23 against 22.
+    """
+    loads, dealt = [0] * workers, [[] for _ in range(workers)]
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        worker = min(range(workers), key=lambda w: (loads[w], w))
+        loads[worker] += costs[index]
+        dealt[worker].append(index)
+    return [sorted(indices) for indices in dealt]
+
+
 def _run_in_threads(
     run_chunk: Callable[[int, Tensor, Tensor, Tensor | None], None],
     starts: range,
+    costs: list[int],
     buffers: list[tuple[Tensor, Tensor]],
     received: Tensor | None,
 ) -> None:
@@ -202,21 +219,20 @@ def _run_in_threads(
     but the last, and each chunk's ops then run on one thread, so the results do not depend on the number
     of threads (except ``received``, summed over threads at the end). The output and statistics of
     different chunks are disjoint; ``received`` overlaps, so every thread but the first sums into a
-    buffer of its own. Causal chunks grow with position, so the chunks are dealt out in snake order
-    (threads 0, 1, ..., N-1, N-1, ..., 1, 0, 0, 1, ...), which evens out the threads' work; a fixed
-    assignment keeps ``received``'s summation order, and so its bits, the same from run to run.
+    buffer of its own. The chunks are dealt by their ``costs`` (:func:`_deal`); a fixed assignment keeps
+    ``received``'s summation order, and so its bits, the same from run to run.
     """
     workers = len(buffers)
     sums = [received] + [None if received is None else torch.zeros_like(received) for _ in buffers[1:]]
     # Grad and inference mode are per thread: the workers take the caller's.
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
+    dealt = _deal(costs, workers)
+
     def work(slot: int) -> None:
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            for index, start in enumerate(starts):
-                turn = index % (2 * workers)
-                if (turn if turn < workers else 2 * workers - 1 - turn) == slot:
-                    run_chunk(start, *buffers[slot], sums[slot])
+            for index in dealt[slot]:
+                run_chunk(starts[index], *buffers[slot], sums[slot])
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -316,16 +332,18 @@ def attention_with_stats_chunked(
             ]},
         )
 
-    def run_chunk(start: int, scores_buffer: Tensor | None, probs_buffer: Tensor | None, received: Tensor | None) -> None:
-        """Queries [start, start + chunk_size): their output and statistics, added to ``received``."""
+    def key_range(start: int) -> tuple[int, int, int]:
+        """(stop, key_lo, key_hi): the chunk's queries are [start, stop), the keys they can see [key_lo, key_hi)."""
         stop = min(start + chunk_size, n_query)
-        c = stop - start
-        # Keys this chunk can see: [key_lo, key_hi).
-        key_hi = q_offset + stop
         key_lo = 0 if sliding_window is None else max(0, q_offset + start - sliding_window + 1)
         if attention_chunk is not None:  # Llama 4: a query sees only its own chunk of attention_chunk positions
             key_lo = max(key_lo, (q_offset + start) // attention_chunk * attention_chunk)
-        span = key_hi - key_lo
+        return stop, key_lo, q_offset + stop
+
+    def run_chunk(start: int, scores_buffer: Tensor | None, probs_buffer: Tensor | None, received: Tensor | None) -> None:
+        """Queries [start, start + chunk_size): their output and statistics, added to ``received``."""
+        stop, key_lo, key_hi = key_range(start)
+        c, span = stop - start, key_hi - key_lo
         rows = slice(start, stop)
 
         # One [g*c, d] @ [d, span] product per (batch, kv head): its g query heads share the keys.
@@ -472,7 +490,8 @@ def attention_with_stats_chunked(
             for start in starts:
                 run_chunk(start, *buffers[0], received)
         else:
-            _run_in_threads(run_chunk, starts, buffers, received)
+            costs = [(stop - start) * (key_hi - key_lo) for start in starts for stop, key_lo, key_hi in [key_range(start)]]
+            _run_in_threads(run_chunk, starts, costs, buffers, received)
 
     def flat(t: Tensor) -> Tensor:
         """[b, kv, g, ...] -> [b, h, ...]."""

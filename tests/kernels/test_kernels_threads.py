@@ -163,3 +163,19 @@ def test_a_forked_child_gets_worker_threads_of_its_own(threads) -> None:
         pytest.fail("the forked child hung in the threaded kernel")
     assert child.exitcode == 0
     assert queue.get(timeout=5) == pytest.approx(float(out.abs().sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("workers", [2, 3, 4])
+def test_causal_chunks_are_dealt_evenly(workers) -> None:
+    """Each chunk goes to one worker, and no worker's load exceeds an even share by more than one chunk."""
+    from interp.kernels.chunked import _deal
+
+    for n_chunks in (1, 5, 9, 19, 64):
+        costs = [32 * (32 * (i + 1)) for i in range(n_chunks)]  # chunk i of a causal call sees 32 (i + 1) keys
+        dealt = _deal(costs, workers)
+        assert sorted(i for indices in dealt for i in indices) == list(range(n_chunks))
+        assert all(indices == sorted(indices) for indices in dealt)
+        loads = [sum(costs[i] for i in indices) for indices in dealt]
+        assert max(loads) <= sum(costs) / workers + max(costs)
+        if n_chunks >= 4 * workers:  # many chunks: within a few percent of an even share
+            assert max(loads) <= 1.05 * sum(costs) / workers, loads
