@@ -46,6 +46,7 @@ def test_scan_has_one_row_per_head_and_the_documented_columns(smollm_scan):
     assert result.heads[["layer", "head"]].drop_duplicates().shape[0] == 270
     assert (result.heads["kv_head"] == result.heads["head"] // 3).all()
     assert result.metadata["settings"]["seed"] == 3
+    assert result.metadata["native_kernels"] is True  # this machine has a C compiler: the fast CPU path ran
 
 
 def test_readme_documents_every_column():
