@@ -385,8 +385,7 @@ def attention_with_stats_chunked(
             # statistic but target_mass is written straight into its array.
             native.attention_rows(
                 scores.view(-1, span), native_outputs, None if received is None else received.view(-1, n_key),
-                rows_per_head=c, diag0=span - c, start=start, n_query=n_query, key_lo=key_lo,
-                n_heads=n_heads, window=config.window, n_sink=config.n_sink,
+                rows_per_head=c, diag0=span - c, start=start, key_lo=key_lo, window=config.window,
             )
             probs = scores
         else:

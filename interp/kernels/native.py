@@ -25,6 +25,7 @@ import ctypes
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 import functools
 import hashlib
 import logging
@@ -55,6 +56,21 @@ class _Outputs(ctypes.Structure):
     _fields_ = [(name, _VOID) for name in _FLOAT_OUTPUTS] + [("argmax", _VOID), ("sink_logits", _VOID)]
 
 
+@dataclass(frozen=True)
+class RowOutputs:
+    """Where :meth:`RowKernels.attention_rows` writes, checked once per kernel call.
+
+    Holds the arrays themselves too, so that the raw pointers in ``pointers`` stay valid.
+    """
+
+    pointers: _Outputs
+    heads: int
+    n_query: int
+    n_sink: int
+    n_heads: int  # length of sink_logits (row r's head is (r // rows_per_head) % n_heads)
+    arrays: tuple[Tensor, ...]
+
+
 class RowKernels:
     """Typed wrapper over the compiled library (``rowstats.c``)."""
 
@@ -64,10 +80,15 @@ class RowKernels:
         self._attention_rows.argtypes = [_VOID] + [_I64] * 11 + [_Outputs, _VOID]
         self._attention_rows.restype = None
 
-    def outputs(self, *, argmax: Tensor, sink_logits: Tensor | None, n_sink: int, **arrays: Tensor | None) -> _Outputs:
-        """Checks the statistics' arrays once per kernel call: ``[heads, n_query]`` each (``sink_mass``
-        ``[heads, n_query, n_sink]``), contiguous float32 (argmax int64) on
-        the CPU; a wrong one would make the C code write out of bounds."""
+    def outputs(self, *, argmax: Tensor, sink_logits: Tensor | None, n_sink: int, **arrays: Tensor | None) -> RowOutputs:
+        """The statistics' arrays: ``[heads, n_query]`` each (``sink_mass`` ``[heads, n_query, n_sink]``),
+        contiguous float32 (argmax int64) on the CPU; ``sink_logits`` one per query head. A wrong one would
+        make the C code write out of bounds, so each is checked here."""
+        unknown = set(arrays) - set(_FLOAT_OUTPUTS)
+        if unknown:
+            raise ValueError(f"unknown native row kernel outputs: {sorted(unknown)}")
+        if argmax.dim() != 2 or n_sink < 0:
+            raise ValueError("argmax must be [heads, n_query] and n_sink >= 0")
         heads, n_query = argmax.shape
         _check(argmax, torch.int64, (heads, n_query))
         for name, array in arrays.items():
@@ -75,33 +96,45 @@ class RowKernels:
                 _check(array, torch.float32, (heads, n_query, n_sink) if name == "sink_mass" else (heads, n_query))
         if sink_logits is not None:
             _check(sink_logits, torch.float32, (sink_logits.numel(),))
-        return _Outputs(
+            if sink_logits.numel() == 0 or (arrays.get("learned_sink") is None):
+                raise ValueError("learned sinks need at least one logit and a learned_sink array")
+        pointers = _Outputs(
             **{name: None if arrays.get(name) is None else arrays[name].data_ptr() for name in _FLOAT_OUTPUTS},
             argmax=argmax.data_ptr(), sink_logits=None if sink_logits is None else sink_logits.data_ptr(),
         )
+        kept = tuple(t for t in [argmax, sink_logits, *arrays.values()] if t is not None)
+        n_heads = heads if sink_logits is None else sink_logits.numel()
+        return RowOutputs(pointers, heads, n_query, n_sink, n_heads, kept)
 
     def attention_rows(
-        self, scores: Tensor, outputs: _Outputs, received: Tensor | None, *, rows_per_head: int, diag0: int,
-        start: int, n_query: int, key_lo: int, n_heads: int, window: int, n_sink: int,
+        self, scores: Tensor, outputs: RowOutputs, received: Tensor | None, *, rows_per_head: int, diag0: int,
+        start: int, key_lo: int, window: int,
     ) -> None:
         """One chunk's scores ``[rows, span]`` (contiguous; each head's ``rows_per_head`` queries in a row,
-        the first at query ``start``, its own key at span column ``diag0``) become their attention pattern
-        in place; every statistic is written into ``outputs``, the column sums are added to ``received``
-        (``[heads, n_key]``, contiguous). See ``rowstats.c``."""
+        the first at query ``start``, its own key at span column ``diag0``, the span starting at key
+        ``key_lo``) become their attention pattern in place; every statistic is written into ``outputs``,
+        the column sums are added to ``received`` (``[heads, n_key]``, contiguous). See ``rowstats.c``."""
         rows, span = scores.shape
         if scores.dtype != torch.float32 or not scores.is_contiguous() or scores.device.type != "cpu":
             raise ValueError("native row kernels take a contiguous float32 CPU score block")
-        if rows % rows_per_head or not 0 <= diag0 + rows_per_head - 1 < span:
+        if rows_per_head < 1 or rows % rows_per_head or not 0 <= diag0 <= diag0 + rows_per_head - 1 < span:
             raise ValueError(f"a score block of {rows} x {span} does not hold {rows_per_head} queries per head ending at column {diag0}")
+        if rows // rows_per_head != outputs.heads or not 0 <= start <= outputs.n_query - rows_per_head:
+            raise ValueError(
+                f"{rows // rows_per_head} heads of queries {start}..{start + rows_per_head} do not fit outputs of "
+                f"{outputs.heads} heads x {outputs.n_query} queries"
+            )
+        if key_lo < 0 or window < 0:
+            raise ValueError("key_lo and window must be >= 0")
         n_key = 0
         if received is not None:
             n_key = received.shape[-1]
-            _check(received, torch.float32, (rows // rows_per_head, n_key))
+            _check(received, torch.float32, (outputs.heads, n_key))
             if key_lo + span > n_key:
                 raise ValueError(f"keys {key_lo}..{key_lo + span} do not fit received's {n_key}")
         self._attention_rows(
-            scores.data_ptr(), rows, span, rows_per_head, diag0, start, n_query, key_lo, n_key, n_heads, window, n_sink,
-            outputs, None if received is None else received.data_ptr(),
+            scores.data_ptr(), rows, span, rows_per_head, diag0, start, outputs.n_query, key_lo, n_key,
+            outputs.n_heads, window, outputs.n_sink, outputs.pointers, None if received is None else received.data_ptr(),
         )
 
 

@@ -38,7 +38,7 @@ def run_rows(kernels: native.RowKernels, scores: torch.Tensor, rows_per_head: in
     outputs = kernels.outputs(n_sink=n_sink, sink_logits=sinks, **stats)
     kernels.attention_rows(
         scores, outputs, received, rows_per_head=rows_per_head, diag0=span - rows_per_head, start=0,
-        n_query=rows_per_head, key_lo=key_lo, n_heads=heads, window=window, n_sink=n_sink,
+        key_lo=key_lo, window=window,
     )
     return stats | {"pattern": scores, "received": received}
 
@@ -119,14 +119,20 @@ def test_wrong_shapes_are_refused_before_any_write(kernels) -> None:
                         **stats | {"lse": torch.zeros(2, 3)})
     with pytest.raises(ValueError, match="int64"):
         kernels.outputs(argmax=torch.zeros(2, 4), sink_logits=None, n_sink=0, **stats)
+    with pytest.raises(ValueError, match="learned_sink"):
+        kernels.outputs(argmax=torch.zeros(2, 4, dtype=torch.int64), sink_logits=torch.zeros(2), n_sink=0, **stats)
     outputs = kernels.outputs(argmax=torch.zeros(2, 4, dtype=torch.int64), sink_logits=None, n_sink=0, **stats)
-    call = dict(rows_per_head=4, start=0, n_query=4, key_lo=0, n_heads=2, window=0, n_sink=0)
+    call = dict(rows_per_head=4, start=0, key_lo=0, window=0)
     with pytest.raises(ValueError, match="does not hold"):
         kernels.attention_rows(torch.zeros(8, 5), outputs, None, diag0=3, **call)  # row 3's key would be column 6
     with pytest.raises(ValueError, match="contiguous"):
         kernels.attention_rows(torch.zeros(5, 8).t(), outputs, None, diag0=1, **call)
-    with pytest.raises(ValueError, match="fit"):
+    with pytest.raises(ValueError, match="fit received"):
         kernels.attention_rows(torch.zeros(8, 5), outputs, torch.zeros(2, 4), diag0=1, **call)
+    with pytest.raises(ValueError, match="do not fit outputs"):  # three heads' rows, outputs for two
+        kernels.attention_rows(torch.zeros(12, 5), outputs, None, diag0=1, **call)
+    with pytest.raises(ValueError, match="do not fit outputs"):  # queries 2..6 of 4
+        kernels.attention_rows(torch.zeros(8, 5), outputs, None, diag0=1, **call | {"start": 2})
 
 
 @pytest.fixture
