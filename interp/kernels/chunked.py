@@ -150,6 +150,11 @@ def default_chunk_size(
     return max(1, min(n_query, budget_bytes // per_query))
 
 
+def _x_log_x(x: Tensor, log_x: Tensor) -> Tensor:
+    """``x * log_x``, with 0 where ``x`` is 0 (where ``log_x`` may be -inf)."""
+    return torch.where(x > 0, x * log_x, 0.0)
+
+
 def _row_max_argmax(scores: Tensor) -> tuple[Tensor, Tensor]:
     """``(max, argmax)`` over the last axis, ties -> lowest index, like ``scores.max(-1)``.
 
@@ -416,7 +421,8 @@ def attention_with_stats_chunked(
                 gap = log_norm - (sink_logits - row_max)
                 log_kept, log_sink = torch.nn.functional.logsigmoid(gap), torch.nn.functional.logsigmoid(-gap)
                 kept, sink_share = torch.exp(log_kept), torch.exp(log_sink)
-                row_entropy = kept * row_entropy - kept * log_kept - sink_share * log_sink
+                # x log x -> 0 as x -> 0: a sink logit of -inf (or +inf) gives a share of 0 and a log of -inf.
+                row_entropy = kept * row_entropy - _x_log_x(kept, log_kept) - _x_log_x(sink_share, log_sink)
                 log_norm, peak = log_norm - log_kept, peak * kept  # lse' = lse - log(kept)
                 learned_sink[..., rows] = sink_share
                 probs = probs * kept[..., None] if track else probs.mul_(kept[..., None])

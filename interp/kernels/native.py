@@ -91,6 +91,9 @@ class RowKernels:
             raise ValueError("argmax must be [heads, n_query] and n_sink >= 0")
         heads, n_query = argmax.shape
         _check(argmax, torch.int64, (heads, n_query))
+        missing = [name for name in ("lse", "entropy", "max_prob", "diag_mass", "prev_mass") if arrays.get(name) is None]
+        if missing:  # the C code writes these for every row
+            raise ValueError(f"native row kernels always write {', '.join(missing)}: pass arrays for them")
         for name, array in arrays.items():
             if array is not None:
                 _check(array, torch.float32, (heads, n_query, n_sink) if name == "sink_mass" else (heads, n_query))

@@ -116,7 +116,8 @@ void attention_rows(float *scores, int64_t rows, int64_t span, int64_t rows_per_
                 double log_kept = log_sigmoid(gap), log_sink = log_sigmoid(-gap);
                 double kept = exp(log_kept);
                 sink_share = (float)exp(log_sink);
-                entropy = (float)(kept * entropy - kept * log_kept - sink_share * log_sink);
+                /* x log x -> 0 as x -> 0 (a sink logit of -inf or +inf gives a share of 0 and a log of -inf). */
+                entropy = (float)(kept * entropy - (kept > 0 ? kept * log_kept : 0.0) - (sink_share > 0 ? sink_share * log_sink : 0.0));
                 log_norm = (float)(log_norm - log_kept);
                 peak = (float)(peak * kept);
                 factor = (float)(factor * kept);

@@ -81,3 +81,21 @@ def test_chunked_backend_equals_reference_with_attention_chunks():
         torch.testing.assert_close(getattr(got, name), value, atol=1e-5, rtol=1e-4, msg=name)
     with pytest.raises(ValueError, match="chunked and reference"):
         attention_with_stats(q, k, v, backend="triton", attention_chunk=4)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+def test_a_sink_logit_of_minus_infinity_is_no_sink(native: bool) -> None:
+    """Its share is exactly 0; the entropy's 0 * log 0 term must be 0, not NaN (the reference agrees)."""
+    from interp.kernels.native import native_kernels
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 12, 8, generator=g) for _ in range(3))
+    with native_kernels(native):
+        out, got = attention_with_stats(q, k, v, config=CONFIG, backend="chunked", sinks=torch.tensor([float("-inf"), 0.5]))
+    ref_out, ref = attention_with_stats(q, k, v, config=CONFIG, backend="reference", sinks=torch.tensor([float("-inf"), 0.5]))
+    plain_out, plain = attention_with_stats(q, k, v, config=CONFIG, backend="reference")
+    assert got.entropy.isfinite().all() and got.lse.isfinite().all()
+    torch.testing.assert_close(got.entropy, ref.entropy, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(got.entropy[:, 0], plain.entropy[:, 0], atol=2e-5, rtol=1e-5)
+    assert (got.learned_sink_mass[:, 0] == 0).all()
+    torch.testing.assert_close(out, ref_out, atol=2e-5, rtol=1e-5)

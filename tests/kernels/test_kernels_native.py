@@ -119,6 +119,9 @@ def test_wrong_shapes_are_refused_before_any_write(kernels) -> None:
                         **stats | {"lse": torch.zeros(2, 3)})
     with pytest.raises(ValueError, match="int64"):
         kernels.outputs(argmax=torch.zeros(2, 4), sink_logits=None, n_sink=0, **stats)
+    with pytest.raises(ValueError, match="always write lse"):
+        kernels.outputs(argmax=torch.zeros(2, 4, dtype=torch.int64), sink_logits=None, n_sink=0,
+                        **{name: t for name, t in stats.items() if name != "lse"})
     with pytest.raises(ValueError, match="learned_sink"):
         kernels.outputs(argmax=torch.zeros(2, 4, dtype=torch.int64), sink_logits=torch.zeros(2), n_sink=0, **stats)
     outputs = kernels.outputs(argmax=torch.zeros(2, 4, dtype=torch.int64), sink_logits=None, n_sink=0, **stats)
