@@ -163,6 +163,11 @@ def row_kernels() -> RowKernels | None:
     return _load()
 
 
+def loaded() -> bool:
+    """Whether this process has loaded the row kernels, i.e. a chunked CPU call has used them (never builds)."""
+    return _load.cache_info().currsize > 0 and _load() is not None
+
+
 @functools.cache
 def _load() -> RowKernels | None:
     try:

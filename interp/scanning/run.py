@@ -30,7 +30,7 @@ from interp.distributed import all_reduce_sum, alone, is_writer, world
 from interp.errors import BeyondContextWarning, InterpError
 from interp.hooks import HookedModel
 from interp.kernels import chunk_budget
-from interp.kernels.native import row_kernels
+from interp.kernels.native import loaded as native_loaded
 from interp.memory import parse_size, plan_scan
 from interp.numerics import raise_if_nonfinite
 from interp.output import check_writable
@@ -207,8 +207,8 @@ def _run_scan(model, chosen, settings, plan, checkpoints, reuse, fingerprint, on
         "tables": sorted(tables),
         "probes": {name: {"shape": list(p.tokens.shape), "description": p.description} for name, p in probes.items()},
         "versions": _versions(),
-        # Whether the chunked backend's per-row work ran in C here (False: no C compiler, or turned off).
-        "native_kernels": row_kernels() is not None,
+        # Whether the chunked backend's per-row work ran in C here (False: a GPU scan, no C compiler, or turned off).
+        "native_kernels": native_loaded(),
         "timings_s": timings,
         "memory_plan": plan.to_dict(),
         "resumed": resumed,
